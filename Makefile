@@ -1,0 +1,58 @@
+# The local stack and the project's commands. `make up` and `make test` are all the set-up there is.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv up down status logs run test lint fmt clean lock check-tools
+
+help:  ## List the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+check-tools:
+	@command -v java >/dev/null || { echo "error: java not found. Install Java 17+ (Debian/Ubuntu: apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
+	@command -v mvn >/dev/null || { echo "error: mvn not found. Install Maven (Debian/Ubuntu: apt-get install maven)" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: $(PYTHON) is older than 3.11; set PYTHON=python3.11" >&2; exit 1; }
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(UV) || $(PY) -m pip install -q uv==$(UV_VERSION)
+	$(UV) pip install -q --python $(PY) -r requirements.txt -r requirements-dev.txt
+	@touch $(STAMP)
+
+venv: $(STAMP)  ## Create or update the virtualenv from the locks
+
+up: check-tools $(STAMP)  ## Start Kafka, the MongoDB-wire server and Airflow; run the DAG once on a fresh stack
+	$(PY) -m devstack up
+
+down:  ## Stop what `make up` started (data stays)
+	@if [ -x $(PY) ]; then $(PY) -m devstack down; else echo "nothing to stop (no virtualenv)"; fi
+
+status:  ## Say which services run, which crashed and where their logs are
+	@$(PY) -m devstack status
+
+logs:  ## Show the end of every service log (LINES=40)
+	@$(PY) -m devstack logs --lines $(or $(LINES),40)
+
+test: check-tools $(STAMP)  ## Run all tests (starts its own broker and server on free ports)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: $(STAMP)  ## Apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:  ## Stop the stack and delete its state (.state: Kafka data, MongoDB data, Airflow home)
+	@if [ -x $(PY) ]; then $(PY) -m devstack clean; else rm -rf .state; fi
+
+lock: $(STAMP)  ## Re-resolve requirements*.txt from requirements*.in
+	$(UV) pip compile requirements.in --python-version 3.11 --no-header -o requirements.txt
+	$(UV) pip compile requirements-dev.in --python-version 3.11 --prerelease=allow --no-header -o requirements-dev.txt

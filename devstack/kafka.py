@@ -1,0 +1,190 @@
+"""The real Apache Kafka broker, resolved from Maven Central and run in KRaft combined mode."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devstack.process import ManagedProcess, StackError, port_is_free, wait_until
+
+REPO = Path(__file__).resolve().parent.parent
+POM = REPO / "devstack" / "kafka" / "pom.xml"
+LOG4J2 = REPO / "devstack" / "kafka" / "log4j2.properties"
+MAVEN_REPO = REPO / ".cache" / "m2"
+CLASSPATH_FILE = REPO / ".cache" / "kafka.classpath"
+
+
+def require_java_and_maven() -> None:
+    """Fail before doing anything else when the JVM tool chain is missing."""
+    missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
+    if missing:
+        raise StackError(
+            f"{' and '.join(missing)} not found on PATH. The Kafka broker needs Java 17+ and Maven "
+            "(Debian/Ubuntu: apt-get install openjdk-17-jre-headless maven)."
+        )
+
+
+def broker_classpath() -> str:
+    """The broker's classpath, resolved by Maven from devstack/kafka/pom.xml (cached)."""
+    if CLASSPATH_FILE.exists() and CLASSPATH_FILE.stat().st_mtime >= POM.stat().st_mtime:
+        classpath = CLASSPATH_FILE.read_text().strip()
+        if all(Path(jar).exists() for jar in classpath.split(os.pathsep)):
+            return classpath
+    require_java_and_maven()
+    CLASSPATH_FILE.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
+            f"-Dmaven.repo.local={MAVEN_REPO}",
+            "dependency:build-classpath",
+            f"-Dmdep.outputFile={CLASSPATH_FILE}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise StackError(f"Maven could not resolve the Kafka broker jars:\n{result.stdout[-3000:]}")
+    return CLASSPATH_FILE.read_text().strip()
+
+
+@dataclass
+class KafkaBroker:
+    """One KRaft node (broker + controller) with its data and logs under ``state_dir``.
+
+    ``extra_properties`` are appended to server.properties (the SASL/TLS tests use it).
+    """
+
+    state_dir: Path
+    port: int = 9092
+    controller_port: int = 9093
+    host: str = "127.0.0.1"
+    heap: str = "512m"
+    extra_properties: dict[str, str] = field(default_factory=dict)
+    port_setting: str = "KAFKA_PORT"
+    controller_port_setting: str = "KAFKA_CONTROLLER_PORT"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def process(self) -> ManagedProcess:
+        return ManagedProcess(
+            "kafka", self.state_dir / "kafka.pid", self.state_dir / "logs" / "kafka.out"
+        )
+
+    @property
+    def server_log(self) -> Path:
+        return self.state_dir / "logs" / "server.log"
+
+    def server_properties(self) -> str:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": f"{self.host}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.state_dir / "data"),
+            "num.partitions": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "5",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # One node: there is nobody to wait for before the first group rebalance.
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+        }
+        props.update(self.extra_properties)
+        return "".join(f"{key}={value}\n" for key, value in props.items())
+
+    def _java_argv(self, classpath: str, main: str, *args: str) -> list[str]:
+        return [
+            "java",
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J2}",
+            f"-Dkafka.logs.dir={self.state_dir / 'logs'}",
+            "-cp",
+            classpath,
+            main,
+            *args,
+        ]
+
+    def _check_ports(self) -> None:
+        for port, setting, role in (
+            (self.port, self.port_setting, "Kafka broker"),
+            (self.controller_port, self.controller_port_setting, "Kafka controller"),
+        ):
+            if not port_is_free(self.host, port):
+                raise StackError(
+                    f"port {port} ({role}) on {self.host} is already in use by another process; "
+                    f"stop that process or move ours with {setting}=<port> (e.g. make up {setting}={port + 10000})"
+                )
+
+    def start(self, timeout: float = 120.0) -> bool:
+        """Start the broker unless ours is already running; wait until it answers. True if started."""
+        if self.process.running():
+            self.wait_ready(timeout)
+            return False
+        require_java_and_maven()
+        self._check_ports()
+        classpath = broker_classpath()
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        properties = self.state_dir / "server.properties"
+        properties.write_text(self.server_properties())
+        if not (self.state_dir / "data" / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            fmt = subprocess.run(
+                self._java_argv(
+                    classpath,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--standalone",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(properties),
+                ),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if fmt.returncode != 0:
+                raise StackError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
+        self.process.start(self._java_argv(classpath, "kafka.Kafka", str(properties)))
+        self.wait_ready(timeout)
+        return True
+
+    def ready(self) -> bool:
+        """The broker answers an AdminClient metadata request."""
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
+        try:
+            admin.list_topics(timeout=2)
+        except KafkaException:
+            return False
+        return True
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        wait_until(f"Kafka on {self.bootstrap_servers}", self.ready, timeout, self.process)
+
+    def stop(self) -> bool:
+        return self.process.stop(timeout=30.0)
