@@ -1,0 +1,198 @@
+"""Kafka -> MongoDB batch ETL: ``produce`` a numbered batch, ``consume`` the topic to its high
+watermark into MongoDB. The logic lives in ``plugins/kafka_mongo_etl``; this file is the shape."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+DOC_MD = """
+### Kafka → MongoDB, exactly once in effect
+
+**produce** ensures the topic exists (with `partitions` partitions), then sends `count` records
+`{"num": n, "batch": <dag_id>/<run_id>}` for n in `start … start+count−1`, keyed
+`<dag_id>/<run_id>/<n>`, through an idempotent producer. It fails, naming how many, if any
+record is not acknowledged.
+
+**consume** snapshots every partition's high watermark, then drains from the consumer group's
+committed offsets (earliest when there are none) up to that snapshot — records produced later
+stay for the next run. It writes unordered bulk upserts keyed by `_id` (default: the record
+key) and commits offsets synchronously, only after MongoDB acknowledged the write. It records
+the run in `<mongo_db>.etl_runs`.
+
+**Guarantees.** Nothing is lost: an offset is committed only after its record is in MongoDB.
+Nothing is doubled: a retry, a cleared run or a repeated backfill date re-sends the same keys,
+and a re-read overwrites the same `_id`. One drain per topic and consumer group runs at a time
+(a lease in `<mongo_db>.etl_leases`); a second one waits for it.
+
+Connections: `kafka_default` (librdkafka settings in the extra) and `mongo_default`.
+"""
+
+# Kafka's rule for topic names (legal characters, at most 249 of them; "." and ".." are not).
+TOPIC_PATTERN = r"^(?!\.{1,2}$)[a-zA-Z0-9._-]{1,249}$"
+# MongoDB: database names have none of /\. "$*<>:|? and at most 63 characters;
+# collection names do not start with "system." and contain no "$" or NUL.
+MONGO_DB_PATTERN = r'^[^/\\. "$*<>:|?]{1,63}$'
+MONGO_COLLECTION_PATTERN = r"^(?!system\.)[^$\x00]{1,200}$"
+
+
+def _params() -> dict[str, Param]:
+    return {
+        "topic": Param(
+            "testnum",
+            type="string",
+            pattern=TOPIC_PATTERN,
+            title="Kafka topic",
+            description="Topic to produce to and drain. Letters, digits, '.', '_' and '-'; at most 249.",
+        ),
+        "count": Param(
+            500,
+            type="integer",
+            minimum=1,
+            maximum=10_000_000,
+            title="Records to produce",
+            description="How many numbered records this run produces (1 … 10,000,000).",
+        ),
+        "start": Param(
+            0,
+            type="integer",
+            minimum=0,
+            title="First number",
+            description='The first record is {"num": start}; the last is start + count − 1.',
+        ),
+        "mongo_db": Param(
+            "testnum",
+            type="string",
+            pattern=MONGO_DB_PATTERN,
+            title="MongoDB database",
+            description='Target database (no spaces or any of /\\."$*<>:|?; at most 63 characters).',
+        ),
+        "mongo_collection": Param(
+            "testnum",
+            type="string",
+            pattern=MONGO_COLLECTION_PATTERN,
+            title="MongoDB collection",
+            description="Target collection (no '$', must not start with 'system.').",
+        ),
+        "partitions": Param(
+            3,
+            type="integer",
+            minimum=1,
+            maximum=1000,
+            title="Partitions for a new topic",
+            description="Used only when produce creates the topic; an existing topic keeps its own.",
+            section="Advanced",
+        ),
+        "id_strategy": Param(
+            "key",
+            type="string",
+            enum=["key", "coordinates", "field"],
+            title="Document _id",
+            description=(
+                "key: the record key (exactly once across re-sent batches); coordinates: "
+                "topic:partition:offset; field: the value field named below. Do not change it on a "
+                "collection that already holds data."
+            ),
+            section="Advanced",
+        ),
+        "id_field": Param(
+            None,
+            type=["null", "string"],
+            title="_id field",
+            description="The value field used as _id when Document _id is 'field'.",
+            section="Advanced",
+        ),
+        "consumer_group": Param(
+            None,
+            type=["null", "string"],
+            title="Consumer group",
+            description="Empty: kafka_to_mongo.<database>.<collection>, one group per target.",
+            section="Advanced",
+        ),
+        "stall_timeout_seconds": Param(
+            30,
+            type="integer",
+            minimum=1,
+            maximum=3600,
+            title="Stall timeout (s)",
+            description=(
+                "How long consume waits when a partition cannot reach its snapshot (an open "
+                "transaction) before it stops and reports the partition and offset."
+            ),
+            section="Advanced",
+        ),
+    }
+
+
+def build_kafka_to_mongo(
+    dag_id: str = "kafka_to_mongo",
+    kafka_conn_id: str = "kafka_default",
+    mongo_conn_id: str = "mongo_default",
+    schedule: str | None = "@hourly",
+) -> Any:
+    """The DAG; call it again with other connection ids to run the same ETL elsewhere."""
+
+    @dag(
+        dag_id=dag_id,
+        schedule=schedule,
+        start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        catchup=False,
+        max_active_runs=4,
+        params=_params(),
+        doc_md=DOC_MD,
+        tags=["kafka", "mongodb", "etl"],
+        default_args={
+            "retries": 3,
+            "retry_delay": dt.timedelta(seconds=15),
+            "retry_exponential_backoff": 2.0,
+            "max_retry_delay": dt.timedelta(minutes=10),
+        },
+    )
+    def kafka_to_mongo() -> None:
+        @task(execution_timeout=dt.timedelta(hours=2))
+        def produce() -> dict[str, Any]:
+            from kafka_mongo_etl.ids import batch_id
+            from kafka_mongo_etl.tasks import run_produce
+
+            context = get_current_context()
+            params = context["params"]
+            return run_produce(
+                kafka_conn_id=kafka_conn_id,
+                topic=params["topic"],
+                partitions=params["partitions"],
+                batch=batch_id(context["dag"].dag_id, context["run_id"]),
+                start=params["start"],
+                count=params["count"],
+            )
+
+        @task(execution_timeout=dt.timedelta(hours=4))
+        def consume(produced: dict[str, Any]) -> dict[str, Any]:
+            from kafka_mongo_etl.drain import DrainSettings
+            from kafka_mongo_etl.ids import batch_id
+            from kafka_mongo_etl.tasks import ConsumeJob, run_consume
+
+            context = get_current_context()
+            params = context["params"]
+            job = ConsumeJob(
+                kafka_conn_id=kafka_conn_id,
+                mongo_conn_id=mongo_conn_id,
+                topic=params["topic"],
+                mongo_db=params["mongo_db"],
+                mongo_collection=params["mongo_collection"],
+                batch=batch_id(context["dag"].dag_id, context["run_id"]),
+                run_id=context["run_id"],
+                group_id=params["consumer_group"] or None,
+                id_strategy=params["id_strategy"],
+                id_field=params["id_field"],
+                drain=DrainSettings(stall_timeout=float(params["stall_timeout_seconds"])),
+            )
+            return run_consume(job, produced)
+
+        consume(produce())
+
+    return kafka_to_mongo()
+
+
+kafka_to_mongo = build_kafka_to_mongo()

@@ -1,0 +1,7 @@
+"""Kafka -> MongoDB batch ETL: produce a numbered batch, drain a topic to its high watermark,
+load it into MongoDB exactly once in effect.
+
+One module per job: ``produce`` (a batch to Kafka), ``drain`` (a topic to its watermark),
+``mongo_sink`` (idempotent bulk writes), ``lease`` (one drain per consumer group at a time),
+``audit`` (one document per run), ``tasks`` (what the DAG's tasks call).
+"""

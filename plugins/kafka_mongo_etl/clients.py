@@ -1,0 +1,90 @@
+"""Kafka clients from the provider's hooks, with the settings this ETL depends on.
+
+The connection's extra (``bootstrap.servers``, security settings, tuning) comes first; the
+settings the guarantees rest on are applied on top and cannot be switched off by a connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.providers.apache.kafka.hooks.client import KafkaAdminClientHook
+from airflow.providers.apache.kafka.hooks.consume import KafkaConsumerHook
+from airflow.providers.apache.kafka.hooks.produce import KafkaProducerHook
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
+
+log = logging.getLogger(__name__)
+
+# Throughput defaults a connection may override.
+PRODUCER_TUNING: dict[str, Any] = {
+    "linger.ms": 20,
+    "batch.size": 1_000_000,
+    "compression.type": "lz4",
+    "queue.buffering.max.messages": 500_000,
+}
+# What the produce guarantee rests on: no duplicates or reordering from internal retries.
+PRODUCER_REQUIRED: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
+
+CONSUMER_TUNING: dict[str, Any] = {
+    "fetch.min.bytes": 1,
+    "fetch.wait.max.ms": 100,
+    "queued.min.messages": 100_000,
+    "isolation.level": "read_committed",
+}
+# Offsets are committed by hand, only after MongoDB acknowledged the write.
+CONSUMER_REQUIRED: dict[str, Any] = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "earliest",
+    "enable.partition.eof": False,
+}
+
+
+def on_client_error(err: KafkaError) -> None:
+    """librdkafka's error callback: fatal and authentication errors fail the task, others are logged.
+
+    An exception raised here surfaces from the ``poll``/``consume``/``flush`` call that served it.
+    """
+    if err.fatal() or err.code() in (
+        KafkaError._AUTHENTICATION,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+    ):
+        raise KafkaException(err)
+    log.warning("Kafka client: %s", err)
+
+
+class EtlProducerHook(KafkaProducerHook):
+    """A producer from the connection, made idempotent and tuned for batches."""
+
+    def _get_client(self, config: dict[str, Any]) -> Producer:
+        return Producer({"error_cb": on_client_error, **PRODUCER_TUNING, **config, **PRODUCER_REQUIRED})
+
+
+class EtlConsumerHook(KafkaConsumerHook):
+    """A consumer from the connection for ``group_id``, with manual commits.
+
+    Use ``get_conn`` and ``assign()``: the drain never subscribes, so it joins no rebalance.
+    """
+
+    def __init__(self, topic: str, group_id: str, kafka_config_id: str = "kafka_default") -> None:
+        super().__init__(topics=[topic], kafka_config_id=kafka_config_id)
+        self.group_id = group_id
+
+    def _get_client(self, config: dict[str, Any]) -> Consumer:
+        return super()._get_client(
+            {
+                "error_cb": on_client_error,
+                **CONSUMER_TUNING,
+                **config,
+                **CONSUMER_REQUIRED,
+                "group.id": self.group_id,
+            }
+        )
+
+
+def admin_client(kafka_config_id: str) -> AdminClient:
+    return KafkaAdminClientHook(kafka_config_id=kafka_config_id).get_conn

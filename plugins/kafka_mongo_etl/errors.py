@@ -1,0 +1,31 @@
+"""Errors the tasks raise; each message says what happened and what to do."""
+
+from __future__ import annotations
+
+
+class EtlError(RuntimeError):
+    """Base class for the ETL's own failures."""
+
+
+class DeliveryError(EtlError):
+    """Some records of a batch were not acknowledged by the broker."""
+
+    def __init__(self, topic: str, failed: int, total: int, first_error: str) -> None:
+        super().__init__(
+            f"{failed} of {total} records were not delivered to topic {topic!r} "
+            f"(first error: {first_error}); the task's retry re-sends the same records"
+        )
+        self.failed = failed
+        self.total = total
+
+
+class TopicNotFoundError(EtlError):
+    """The topic to drain does not exist on the broker."""
+
+
+class DrainBusyError(EtlError):
+    """Another drain holds the lease for the same topic and consumer group."""
+
+
+class LeaseLostError(EtlError):
+    """This drain's lease expired and was taken over; it stops before committing more."""

@@ -1,0 +1,137 @@
+"""Produce one numbered batch to a topic.
+
+Delivery guarantee: at least once per record, and every re-send of a batch carries the same
+keys, so the MongoDB load (keyed by record key) keeps exactly one copy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from kafka_mongo_etl.errors import DeliveryError
+from kafka_mongo_etl.ids import record_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProduceSummary:
+    topic: str
+    batch: str
+    count: int
+    first: int
+    last: int
+    seconds: float
+    records_per_second: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def ensure_topic(admin: AdminClient, topic: str, partitions: int, timeout: float = 30.0) -> bool:
+    """Create ``topic`` with ``partitions`` unless it exists; True if it was created.
+
+    An existing topic keeps its partition count (changing it would move keys between partitions).
+    """
+    metadata = admin.list_topics(topic=topic, timeout=timeout)
+    existing = metadata.topics.get(topic)
+    if existing is not None and existing.error is None:
+        if len(existing.partitions) != partitions:
+            log.info(
+                "Topic %s exists with %s partitions (asked for %s); leaving it as it is",
+                topic,
+                len(existing.partitions),
+                partitions,
+            )
+        return False
+    future = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=-1)])[topic]
+    try:
+        future.result(timeout)
+    except KafkaException as err:
+        if err.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            return False
+        raise
+    log.info("Created topic %s with %s partitions", topic, partitions)
+    return True
+
+
+class _DeliveryTally:
+    """The one delivery callback: counts acknowledged and failed records."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.failed = 0
+        self.first_error: str | None = None
+
+    def __call__(self, err: KafkaError | None, _message: Message) -> None:
+        if err is None:
+            self.delivered += 1
+            return
+        self.failed += 1
+        if self.first_error is None:
+            self.first_error = str(err)
+
+
+def produce_batch(
+    producer: Producer,
+    topic: str,
+    batch: str,
+    start: int,
+    count: int,
+    flush_timeout: float = 120.0,
+    progress_every: float = 10.0,
+) -> ProduceSummary:
+    """Send ``{"num": n, "batch": batch}`` keyed ``batch/n`` for n in ``start .. start+count-1``.
+
+    Raises ``DeliveryError`` naming how many records were not acknowledged.
+    """
+    tally = _DeliveryTally()
+    began = time.monotonic()
+    next_report = began + progress_every
+    produce = producer.produce
+    for num in range(start, start + count):
+        key = record_key(batch, num)
+        value = json.dumps({"num": num, "batch": batch}, separators=(",", ":"))
+        while True:
+            try:
+                produce(topic, value=value, key=key, on_delivery=tally)
+                break
+            except BufferError:
+                # The local queue is full: serve delivery reports until there is room.
+                producer.poll(0.1)
+        producer.poll(0)
+        if time.monotonic() >= next_report:
+            log.info("Produced %s of %s records to %s", num - start + 1, count, topic)
+            next_report += progress_every
+    remaining = producer.flush(flush_timeout)
+    seconds = time.monotonic() - began
+    failed = tally.failed + remaining
+    if failed:
+        raise DeliveryError(
+            topic, failed, count, tally.first_error or f"{remaining} still queued after {flush_timeout}s"
+        )
+    summary = ProduceSummary(
+        topic=topic,
+        batch=batch,
+        count=count,
+        first=start,
+        last=start + count - 1,
+        seconds=round(seconds, 3),
+        records_per_second=round(count / seconds, 1) if seconds > 0 else float(count),
+    )
+    log.info(
+        "Produced %s records (%s..%s) to %s in %.2fs (%.0f records/s)",
+        count,
+        summary.first,
+        summary.last,
+        topic,
+        seconds,
+        summary.records_per_second,
+    )
+    return summary
