@@ -53,9 +53,7 @@ def airflow_db(airflow_home: AirflowHome) -> AirflowHome:
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(
-        tmp_path_factory.mktemp("kafka"), port=free_port(), controller_port=free_port()
-    )
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"), port=free_port(), controller_port=free_port())
     broker.start()
     try:
         yield broker

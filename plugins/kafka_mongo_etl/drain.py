@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from kafka_mongo_etl.errors import EtlError, TopicNotFoundError
 from kafka_mongo_etl.ids import IdFunction
@@ -127,6 +127,35 @@ def high_watermarks(consumer: Consumer, topic: str, timeout: float) -> dict[int,
     }
 
 
+_COORDINATOR_NOT_READY = (
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+)
+
+
+def committed_offsets(
+    consumer: Consumer, partitions: list[TopicPartition], timeout: float
+) -> list[TopicPartition]:
+    """The group's committed offsets, retrying while the group coordinator is not ready.
+
+    A broker answers NOT_COORDINATOR or COORDINATOR_LOAD_IN_PROGRESS while it is still loading
+    the offsets topic (a fresh or just-restarted cluster); those are worth waiting for.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.committed(partitions, timeout=timeout)
+        except KafkaException as err:
+            error = err.args[0]
+            waiting = error.retriable() or error.code() in _COORDINATOR_NOT_READY
+            if not waiting or time.monotonic() >= deadline:
+                raise
+            log.info("Group coordinator not ready (%s); asking again", error.str())
+            # Nothing to wait on but time: the coordinator gives no signal when it is ready.
+            time.sleep(0.5)
+
+
 def _commit(consumer: Consumer, topic: str, offsets: dict[int, int]) -> None:
     committed = consumer.commit(
         offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()], asynchronous=False
@@ -154,8 +183,8 @@ def drain_to_watermark(
     began = time.monotonic()
     summary = DrainSummary(topic=topic, group_id=group_id)
     watermarks = high_watermarks(consumer, topic, settings.metadata_timeout)
-    committed = consumer.committed(
-        [TopicPartition(topic, p) for p in watermarks], timeout=settings.metadata_timeout
+    committed = committed_offsets(
+        consumer, [TopicPartition(topic, p) for p in watermarks], settings.metadata_timeout
     )
     for tp in committed:
         if tp.error is not None:

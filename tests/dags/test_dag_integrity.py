@@ -1,0 +1,109 @@
+"""The DAG folder imports cleanly and kafka_to_mongo has the shape the README promises."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk.exceptions import ParamValidationError
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+ALLOWED_TAGS = {"kafka", "mongodb", "etl"}
+
+
+@pytest.fixture(scope="module")
+def dagbag() -> DagBag:
+    return DagBag(dag_folder=str(DAGS))
+
+
+@pytest.fixture(scope="module")
+def dag(dagbag: DagBag):
+    return dagbag.dags["kafka_to_mongo"]
+
+
+def test_dag_folder_has_no_import_errors(dagbag: DagBag) -> None:
+    assert dagbag.import_errors == {}
+    assert sorted(dagbag.dag_ids) == ["kafka_to_mongo"]
+
+
+def test_tasks_and_edge(dag) -> None:
+    assert sorted(dag.task_ids) == ["consume", "produce"]
+    assert dag.get_task("produce").downstream_task_ids == {"consume"}
+    assert dag.get_task("consume").upstream_task_ids == {"produce"}
+
+
+def test_schedule_retries_and_tags(dag) -> None:
+    assert dag.catchup is False
+    assert dag.schedule == "@hourly"
+    for task in dag.tasks:
+        assert task.retries >= 2, task.task_id
+        assert task.retry_exponential_backoff, task.task_id
+        assert task.execution_timeout is not None, task.task_id
+    assert set(dag.tags) <= ALLOWED_TAGS and dag.tags
+    assert "exactly once" in (dag.doc_md or "").lower()
+
+
+def _validated(dag, conf: dict) -> dict:
+    params = copy.deepcopy(dag.params)
+    params.update(conf)
+    return params.validate()
+
+
+def test_default_params_are_the_tutorials(dag) -> None:
+    values = _validated(dag, {})
+    assert {k: values[k] for k in ("topic", "count", "start", "mongo_db", "mongo_collection")} == {
+        "topic": "testnum",
+        "count": 500,
+        "start": 0,
+        "mongo_db": "testnum",
+        "mongo_collection": "testnum",
+    }
+
+
+def test_every_param_has_a_title_and_description(dag) -> None:
+    for name in dag.params:
+        param = dag.params.get_param(name)
+        assert param.schema.get("title") and param.description, name
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {"count": 0},
+        {"count": -1},
+        {"count": 10_000_001},
+        {"count": "many"},
+        {"topic": "with space"},
+        {"topic": ".."},
+        {"topic": "x" * 250},
+        {"mongo_collection": "system.users"},
+        {"mongo_collection": "a$b"},
+        {"mongo_db": "a.b"},
+        {"start": -5},
+    ],
+    ids=str,
+)
+def test_params_schema_rejects_bad_input(dag, conf: dict) -> None:
+    with pytest.raises(ParamValidationError):
+        _validated(dag, conf)
+
+
+def test_params_schema_accepts_good_input(dag) -> None:
+    values = _validated(dag, {"count": 10_000_000, "topic": "orders.v1-eu_2", "start": 7})
+    assert (values["count"], values["topic"], values["start"]) == (10_000_000, "orders.v1-eu_2", 7)
+
+
+def test_dag_factory_takes_connection_ids() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kafka_to_mongo_dagfile", DAGS / "kafka_to_mongo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    other = module.build_kafka_to_mongo(
+        dag_id="kafka_to_mongo_eu", kafka_conn_id="kafka_eu", mongo_conn_id="mongo_eu", schedule=None
+    )
+    assert other.dag_id == "kafka_to_mongo_eu"
+    assert other.start_date == dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
