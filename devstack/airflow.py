@@ -159,16 +159,20 @@ class AirflowStandalone:
             "airflow", self.state_dir / "airflow.pid", self.state_dir / "logs" / "airflow.log"
         )
 
-    def start(self, timeout: float = 300.0) -> bool:
-        if self.process.running():
-            self.wait_ready(timeout)
-            return False
+    def check_ports(self) -> None:
+        """Fail, naming the setting that moves it, when the api-server's port is taken."""
         if not port_is_free("127.0.0.1", self.home.api_port):
             raise StackError(
                 f"port {self.home.api_port} (Airflow api-server) is already in use by another process; "
                 f"stop it or move ours with {self.port_setting}=<port> "
                 f"(e.g. make up {self.port_setting}={self.home.api_port + 10000})"
             )
+
+    def start(self, timeout: float = 300.0) -> bool:
+        if self.process.running():
+            self.wait_ready(timeout)
+            return False
+        self.check_ports()
         airflow = Path(sys.executable).parent / "airflow"
         self.process.start([str(airflow), "standalone"], env=self.home.env(), cwd=REPO)
         self.wait_ready(timeout)

@@ -57,8 +57,30 @@ class LocalStack:
             local_connections(self.kafka.bootstrap_servers, self.mongo.host, self.mongo.port)
         )
 
+    def check_ports(self) -> None:
+        """Fail before anything starts when two settings share a port or a port we need is taken.
+
+        Without this, a taken MONGO_PORT or AIRFLOW_PORT was found only after Kafka had started.
+        """
+        claimed: dict[int, str] = {}
+        for setting, port in (
+            (self.kafka.port_setting, self.kafka.port),
+            (self.kafka.controller_port_setting, self.kafka.controller_port),
+            (self.mongo.port_setting, self.mongo.port),
+            (self.airflow.port_setting, self.airflow.home.api_port),
+        ):
+            if port in claimed:
+                raise StackError(
+                    f"{claimed[port]} and {setting} are both {port}; give each service its own port"
+                )
+            claimed[port] = setting
+        for service in (self.kafka, self.mongo, self.airflow):
+            if not service.process.running():
+                service.check_ports()
+
     def up(self) -> None:
         require_java_and_maven()
+        self.check_ports()
         for name, service in (("Kafka", self.kafka), ("MongoDB-wire server", self.mongo)):
             started = service.start()
             where = getattr(service, "bootstrap_servers", None) or getattr(service, "uri", "")

@@ -126,7 +126,8 @@ class KafkaBroker:
             *args,
         ]
 
-    def _check_ports(self) -> None:
+    def check_ports(self) -> None:
+        """Fail, naming the setting that moves it, when a port of ours is taken."""
         for port, setting, role in (
             (self.port, self.port_setting, "Kafka broker"),
             (self.controller_port, self.controller_port_setting, "Kafka controller"),
@@ -143,7 +144,7 @@ class KafkaBroker:
             self.wait_ready(timeout)
             return False
         require_java_and_maven()
-        self._check_ports()
+        self.check_ports()
         classpath = broker_classpath()
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         properties = self.state_dir / "server.properties"

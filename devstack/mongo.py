@@ -43,17 +43,21 @@ class MongoWireServer:
             "mongo", self.state_dir / "mongo.pid", self.state_dir / "logs" / "mongo.log"
         )
 
-    def start(self, timeout: float = 60.0) -> bool:
-        """Start the server unless ours is already running; wait until it answers. True if started."""
-        if self.process.running():
-            self.wait_ready(timeout)
-            return False
+    def check_ports(self) -> None:
+        """Fail, naming the setting that moves it, when our port is taken."""
         if not port_is_free(self.host, self.port):
             raise StackError(
                 f"port {self.port} (MongoDB-wire server) on {self.host} is already in use by another "
                 f"process; stop it or move ours with {self.port_setting}=<port> "
                 f"(e.g. make up {self.port_setting}={self.port + 10000})"
             )
+
+    def start(self, timeout: float = 60.0) -> bool:
+        """Start the server unless ours is already running; wait until it answers. True if started."""
+        if self.process.running():
+            self.wait_ready(timeout)
+            return False
+        self.check_ports()
         storage = self.state_dir / "mongo-data"
         storage.mkdir(parents=True, exist_ok=True)
         # An explicit, empty config file stops the server from picking up a stray

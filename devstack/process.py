@@ -62,12 +62,20 @@ class ManagedProcess:
     pid_file: Path
     log_file: Path
 
-    def pid(self) -> int | None:
+    def recorded_pid(self) -> int | None:
+        """The pid in the pid file, alive or not."""
         try:
-            pid = int(self.pid_file.read_text().strip())
+            return int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if pid_alive(pid) else None
+
+    def pid(self) -> int | None:
+        """The recorded pid if that process runs and leads its own group, as ``start`` made it.
+
+        A pid file that outlived its process (a reboot) may name somebody else's process now.
+        """
+        pid = self.recorded_pid()
+        return pid if pid is not None and pid_alive(pid) and _leads_group(pid) else None
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -92,8 +100,10 @@ class ManagedProcess:
 
     def stop(self, timeout: float = 30.0, first_signal: int = signal.SIGTERM) -> bool:
         """Stop the process group; True if something was running. SIGKILL after ``timeout``."""
-        pid = self.pid()
-        if pid is None:
+        pid = self.recorded_pid()
+        # The leader may have died (kill -9, OOM) while the children it spawned still run in its
+        # group (Airflow's scheduler and api-server holding their ports): stop them too.
+        if pid is None or (self.pid() is None and not _group_alive(pid)):
             self.pid_file.unlink(missing_ok=True)
             return False
         for sig, wait in ((first_signal, timeout), (signal.SIGKILL, 10.0)):
@@ -113,6 +123,13 @@ class ManagedProcess:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log yet)"
+
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False
 
 
 def _group_alive(pgid: int) -> bool:
