@@ -30,6 +30,9 @@ venv: $(STAMP)  ## Create or update the virtualenv from the locks
 up: check-tools $(STAMP)  ## Start Kafka, the MongoDB-wire server and Airflow; run the DAG once on a fresh stack
 	$(PY) -m devstack up
 
+run: $(STAMP)  ## Trigger kafka_to_mongo once, wait, and report it (CONF='{"count": 1000}')
+	$(PY) -m devstack run --conf '$(or $(CONF),{})'
+
 down:  ## Stop what `make up` started (data stays)
 	@if [ -x $(PY) ]; then $(PY) -m devstack down; else echo "nothing to stop (no virtualenv)"; fi
 

@@ -98,13 +98,16 @@ class AirflowHome:
                 "plugins_folder": str(self.plugins_folder),
                 "load_examples": "False",
                 "executor": "LocalExecutor",
-                "auth_manager": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+                "auth_manager": (
+                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+                ),
                 "simple_auth_manager_users": "admin:admin",
                 "fernet_key": keys["fernet_key"],
                 "execution_api_server_url": f"http://127.0.0.1:{self.api_port}/execution/",
                 "parallelism": "8",
             },
-            "database": {"sql_alchemy_conn": f"sqlite:///{self.path / 'airflow.db'}"},
+            # The CLI writes while the scheduler holds SQLite's lock: wait for it, do not fail at once.
+            "database": {"sql_alchemy_conn": f"sqlite:///{self.path / 'airflow.db'}?timeout=60"},
             "api": {
                 "host": "127.0.0.1",
                 "port": str(self.api_port),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -13,6 +14,7 @@ from devstack.airflow import AirflowHome, AirflowStandalone, local_connections
 from devstack.kafka import KafkaBroker, require_java_and_maven
 from devstack.mongo import MongoWireServer
 from devstack.process import StackError
+from devstack.run import report, trigger_and_wait
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -86,6 +88,7 @@ class LocalStack:
             where = getattr(service, "bootstrap_servers", None) or getattr(service, "uri", "")
             print(f"{name:22} {'started' if started else 'already running'} on {where}")
         self.write_airflow_home()
+        fresh = not (self.airflow.home.path / "airflow.db").exists()
         print(f"{'Airflow':22} starting (migrates the database on first start; this takes a minute)...")
         started = self.airflow.start()
         print(f"{'Airflow':22} {'started' if started else 'already running'} on {self.airflow.url}")
@@ -95,6 +98,16 @@ class LocalStack:
         print(f"Login:        admin / {password or '(see ' + str(self.airflow.home.passwords_file) + ')'}")
         print(f"CLI:          bin/airflow dags list   (AIRFLOW_HOME={self.airflow.home.path})")
         print(f"State, logs:  {self.state_dir}   (make status, make logs, make down, make clean)")
+        if fresh:
+            print("\nA fresh stack: running the pipeline once (make run does this again)...")
+            self.run()
+
+    def run(self, conf: dict | None = None) -> None:
+        """Trigger one DAG run with ``conf`` (defaults otherwise), wait, and report it."""
+        summary = trigger_and_wait(self.airflow, conf)
+        print(report(summary))
+        if summary["state"] != "success":
+            raise StackError(f"the run failed; its task logs are in the UI: {summary['url']}")
 
     def down(self) -> None:
         for name, service in (
@@ -153,7 +166,8 @@ class LocalStack:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "logs", "clean", "config"])
+    parser.add_argument("command", choices=["up", "down", "status", "logs", "clean", "config", "run"])
+    parser.add_argument("--conf", default="{}", help="run: the DAG run's conf as JSON")
     parser.add_argument("-n", "--lines", type=int, default=40, help="log lines per file (logs)")
     args = parser.parse_args(argv)
     try:
@@ -168,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.logs(args.lines)
         elif args.command == "clean":
             stack.clean()
+        elif args.command == "run":
+            stack.run(json.loads(args.conf))
         elif args.command == "config":
             stack.write_airflow_home()
     except StackError as err:

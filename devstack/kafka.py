@@ -79,9 +79,7 @@ class KafkaBroker:
 
     @property
     def process(self) -> ManagedProcess:
-        return ManagedProcess(
-            "kafka", self.state_dir / "kafka.pid", self.state_dir / "logs" / "kafka.out"
-        )
+        return ManagedProcess("kafka", self.state_dir / "kafka.pid", self.state_dir / "logs" / "kafka.out")
 
     @property
     def server_log(self) -> Path:
@@ -135,7 +133,8 @@ class KafkaBroker:
             if not port_is_free(self.host, port):
                 raise StackError(
                     f"port {port} ({role}) on {self.host} is already in use by another process; "
-                    f"stop that process or move ours with {setting}=<port> (e.g. make up {setting}={port + 10000})"
+                    f"stop that process or move ours with {setting}=<port> "
+                    f"(e.g. make up {setting}={port + 10000})"
                 )
 
     def start(self, timeout: float = 120.0) -> bool:

@@ -39,9 +39,7 @@ class MongoWireServer:
 
     @property
     def process(self) -> ManagedProcess:
-        return ManagedProcess(
-            "mongo", self.state_dir / "mongo.pid", self.state_dir / "logs" / "mongo.log"
-        )
+        return ManagedProcess("mongo", self.state_dir / "mongo.pid", self.state_dir / "logs" / "mongo.log")
 
     def check_ports(self) -> None:
         """Fail, naming the setting that moves it, when our port is taken."""

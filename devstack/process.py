@@ -156,8 +156,7 @@ def wait_until(
             return
         if process is not None and not process.running():
             raise StackError(
-                f"{process.name} exited while starting; its log is {process.log_file}:\n"
-                f"{process.tail()}"
+                f"{process.name} exited while starting; its log is {process.log_file}:\n{process.tail()}"
             )
         if time.monotonic() > deadline:
             where = f"; its log is {process.log_file}" if process else ""
