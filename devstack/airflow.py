@@ -76,8 +76,11 @@ class AirflowHome:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         return env
 
-    def write(self, connections: dict[str, dict], extra: dict[str, dict[str, str]] | None = None) -> None:
-        """Write airflow.cfg (keeping its generated secrets across calls) and connections.json."""
+    def write(self, connections: dict[str, dict], extra: dict[str, dict[str, str]] | None = None) -> bool:
+        """Write airflow.cfg (keeping its generated secrets across calls) and connections.json.
+
+        Returns False when connections.json holds the user's own edits and was left alone.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
         keys_file = self.path / "secret_keys.json"
         if keys_file.exists():
@@ -135,7 +138,23 @@ class AirflowHome:
             lines.extend(f"{key} = {value}" for key, value in values.items())
         self.config_file.write_text("\n".join(lines) + "\n")
         self.config_file.chmod(0o600)
-        self.connections_file.write_text(json.dumps(connections, indent=2) + "\n")
+        return self.write_connections(connections)
+
+    def write_connections(self, connections: dict[str, dict]) -> bool:
+        """Write connections.json unless the user edited it since devstack last wrote it.
+
+        Pointing the stack at another Kafka or MongoDB means editing that file; ``make up``
+        must not undo it. Returns True when the file was (re)written.
+        """
+        content = json.dumps(connections, indent=2) + "\n"
+        last_written = self.path / ".connections.generated.json"
+        current = self.connections_file.read_text() if self.connections_file.exists() else None
+        previous = last_written.read_text() if last_written.exists() else None
+        if current is not None and current != previous:
+            return False
+        self.connections_file.write_text(content)
+        last_written.write_text(content)
+        return True
 
     def admin_password(self) -> str | None:
         try:

@@ -55,9 +55,10 @@ class LocalStack:
         )
 
     def write_airflow_home(self) -> None:
-        self.airflow.home.write(
+        if not self.airflow.home.write(
             local_connections(self.kafka.bootstrap_servers, self.mongo.host, self.mongo.port)
-        )
+        ):
+            print(f"Connections: keeping your edits in {self.airflow.home.connections_file}")
 
     def check_ports(self) -> None:
         """Fail before anything starts when two settings share a port or a port we need is taken.

@@ -40,3 +40,21 @@ def test_two_settings_sharing_a_port_are_refused(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("AIRFLOW_PORT", str(free_port()))
     with pytest.raises(StackError, match=rf"^KAFKA_PORT and MONGO_PORT are both {port}; "):
         LocalStack.from_env().check_ports()
+
+
+def test_connections_file_keeps_the_users_edits(tmp_path) -> None:
+    import json
+
+    from devstack.airflow import AirflowHome, local_connections
+
+    home = AirflowHome(tmp_path / "airflow", api_port=18080)
+    assert home.write(local_connections("127.0.0.1:9092", "127.0.0.1", 27017)) is True
+    # A new port is written while the file is still devstack's own.
+    assert home.write(local_connections("127.0.0.1:19092", "127.0.0.1", 27017)) is True
+    assert json.loads(home.connections_file.read_text())["kafka_default"]["extra"] == {
+        "bootstrap.servers": "127.0.0.1:19092"
+    }
+    mine = {"mongo_default": {"conn_type": "mongo", "host": "mongo.example.internal", "port": 27017}}
+    home.connections_file.write_text(json.dumps(mine))
+    assert home.write(local_connections("127.0.0.1:9092", "127.0.0.1", 27017)) is False
+    assert json.loads(home.connections_file.read_text()) == mine
