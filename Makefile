@@ -9,7 +9,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv up down status logs run test lint fmt clean lock check-tools
+.PHONY: help venv up down status logs run test lint fmt clean lock check-tools browser
 
 help:  ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -59,3 +59,6 @@ clean:  ## Stop the stack and delete its state (.state: Kafka data, MongoDB data
 lock: $(STAMP)  ## Re-resolve requirements*.txt from requirements*.in
 	$(UV) pip compile requirements.in --python-version 3.11 --no-header -o requirements.txt
 	$(UV) pip compile requirements-dev.in --python-version 3.11 --prerelease=allow --no-header -o requirements-dev.txt
+
+browser:  ## Install Debian's chromium for the browser tests (needs root; never downloads a browser build)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
