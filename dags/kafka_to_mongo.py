@@ -22,6 +22,12 @@ stay for the next run. It writes unordered bulk upserts keyed by `_id` (default:
 key) and commits offsets synchronously, only after MongoDB acknowledged the write. It records
 the run in `<mongo_db>.etl_runs`.
 
+**Dead letters.** A record that cannot become a document (not UTF-8, not JSON, not an object,
+a tombstone, over 16 MiB, or refused by MongoDB) is kept with its raw bytes, headers and reason
+in `<mongo_collection>_dlq` before its offset is committed; good records still load. By default
+any dead letter fails the run once everything else is loaded (`max_dead_letters`), without a
+retry, so that it is seen.
+
 **Guarantees.** Nothing is lost: an offset is committed only after its record is in MongoDB.
 Nothing is doubled: a retry, a cleared run or a repeated backfill date re-sends the same keys,
 and a re-read overwrites the same `_id`. One drain per topic and consumer group runs at a time
@@ -111,6 +117,27 @@ def _params() -> dict[str, Param]:
             description="Empty: kafka_to_mongo.<database>.<collection>, one group per target.",
             section="Advanced",
         ),
+        "max_dead_letters": Param(
+            0,
+            type=["null", "integer"],
+            minimum=0,
+            title="Dead letters allowed per run",
+            description=(
+                "Records that cannot be loaded go to <collection>_dlq. The run fails (without "
+                "retrying, after loading and committing everything else) when there are more than "
+                "this many. Empty: no count limit."
+            ),
+            section="Dead letters",
+        ),
+        "max_dead_letter_ratio": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            maximum=1,
+            title="Dead-letter share allowed per run",
+            description="Fail when more than this share (0 … 1) of the drained records are dead letters.",
+            section="Dead letters",
+        ),
         "stall_timeout_seconds": Param(
             30,
             type="integer",
@@ -171,7 +198,7 @@ def build_kafka_to_mongo(
         def consume(produced: dict[str, Any]) -> dict[str, Any]:
             from kafka_mongo_etl.drain import DrainSettings
             from kafka_mongo_etl.ids import batch_id
-            from kafka_mongo_etl.tasks import ConsumeJob, run_consume
+            from kafka_mongo_etl.tasks import ConsumeJob, DeadLetterPolicy, run_consume
 
             context = get_current_context()
             params = context["params"]
@@ -187,6 +214,9 @@ def build_kafka_to_mongo(
                 id_strategy=params["id_strategy"],
                 id_field=params["id_field"],
                 drain=DrainSettings(stall_timeout=float(params["stall_timeout_seconds"])),
+                dead_letter_policy=DeadLetterPolicy(
+                    max_count=params["max_dead_letters"], max_ratio=params["max_dead_letter_ratio"]
+                ),
             )
             return run_consume(job, produced)
 

@@ -6,7 +6,9 @@ settings the guarantees rest on are applied on top and cannot be switched off by
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from airflow.providers.apache.kafka.hooks.client import KafkaAdminClientHook
@@ -14,6 +16,8 @@ from airflow.providers.apache.kafka.hooks.consume import KafkaConsumerHook
 from airflow.providers.apache.kafka.hooks.produce import KafkaProducerHook
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
+
+from kafka_mongo_etl.errors import ConnectionProblem
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +92,54 @@ class EtlConsumerHook(KafkaConsumerHook):
 
 def admin_client(kafka_config_id: str) -> AdminClient:
     return KafkaAdminClientHook(kafka_config_id=kafka_config_id).get_conn
+
+
+_UNREACHABLE = {
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._TIMED_OUT,
+    KafkaError._RESOLVE,
+    KafkaError._MSG_TIMED_OUT,
+}
+_AUTH = {
+    KafkaError._AUTHENTICATION,
+    KafkaError.SASL_AUTHENTICATION_FAILED,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError._SSL,
+}
+
+
+def _bootstrap_servers(kafka_config_id: str) -> str:
+    extra = KafkaAdminClientHook(kafka_config_id=kafka_config_id).get_connection(kafka_config_id).extra_dejson
+    return str(extra.get("bootstrap.servers") or "no bootstrap.servers")
+
+
+@contextlib.contextmanager
+def kafka_errors(kafka_config_id: str) -> Iterator[None]:
+    """Turn client errors into a ``ConnectionProblem`` naming the connection and what to check.
+
+    Only the connection id and its bootstrap servers are named: never the extra, which may hold
+    credentials.
+    """
+    try:
+        yield
+    except KafkaException as err:
+        error = err.args[0] if err.args and isinstance(err.args[0], KafkaError) else None
+        code = error.code() if error is not None else None
+        where = f"Kafka connection {kafka_config_id!r} ({_bootstrap_servers(kafka_config_id)})"
+        if code in _UNREACHABLE:
+            hint = "no broker answered: check bootstrap.servers, the network and that the broker runs"
+        elif code in _AUTH:
+            hint = "the broker refused the client: check security.protocol, sasl.* and ssl.* settings"
+        else:
+            raise
+        detail = error.str() if error is not None else str(err)
+        raise ConnectionProblem(f"{where}: {hint} ({detail})") from err
+    except ValueError as err:
+        if "bootstrap.servers" not in str(err):
+            raise
+        raise ConnectionProblem(
+            f"Kafka connection {kafka_config_id!r} has no bootstrap.servers in its extra; set it, "
+            'for example {"bootstrap.servers": "broker:9092"}'
+        ) from err

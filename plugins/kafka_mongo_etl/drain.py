@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+import bson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from kafka_mongo_etl.errors import EtlError, TopicNotFoundError
@@ -34,7 +35,31 @@ class Lease(Protocol):
 
 
 class BadRecordError(EtlError):
-    """A record that cannot become a document; the message names its partition and offset."""
+    """A record that cannot become a document; ``code`` names the kind, the message the record."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record that could not be loaded, and why (``stage`` is ``decode`` or ``write``)."""
+
+    message: Message
+    code: str
+    reason: str
+    stage: str
+
+
+class DeadLetterSink(Protocol):
+    def write(self, dead_letters: list[DeadLetter]) -> None: ...
+
+
+# MongoDB refuses documents over 16 MiB; leave room for the _id and the _kafka field.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024 - 16 * 1024
+# JSON smaller than this cannot expand past the limit as BSON, so its size is not measured.
+_MEASURE_ABOVE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -44,7 +69,7 @@ class DrainSettings:
     # How long the position may stay below the snapshot with nothing to read (an open
     # transaction under read_committed) before the drain stops and reports the partition.
     stall_timeout: float = 30.0
-    metadata_timeout: float = 30.0
+    metadata_timeout: float = 15.0
     progress_every: float = 10.0
 
 
@@ -71,6 +96,8 @@ class DrainSummary:
     batches: int = 0
     seconds: float = 0.0
     stalled: dict[int, int] = field(default_factory=dict)
+    dead_letters: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
     @property
     def records_per_second(self) -> float:
@@ -91,19 +118,33 @@ def json_document(id_for: IdFunction) -> Callable[[Message], tuple[Any, dict[str
         raw = message.value()
         where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
         if raw is None:
-            raise BadRecordError(f"record {where} has no value (tombstone)")
+            raise BadRecordError("tombstone", f"record {where} has no value (a tombstone)")
         try:
             value = json.loads(raw)
+        except UnicodeDecodeError as err:
+            raise BadRecordError("not_utf8", f"record {where} is not UTF-8: {err}") from None
         except ValueError as err:
-            raise BadRecordError(f"record {where} is not JSON: {err}") from None
+            raise BadRecordError("not_json", f"record {where} is not JSON: {err}") from None
         if not isinstance(value, dict):
-            raise BadRecordError(f"record {where} is JSON but not an object")
+            kind = type(value).__name__
+            raise BadRecordError("not_object", f"record {where} is JSON but not an object ({kind})")
+        dollar = [key for key in value if key.startswith("$")]
+        if dollar:
+            raise BadRecordError(
+                "invalid_field", f"record {where} has top-level field names starting with $: {dollar[:3]}"
+            )
         try:
             _id = id_for(message, value)
         except (ValueError, UnicodeDecodeError) as err:
-            raise BadRecordError(f"record {where}: {err}") from None
+            raise BadRecordError("no_id", f"record {where}: {err}") from None
         value.pop("_id", None)
         value["_kafka"] = {"partition": message.partition(), "offset": message.offset()}
+        if len(raw) > _MEASURE_ABOVE_BYTES:
+            size = len(bson.encode(value))
+            if size > MAX_DOCUMENT_BYTES:
+                raise BadRecordError(
+                    "too_large", f"record {where} makes a {size}-byte document, over MongoDB's 16 MiB limit"
+                )
         return _id, value
 
     return to_document
@@ -173,11 +214,14 @@ def drain_to_watermark(
     to_document: Callable[[Message], tuple[Any, dict[str, Any]]],
     settings: DrainSettings | None = None,
     lease: Lease | None = None,
+    dead_letters: DeadLetterSink | None = None,
 ) -> DrainSummary:
     """Load ``topic`` from the group's committed offsets (earliest if none) to the snapshot.
 
     ``consumer`` must have ``enable.auto.commit=false``; it is assigned, never subscribed.
-    The caller closes it.
+    Records that cannot be loaded go to ``dead_letters`` before their offsets are committed;
+    without a dead-letter sink the first such record fails the drain. The caller closes the
+    consumer.
     """
     settings = settings or DrainSettings()
     began = time.monotonic()
@@ -211,6 +255,8 @@ def drain_to_watermark(
     while pending:
         messages = consumer.consume(num_messages=settings.batch_size, timeout=settings.poll_timeout)
         documents: dict[Any, dict[str, Any]] = {}
+        sources: dict[Any, Message] = {}
+        dead: list[DeadLetter] = []
         next_offsets: dict[int, int] = {}
         in_snapshot = 0
         for message in messages:
@@ -220,19 +266,37 @@ def drain_to_watermark(
             progress = summary.partitions[partition]
             if offset >= progress.end:
                 continue  # after the snapshot: left for the next run, never committed here
-            _id, document = to_document(message)
-            # The later offset wins within a batch; Python dicts keep the first insertion
-            # position, which does not matter to an unordered bulk write.
-            documents[_id] = document
             next_offsets[partition] = offset + 1
             progress.records += 1
             in_snapshot += 1
+            try:
+                _id, document = to_document(message)
+            except BadRecordError as err:
+                if dead_letters is None:
+                    raise
+                dead.append(DeadLetter(message, err.code, str(err), "decode"))
+                continue
+            # The later offset wins within a batch; Python dicts keep the first insertion
+            # position, which does not matter to an unordered bulk write.
+            documents[_id] = document
+            sources[_id] = message
         summary.records += in_snapshot
+        summary.skipped += in_snapshot - len(documents) - len(dead)
         if documents:
             result = sink.write(documents)
-            summary.loaded += result.written
+            summary.loaded += result.written - len(result.rejected)
             summary.batches += 1
-        summary.skipped += in_snapshot - len(documents)
+            for _id, reason in result.rejected.items():
+                if dead_letters is None:
+                    raise BadRecordError("rejected", f"record {_id!r}: {reason}")
+                dead.append(DeadLetter(sources[_id], "rejected", reason, "write"))
+        if dead:
+            # Written before the commit: a crash here re-reads the batch and rewrites the same
+            # dead-letter documents (their _id is topic:partition:offset).
+            dead_letters.write(dead)
+            summary.dead_letters += len(dead)
+            for letter in dead:
+                summary.dead_letter_reasons[letter.code] = summary.dead_letter_reasons.get(letter.code, 0) + 1
 
         # Partitions whose position reached the snapshot are done, even when the records that
         # moved it were not data (transaction markers): commit that position too.
@@ -272,13 +336,15 @@ def drain_to_watermark(
 
     summary.seconds = round(time.monotonic() - began, 3)
     log.info(
-        "Drained %s records from %s in %.2fs (%.0f records/s): %s loaded, %s superseded in-batch",
+        "Drained %s records from %s in %.2fs (%.0f records/s): %s loaded, %s superseded in-batch, "
+        "%s dead letters",
         summary.records,
         topic,
         summary.seconds,
         summary.records_per_second,
         summary.loaded,
         summary.skipped,
+        summary.dead_letters,
     )
     return summary
 

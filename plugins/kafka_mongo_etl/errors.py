@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from airflow.sdk.exceptions import AirflowFailException
+
 
 class EtlError(RuntimeError):
     """Base class for the ETL's own failures."""
@@ -29,3 +31,15 @@ class DrainBusyError(EtlError):
 
 class LeaseLostError(EtlError):
     """This drain's lease expired and was taken over; it stops before committing more."""
+
+
+class ConnectionProblem(EtlError):
+    """Kafka or MongoDB could not be used through a connection; names it and what to check."""
+
+
+class DeadLetterLimitError(AirflowFailException):
+    """More records went to dead letters than the run allows.
+
+    Not retried: the offsets of the dead letters are committed (they are safe in the
+    dead-letter collection), so a retry would find nothing and hide the problem.
+    """

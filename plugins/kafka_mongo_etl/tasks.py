@@ -5,23 +5,30 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from airflow.providers.mongo.hooks.mongo import MongoHook
-from pymongo.errors import PyMongoError
+from pymongo import MongoClient
+from pymongo.database import Database
+from pymongo.errors import ConfigurationError, ConnectionFailure, OperationFailure, PyMongoError
 
 from kafka_mongo_etl.audit import AUDIT_COLLECTION, write_audit
-from kafka_mongo_etl.clients import EtlConsumerHook, EtlProducerHook, admin_client
-from kafka_mongo_etl.drain import DrainSettings, drain_to_watermark, json_document
+from kafka_mongo_etl.clients import EtlConsumerHook, EtlProducerHook, admin_client, kafka_errors
+from kafka_mongo_etl.drain import DrainSettings, DrainSummary, drain_to_watermark, json_document
+from kafka_mongo_etl.errors import ConnectionProblem, DeadLetterLimitError
 from kafka_mongo_etl.ids import id_function
 from kafka_mongo_etl.lease import DrainLease
-from kafka_mongo_etl.mongo_sink import MongoSink
+from kafka_mongo_etl.mongo_sink import MongoDeadLetterSink, MongoSink
 from kafka_mongo_etl.produce import ensure_topic, produce_batch
 
 log = logging.getLogger(__name__)
 
 LEASE_COLLECTION = "etl_leases"
+DEAD_LETTER_SUFFIX = "_dlq"
+KAFKA_METADATA_TIMEOUT = 15.0
+MONGO_TIMEOUT_MS = 10_000
 
 
 def default_group_id(mongo_db: str, mongo_collection: str) -> str:
@@ -32,9 +39,29 @@ def default_group_id(mongo_db: str, mongo_collection: str) -> str:
 def run_produce(
     *, kafka_conn_id: str, topic: str, partitions: int, batch: str, start: int, count: int
 ) -> dict[str, Any]:
-    ensure_topic(admin_client(kafka_conn_id), topic, partitions)
-    producer = EtlProducerHook(kafka_config_id=kafka_conn_id).get_producer()
-    return produce_batch(producer, topic, batch, start, count).as_dict()
+    with kafka_errors(kafka_conn_id):
+        ensure_topic(admin_client(kafka_conn_id), topic, partitions, timeout=KAFKA_METADATA_TIMEOUT)
+        producer = EtlProducerHook(kafka_config_id=kafka_conn_id).get_producer()
+        return produce_batch(producer, topic, batch, start, count).as_dict()
+
+
+@dataclass(frozen=True)
+class DeadLetterPolicy:
+    """When dead letters fail the task: more than ``max_count`` in a run, or more than
+    ``max_ratio`` of the records it drained (``None``: no such limit)."""
+
+    max_count: int | None = 0
+    max_ratio: float | None = None
+
+    def breach(self, dead_letters: int, records: int) -> str | None:
+        if self.max_count is not None and dead_letters > self.max_count:
+            return f"{dead_letters} dead letters, more than the limit of {self.max_count}"
+        if self.max_ratio is not None and records and dead_letters / records > self.max_ratio:
+            return (
+                f"{dead_letters} dead letters of {records} records ({dead_letters / records:.1%}), "
+                f"more than the limit of {self.max_ratio:.1%}"
+            )
+        return None
 
 
 @dataclass(frozen=True)
@@ -51,51 +78,88 @@ class ConsumeJob:
     id_field: str | None = None
     lease_wait: float = 600.0
     drain: DrainSettings = DrainSettings()
+    dead_letter_policy: DeadLetterPolicy = DeadLetterPolicy()
 
     @property
     def consumer_group(self) -> str:
         return self.group_id or default_group_id(self.mongo_db, self.mongo_collection)
 
+    @property
+    def dead_letter_collection(self) -> str:
+        return f"{self.mongo_collection}{DEAD_LETTER_SUFFIX}"
+
+
+def _mongo_client(mongo_conn_id: str) -> tuple[MongoClient, str]:
+    """A client from ``MongoHook`` that has answered ``ping``, and the address it uses.
+
+    A connection without its own timeouts gets 10 s ones, so an unreachable server fails the
+    task in seconds rather than after pymongo's 30 s default per operation.
+    """
+    hook = MongoHook(mongo_conn_id=mongo_conn_id)
+    connection = hook.connection
+    address = f"{connection.host}:{connection.port}" if connection.port else str(connection.host)
+    for option in ("serverSelectionTimeoutMS", "connectTimeoutMS"):
+        hook.extras.setdefault(option, MONGO_TIMEOUT_MS)
+    client = hook.get_conn()
+    with mongo_errors(mongo_conn_id, address):
+        client.admin.command("ping")
+    return client, address
+
+
+@contextlib.contextmanager
+def mongo_errors(mongo_conn_id: str, address: str) -> Iterator[None]:
+    """Name the connection and its address (never its credentials) when MongoDB cannot be used."""
+    try:
+        yield
+    except (ConnectionFailure, ConfigurationError) as err:
+        raise ConnectionProblem(
+            f"MongoDB connection {mongo_conn_id!r} ({address}): the server did not answer; check the "
+            f"host, port and extra of the connection and that the server runs ({type(err).__name__})"
+        ) from err
+    except OperationFailure as err:
+        if err.code not in (13, 18):  # Unauthorized, AuthenticationFailed
+            raise
+        raise ConnectionProblem(
+            f"MongoDB connection {mongo_conn_id!r} ({address}): authentication failed; check the "
+            "connection's login, password and authSource"
+        ) from err
+
 
 def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Drain ``job.topic`` into MongoDB under the drain lease and write the run's audit document."""
+    """Drain ``job.topic`` into MongoDB under the drain lease and write the run's audit document.
+
+    Raises ``DeadLetterLimitError`` (not retried) when the run's dead letters break the policy,
+    after everything was written and committed.
+    """
     to_document = json_document(id_function(job.id_strategy, job.id_field))
-    mongo = MongoHook(mongo_conn_id=job.mongo_conn_id)
-    client = mongo.get_conn()
+    client, address = _mongo_client(job.mongo_conn_id)
     database = client[job.mongo_db]
     audit = {
         "dag_run_id": job.run_id,
         "topic": job.topic,
         "group_id": job.consumer_group,
         "target": f"{job.mongo_db}.{job.mongo_collection}",
+        "dead_letter_collection": f"{job.mongo_db}.{job.dead_letter_collection}",
         "produced": produced,
     }
     try:
-        lease = DrainLease(
-            database[LEASE_COLLECTION],
-            name=f"drain:{job.topic}:{job.consumer_group}",
-            owner=job.batch,
-        )
-        lease.acquire(wait=job.lease_wait)
-        consumer = None
-        try:
-            consumer = EtlConsumerHook(job.topic, job.consumer_group, job.kafka_conn_id).get_conn
-            summary = drain_to_watermark(
-                consumer,
-                job.topic,
-                job.consumer_group,
-                MongoSink(database[job.mongo_collection]),
-                to_document,
-                job.drain,
-                lease,
-            )
-        finally:
-            if consumer is not None:
-                consumer.close()
-            lease.release()
+        with mongo_errors(job.mongo_conn_id, address), kafka_errors(job.kafka_conn_id):
+            summary = _drain_under_lease(job, database, to_document)
         result = {**audit, **summary.as_dict(), "state": "success"}
+        breach = job.dead_letter_policy.breach(summary.dead_letters, summary.records)
+        if breach:
+            result["state"] = "failed"
+            result["error"] = breach
         write_audit(database[AUDIT_COLLECTION], job.batch, result)
+        if breach:
+            raise DeadLetterLimitError(
+                f"{breach}. They are in {job.mongo_db}.{job.dead_letter_collection} with their "
+                f"reasons ({summary.dead_letter_reasons}); everything else was loaded and all "
+                "offsets are committed. Fix the producer or raise max_dead_letters, then go on."
+            )
         return result
+    except DeadLetterLimitError:
+        raise
     except Exception as err:
         # Record the failure for the run's audit, then fail the task with the original error.
         with contextlib.suppress(PyMongoError):
@@ -105,3 +169,27 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
         raise
     finally:
         client.close()
+
+
+def _drain_under_lease(job: ConsumeJob, database: Database, to_document: Any) -> DrainSummary:
+    lease = DrainLease(
+        database[LEASE_COLLECTION], name=f"drain:{job.topic}:{job.consumer_group}", owner=job.batch
+    )
+    lease.acquire(wait=job.lease_wait)
+    consumer = None
+    try:
+        consumer = EtlConsumerHook(job.topic, job.consumer_group, job.kafka_conn_id).get_conn
+        return drain_to_watermark(
+            consumer,
+            job.topic,
+            job.consumer_group,
+            MongoSink(database[job.mongo_collection]),
+            to_document,
+            job.drain,
+            lease,
+            MongoDeadLetterSink(database[job.dead_letter_collection], job.run_id, job.consumer_group),
+        )
+    finally:
+        if consumer is not None:
+            consumer.close()
+        lease.release()
