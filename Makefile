@@ -9,7 +9,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv up down status logs run test lint fmt clean lock check-tools browser
+.PHONY: help venv up down status logs run test lint fmt clean lock check-tools browser chaos
 
 help:  ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ logs:  ## Show the end of every service log (LINES=40)
 
 test: check-tools $(STAMP)  ## Run all tests (starts its own broker and server on free ports)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+chaos: check-tools $(STAMP)  ## SIGKILL the tasks at each kill point, retry, check the _id set (TRIALS=20 SEED=)
+	$(PY) -m chaos --trials $(or $(TRIALS),20) $(if $(SEED),--seed $(SEED)) --results .artifacts/chaos/results.json
 
 lint: $(STAMP)  ## ruff check and format check
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,306 @@
+"""The kill points: where a task process is SIGKILLed, and the injection that does it.
+
+Each point is planned from a seed (which call to kill at, and how) before the child starts, so a
+trial can be repeated. The injection is installed only inside the child process, on the ETL's
+stable seams: the hooks' ``_get_client`` (the confluent client is wrapped in a proxy that counts
+``produce``/``commit`` calls), ``MongoSink.write`` and ``Collection.bulk_write``. The kill is
+``os.kill(os.getpid(), SIGKILL)``: no exception, no ``finally``, no ``atexit``, no flush.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from chaos.work import Work
+
+PRODUCE_MID_BATCH = "produce-mid-batch"
+CONSUME_AFTER_FETCH = "consume-after-fetch"
+CONSUME_MID_BULK_WRITE = "consume-mid-bulk-write"
+CONSUME_AFTER_WRITE_BEFORE_COMMIT = "consume-after-write-before-commit"
+# The "point" of a child that runs without injection: the retry, or a run without faults.
+NO_FAULT = "none"
+KILL_POINTS = (
+    PRODUCE_MID_BATCH,
+    CONSUME_AFTER_FETCH,
+    CONSUME_MID_BULK_WRITE,
+    CONSUME_AFTER_WRITE_BEFORE_COMMIT,
+)
+
+# consume-mid-bulk-write: the first part of the batch acknowledged, then the kill; or the kill
+# from a timer thread while the whole bulk write is on the wire or being applied.
+ACKNOWLEDGED_PREFIX = "acknowledged-prefix"
+IN_FLIGHT = "in-flight"
+
+# Exit status of a child whose SIGKILL did not arrive (it never should).
+NOT_KILLED_STATUS = 70
+
+
+@dataclass(frozen=True)
+class KillPlan:
+    """Where and how one child dies.
+
+    ``call``: the 1-based call number at which to kill (records handed to ``produce()`` for
+    produce-mid-batch; sink writes or offset commits for the consume points).
+    ``delay``: produce-mid-batch: seconds of delivery reports served before the kill, so some
+    records are acknowledged and some are not; in-flight: seconds into the bulk write.
+    ``split``: acknowledged-prefix: the fraction of the write's requests acknowledged first.
+    """
+
+    point: str
+    seed: int
+    call: int
+    mode: str | None = None
+    delay: float = 0.0
+    split: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_for(point: str, seed: int, work: Work) -> KillPlan:
+    """The kill plan for ``point``, drawn from ``seed``; the call number is always reached."""
+    rng = random.Random(seed)
+    if point == PRODUCE_MID_BATCH:
+        # Killed after `call` records were handed to produce(); call == count kills at flush().
+        delay = rng.choice([0.0, round(rng.uniform(0.005, 0.25), 3)])
+        return KillPlan(point, seed, call=rng.randint(1, work.count), delay=delay)
+    if point in (CONSUME_AFTER_FETCH, CONSUME_AFTER_WRITE_BEFORE_COMMIT):
+        return KillPlan(point, seed, call=rng.randint(1, work.min_writes))
+    if point == CONSUME_MID_BULK_WRITE:
+        call = rng.randint(1, work.min_writes)
+        mode = rng.choice([ACKNOWLEDGED_PREFIX, IN_FLIGHT])
+        if mode == ACKNOWLEDGED_PREFIX:
+            return KillPlan(point, seed, call=call, mode=mode, split=round(rng.random(), 3))
+        # A 200-document upsert takes roughly 50-100 ms on the Mongo-wire server.
+        return KillPlan(point, seed, call=call, mode=mode, delay=round(rng.uniform(0.0, 0.1), 3))
+    raise ValueError(f"unknown kill point {point!r}; choose one of {', '.join(KILL_POINTS)}")
+
+
+def sigkill_self(note: Path, **facts: Any) -> None:
+    """Record what the process was doing, then SIGKILL it.
+
+    The note is the only trace the harness gets of the moment of death; it is written with a
+    plain ``write`` (the page cache survives the process).
+    """
+    note.write_text(json.dumps(facts, default=str))
+    os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(NOT_KILLED_STATUS)  # unreachable: SIGKILL to oneself is delivered before kill() returns
+
+
+class KillingProducer:
+    """A confluent ``Producer`` proxy that dies after ``plan.call`` records were handed to it."""
+
+    def __init__(self, producer: Any, plan: KillPlan, note: Path) -> None:
+        self._producer = producer
+        self._plan = plan
+        self._note = note
+        self.handed = 0
+        self.acknowledged = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    def _counting(self, on_delivery: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(err: Any, message: Any) -> Any:
+            if err is None:
+                self.acknowledged += 1
+            return on_delivery(err, message)
+
+        return counted
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        if self.handed == self._plan.call:
+            self._die("produce")
+        if kwargs.get("on_delivery") is not None:
+            kwargs["on_delivery"] = self._counting(kwargs["on_delivery"])
+        self._producer.produce(*args, **kwargs)
+        self.handed += 1
+
+    def flush(self, *args: Any, **kwargs: Any) -> int:
+        if self.handed == self._plan.call:
+            self._die("flush")
+        return self._producer.flush(*args, **kwargs)
+
+    def _die(self, where: str) -> None:
+        if self._plan.delay:
+            # Serve delivery reports for a while: the kill lands with part of the batch on the
+            # broker and part of it still in the local queue.
+            self._producer.poll(self._plan.delay)
+        sigkill_self(
+            self._note,
+            point=self._plan.point,
+            at=where,
+            handed=self.handed,
+            acknowledged=self.acknowledged,
+        )
+
+
+class KillingConsumer:
+    """A confluent ``Consumer`` proxy that dies at the entry of commit number ``plan.call``."""
+
+    def __init__(self, consumer: Any, plan: KillPlan, note: Path) -> None:
+        self._consumer = consumer
+        self._plan = plan
+        self._note = note
+        self.commits = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        self.commits += 1
+        if self.commits == self._plan.call:
+            offsets = kwargs.get("offsets") or (args[1] if len(args) > 1 else None) or []
+            sigkill_self(
+                self._note,
+                point=self._plan.point,
+                at="commit",
+                call=self.commits,
+                offsets={tp.partition: tp.offset for tp in offsets},
+            )
+        return self._consumer.commit(*args, **kwargs)
+
+
+def install(plan: KillPlan, work: Work, note: Path) -> None:
+    """Patch this process so it SIGKILLs itself at ``plan``; call it in the child only."""
+    if plan.point == PRODUCE_MID_BATCH:
+        _wrap_producer(plan, note)
+    elif plan.point == CONSUME_AFTER_FETCH:
+        _kill_at_sink_write(plan, work, note)
+    elif plan.point == CONSUME_MID_BULK_WRITE:
+        _kill_in_bulk_write(plan, work, note)
+    elif plan.point == CONSUME_AFTER_WRITE_BEFORE_COMMIT:
+        _wrap_consumer(plan, note)
+    else:
+        raise ValueError(f"unknown kill point {plan.point!r}")
+
+
+def _wrap_producer(plan: KillPlan, note: Path) -> None:
+    from kafka_mongo_etl.clients import EtlProducerHook
+
+    original = EtlProducerHook._get_client
+
+    def _get_client(self: EtlProducerHook, config: dict[str, Any]) -> Any:
+        return KillingProducer(original(self, config), plan, note)
+
+    EtlProducerHook._get_client = _get_client  # type: ignore[method-assign]
+
+
+def _wrap_consumer(plan: KillPlan, note: Path) -> None:
+    from kafka_mongo_etl.clients import EtlConsumerHook
+
+    original = EtlConsumerHook._get_client
+
+    def _get_client(self: EtlConsumerHook, config: dict[str, Any]) -> Any:
+        return KillingConsumer(original(self, config), plan, note)
+
+    EtlConsumerHook._get_client = _get_client  # type: ignore[method-assign]
+
+
+def _is_target(collection: Any, work: Work) -> bool:
+    """The run's target collection (not the dead-letter, lease or audit collections)."""
+    return collection.name == work.mongo_collection and collection.database.name == work.mongo_db
+
+
+def _kill_at_sink_write(plan: KillPlan, work: Work, note: Path) -> None:
+    """Records fetched and turned into documents, then death at the entry of the k-th write."""
+    from kafka_mongo_etl.mongo_sink import MongoSink
+
+    original = MongoSink.write
+    writes = 0
+
+    def write(self: MongoSink, documents: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal writes
+        if documents and _is_target(self.collection, work):
+            writes += 1
+            if writes == plan.call:
+                sigkill_self(
+                    note, point=plan.point, at="MongoSink.write", call=writes, documents=len(documents)
+                )
+        return original(self, documents, *args, **kwargs)
+
+    MongoSink.write = write  # type: ignore[method-assign]
+
+
+def _kill_in_bulk_write(plan: KillPlan, work: Work, note: Path) -> None:
+    """Death inside the k-th bulk write to the target collection."""
+    from pymongo.collection import Collection
+
+    original = Collection.bulk_write
+    writes = 0
+
+    def bulk_write(self: Collection, requests: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal writes
+        if not _is_target(self, work):
+            return original(self, requests, *args, **kwargs)
+        writes += 1
+        if writes != plan.call:
+            return original(self, requests, *args, **kwargs)
+        requests = list(requests)
+        if plan.mode == ACKNOWLEDGED_PREFIX:
+            acknowledged = int(plan.split * len(requests))
+            if acknowledged:
+                original(self, requests[:acknowledged], *args, **kwargs)
+            sigkill_self(
+                note,
+                point=plan.point,
+                at="bulk_write",
+                mode=plan.mode,
+                call=writes,
+                requests=len(requests),
+                acknowledged=acknowledged,
+            )
+        _bulk_write_killed_by_timer(original, self, requests, args, kwargs, plan, note, writes)
+        return None  # unreachable
+
+    Collection.bulk_write = bulk_write  # type: ignore[method-assign]
+
+
+def _bulk_write_killed_by_timer(
+    original: Callable[..., Any],
+    collection: Any,
+    requests: list[Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    plan: KillPlan,
+    note: Path,
+    call: int,
+) -> None:
+    """Start the whole bulk write and SIGKILL from a timer thread ``plan.delay`` seconds into it.
+
+    If MongoDB acknowledges the write before the timer fires, the kill comes right after the
+    acknowledgement instead (the note says which); the process never goes on to commit.
+    """
+    first = threading.Lock()
+
+    def kill(in_flight: bool) -> None:
+        sigkill_self(
+            note,
+            point=plan.point,
+            at="bulk_write",
+            mode=plan.mode,
+            call=call,
+            requests=len(requests),
+            delay=plan.delay,
+            in_flight=in_flight,
+        )
+
+    def from_timer() -> None:
+        if first.acquire(blocking=False):
+            kill(in_flight=True)
+
+    timer = threading.Timer(plan.delay, from_timer)
+    timer.daemon = True
+    timer.start()
+    original(collection, requests, *args, **kwargs)
+    # Blocks for good if the timer won: its SIGKILL is on the way.
+    first.acquire()
+    kill(in_flight=False)

@@ -1,0 +1,111 @@
+"""What one task process of a trial does: the DAG's ``produce`` or ``consume`` task, or both.
+
+A ``Work`` travels from the harness to the child as JSON; the child calls the same functions the
+DAG's tasks call (``run_produce``, ``run_consume``), with the batch id and consumer group the DAG
+would use. ``kafka_mongo_etl`` is imported lazily: it is on ``sys.path`` only once Airflow has
+been imported with an ``AIRFLOW_HOME`` whose ``plugins_folder`` is this repository's ``plugins/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+ACTIONS = ("produce", "consume", "produce+consume")
+DAG_ID = "chaos"
+
+
+@dataclass(frozen=True)
+class Work:
+    """One DAG run's task work: produce ``count`` records of its batch and/or drain the topic."""
+
+    action: str
+    topic: str
+    run_id: str
+    count: int
+    mongo_db: str
+    mongo_collection: str = "records"
+    start: int = 0
+    partitions: int = 3
+    # Small drain batches: several writes and commits per run, so the kill's call number matters.
+    batch_size: int = 200
+    stall_timeout: float = 10.0
+    lease_wait: float = 60.0
+    kafka_conn_id: str = "kafka_default"
+    mongo_conn_id: str = "mongo_default"
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ValueError(f"unknown action {self.action!r}; choose one of {', '.join(ACTIONS)}")
+
+    @property
+    def batch(self) -> str:
+        """The batch id the DAG builds from its dag id and run id."""
+        from kafka_mongo_etl.ids import batch_id
+
+        return batch_id(DAG_ID, self.run_id)
+
+    @property
+    def group_id(self) -> str:
+        """The consumer group the DAG uses for this target."""
+        from kafka_mongo_etl.tasks import default_group_id
+
+        return default_group_id(self.mongo_db, self.mongo_collection)
+
+    def expected_ids(self) -> set[str]:
+        """The ``_id`` of every record of this run's batch (the record keys)."""
+        from kafka_mongo_etl.ids import record_key
+
+        return {record_key(self.batch, n) for n in range(self.start, self.start + self.count)}
+
+    @property
+    def min_writes(self) -> int:
+        """A floor on the sink writes (and offset commits) one full drain of this batch makes.
+
+        Each write holds at most ``batch_size`` records, so a drain of ``count`` records writes at
+        least ``ceil(count / batch_size)`` times, and commits after each write.
+        """
+        return max(1, math.ceil(self.count / self.batch_size))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Work:
+        return cls(**json.loads(text))
+
+
+def run_work(work: Work) -> dict[str, Any]:
+    """Do the work the way the DAG's tasks do it; return their XCom summaries."""
+    from kafka_mongo_etl.drain import DrainSettings
+    from kafka_mongo_etl.tasks import ConsumeJob, run_consume, run_produce
+
+    batch = work.batch
+    results: dict[str, Any] = {}
+    produced = None
+    if work.action in ("produce", "produce+consume"):
+        produced = run_produce(
+            kafka_conn_id=work.kafka_conn_id,
+            topic=work.topic,
+            partitions=work.partitions,
+            batch=batch,
+            start=work.start,
+            count=work.count,
+        )
+        results["produce"] = produced
+    if work.action in ("consume", "produce+consume"):
+        job = ConsumeJob(
+            kafka_conn_id=work.kafka_conn_id,
+            mongo_conn_id=work.mongo_conn_id,
+            topic=work.topic,
+            mongo_db=work.mongo_db,
+            mongo_collection=work.mongo_collection,
+            batch=batch,
+            run_id=work.run_id,
+            lease_wait=work.lease_wait,
+            drain=DrainSettings(batch_size=work.batch_size, stall_timeout=work.stall_timeout),
+        )
+        results["consume"] = run_consume(job, produced)
+    return results

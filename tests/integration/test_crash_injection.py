@@ -1,0 +1,112 @@
+"""Crash injection, a fixed set: the task process is SIGKILLed at each kill point, its retry (the
+same DAG run) finishes, and the target holds exactly the batch's ``_id`` set.
+
+The randomized version with many trials per point is ``make chaos`` (chaos/harness.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chaos.points import (
+    ACKNOWLEDGED_PREFIX,
+    CONSUME_AFTER_FETCH,
+    CONSUME_AFTER_WRITE_BEFORE_COMMIT,
+    CONSUME_MID_BULK_WRITE,
+    PRODUCE_MID_BATCH,
+)
+from chaos.trials import SIGKILLED, Stack, TrialResult, run_overlapping, run_trial
+from devstack.kafka import KafkaBroker
+from devstack.mongo import MongoWireServer
+from kafka_mongo_etl.ids import record_key
+
+COUNT = 600  # three partitions, drain batches of 200: at least three writes and commits
+
+
+@pytest.fixture
+def stack(connections, kafka_broker: KafkaBroker, mongo_server: MongoWireServer) -> Stack:
+    """The session's services; ``connections`` put them in the environment the children inherit."""
+    return Stack(bootstrap_servers=kafka_broker.bootstrap_servers, mongo_uri=mongo_server.uri)
+
+
+def batch_ids(batch: str) -> set[str]:
+    return {record_key(batch, n) for n in range(COUNT)}
+
+
+def assert_killed_then_recovered(result: TrialResult) -> dict:
+    """The first child died by SIGKILL, the retry exited 0, and no record was lost or doubled."""
+    assert result.error is None, result.error
+    killed, retry = result.runs[0], result.runs[1]
+    assert (killed.role, retry.role) == ("killed", "retry")
+    assert killed.returncode == SIGKILLED, f"not SIGKILLed (exit {killed.returncode}); see {killed.log}"
+    assert killed.note is not None and killed.note["point"] == result.point
+    assert retry.returncode == 0, f"the retry failed; see {retry.log}"
+    verification = result.verification
+    assert verification is not None
+    (batch,) = result.batches
+    assert verification.ids == batch_ids(batch)
+    assert verification.documents == verification.distinct_ids == COUNT
+    assert (verification.lost, verification.duplicate, verification.unexpected) == (0, 0, 0)
+    assert verification.mismatched == 0 and verification.dead_letters == 0
+    assert verification.offsets_behind == 0  # the retry drained to the watermark and committed
+    return killed.note
+
+
+def test_killed_mid_produce_the_retry_resends_the_batch(stack, topic, mongo_db, tmp_path: Path) -> None:
+    result = run_trial(PRODUCE_MID_BATCH, 9, stack, tmp_path, topic=topic, mongo_db=mongo_db, count=COUNT)
+
+    note = assert_killed_then_recovered(result)
+    assert result.plan is not None and result.plan["delay"] > 0
+    assert (note["at"], note["handed"]) == ("produce", result.plan["call"])
+    assert result.after_kill["records_on_topic"] <= note["handed"] < COUNT
+    assert [run.role for run in result.runs] == ["killed", "retry", "consume"]
+
+
+def test_killed_after_fetch_before_the_write(stack, topic, mongo_db, tmp_path: Path) -> None:
+    result = run_trial(CONSUME_AFTER_FETCH, 7, stack, tmp_path, topic=topic, mongo_db=mongo_db, count=COUNT)
+
+    note = assert_killed_then_recovered(result)
+    assert (note["at"], note["call"]) == ("MongoSink.write", 2)
+    # The first write was committed; the fetched second batch never reached MongoDB.
+    assert result.after_kill["documents"] == result.after_kill["records_committed"] > 0
+
+
+def test_killed_in_the_middle_of_a_bulk_write(stack, topic, mongo_db, tmp_path: Path) -> None:
+    result = run_trial(
+        CONSUME_MID_BULK_WRITE, 7, stack, tmp_path, topic=topic, mongo_db=mongo_db, count=COUNT
+    )
+
+    note = assert_killed_then_recovered(result)
+    assert (note["at"], note["mode"], note["call"]) == ("bulk_write", ACKNOWLEDGED_PREFIX, 2)
+    assert 0 < note["acknowledged"] < note["requests"]
+    # Part of the second batch is in MongoDB, none of its offsets are committed.
+    assert result.after_kill["documents"] == result.after_kill["records_committed"] + note["acknowledged"]
+
+
+def test_killed_after_the_write_before_the_commit(stack, topic, mongo_db, tmp_path: Path) -> None:
+    result = run_trial(
+        CONSUME_AFTER_WRITE_BEFORE_COMMIT, 7, stack, tmp_path, topic=topic, mongo_db=mongo_db, count=COUNT
+    )
+
+    note = assert_killed_then_recovered(result)
+    assert (note["at"], note["call"]) == ("commit", 2)
+    # The second batch is written but its offsets are not committed: the retry reads it again.
+    assert result.after_kill["documents"] > result.after_kill["records_committed"] > 0
+
+
+def test_overlapping_runs_load_one_copy_of_every_record(stack, topic, mongo_db, tmp_path: Path) -> None:
+    # Seed 1: both runs start at the same moment (no stagger).
+    result = run_overlapping(1, stack, tmp_path, topic=topic, mongo_db=mongo_db, count=COUNT)
+
+    assert result.error is None, result.error
+    assert result.plan == {"stagger": 0.0}
+    assert [run.returncode for run in result.runs] == [0, 0]
+    verification = result.verification
+    assert verification is not None
+    first, second = result.batches
+    assert first != second
+    assert verification.ids == batch_ids(first) | batch_ids(second)
+    assert verification.documents == verification.distinct_ids == 2 * COUNT
+    assert verification.offsets_behind == 0
