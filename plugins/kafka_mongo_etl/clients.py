@@ -100,6 +100,8 @@ _UNREACHABLE = {
     KafkaError._TIMED_OUT,
     KafkaError._RESOLVE,
     KafkaError._MSG_TIMED_OUT,
+    # A synchronous commit with no group coordinator to send it to (the broker went away).
+    KafkaError._WAIT_COORD,
 }
 _AUTH = {
     KafkaError._AUTHENTICATION,
