@@ -107,3 +107,18 @@ def test_dag_factory_takes_connection_ids() -> None:
     )
     assert other.dag_id == "kafka_to_mongo_eu"
     assert other.start_date == dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("conf", "words"),
+    [
+        ({"topic": "bad topic"}, "letters, digits"),
+        ({"mongo_db": "a.b"}, "none of"),
+        ({"mongo_collection": "system.x"}, "not 'system"),
+        ({"count": 0}, "minimum of 1"),
+    ],
+    ids=str,
+)
+def test_validation_errors_say_what_is_allowed(dag, conf: dict, words: str) -> None:
+    with pytest.raises(ParamValidationError, match=words):
+        _validated(dag, conf)
