@@ -32,6 +32,8 @@ class MongoWireServer:
     port: int = 27017
     host: str = "127.0.0.1"
     port_setting: str = "MONGO_PORT"
+    # Require SCRAM authentication (users are created beforehand, on a start without it).
+    auth: bool = False
 
     @property
     def uri(self) -> str:
@@ -75,6 +77,7 @@ class MongoWireServer:
                 str(storage),
                 "--log-level",
                 "WARNING",
+                *(["--auth"] if self.auth else []),
             ],
             cwd=self.state_dir,
         )
@@ -82,7 +85,7 @@ class MongoWireServer:
         return True
 
     def ready(self) -> bool:
-        """The server answers ``ping``."""
+        """The server answers ``ping`` (which needs no authentication)."""
         from pymongo import MongoClient
         from pymongo.errors import PyMongoError
 

@@ -138,3 +138,41 @@ def test_broker_restarted_mid_drain(monkeypatch, own_broker, mongo_server, topic
     run_consume(job)
     loaded = ids(mongo_server, mongo_db)
     assert len(loaded) == 3000 and set(loaded) == {record_key(job.batch, n) for n in range(3000)}
+
+
+def test_mongodb_credentials_wrong_or_right(monkeypatch, kafka_broker, tmp_path, topic, mongo_db) -> None:
+    from pymongo import MongoClient
+
+    server = MongoWireServer(tmp_path / "mongo-auth", port=free_port())
+    server.start()
+    try:
+        client: MongoClient = MongoClient(server.uri)
+        client.admin.command("createUser", "etl", pwd="right-horse-battery", roles=["root"])
+        client.close()
+        server.stop()
+        server.auth = True
+        server.start()
+
+        use(monkeypatch, kafka_broker, server)
+        job = job_for(topic, mongo_db)
+        run_produce(
+            kafka_conn_id="kafka_default", topic=topic, partitions=1, batch=job.batch, start=0, count=20
+        )
+
+        def connect_as(password: str) -> None:
+            conn = {"conn_type": "mongo", "host": server.host, "port": server.port, "login": "etl"}
+            conn |= {"password": password, "extra": {"authSource": "admin"}}
+            monkeypatch.setenv("AIRFLOW_CONN_MONGO_DEFAULT", json.dumps(conn))
+
+        connect_as("wrong-staple")
+        began = time.monotonic()
+        with pytest.raises(ConnectionProblem, match="'mongo_default'.*authentication failed") as err:
+            run_consume(job)
+        assert time.monotonic() - began < 30
+        assert "wrong-staple" not in str(err.value) and "wrong-staple" not in repr(err.value.__cause__)
+        assert committed_total(kafka_broker, topic, job.consumer_group, 1) == 0
+
+        connect_as("right-horse-battery")
+        assert run_consume(job)["loaded"] == 20
+    finally:
+        server.stop()
