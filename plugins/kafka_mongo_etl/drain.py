@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -215,18 +215,24 @@ def drain_to_watermark(
     settings: DrainSettings | None = None,
     lease: Lease | None = None,
     dead_letters: DeadLetterSink | None = None,
+    partitions: Collection[int] | None = None,
 ) -> DrainSummary:
     """Load ``topic`` from the group's committed offsets (earliest if none) to the snapshot.
 
     ``consumer`` must have ``enable.auto.commit=false``; it is assigned, never subscribed.
     Records that cannot be loaded go to ``dead_letters`` before their offsets are committed;
-    without a dead-letter sink the first such record fails the drain. The caller closes the
-    consumer.
+    without a dead-letter sink the first such record fails the drain. ``partitions`` limits the
+    drain to those partitions (one mapped task per partition). The caller closes the consumer.
     """
     settings = settings or DrainSettings()
     began = time.monotonic()
     summary = DrainSummary(topic=topic, group_id=group_id)
     watermarks = high_watermarks(consumer, topic, settings.metadata_timeout)
+    if partitions is not None:
+        missing = set(partitions) - set(watermarks)
+        if missing:
+            raise TopicNotFoundError(f"topic {topic!r} has no partition {sorted(missing)}")
+        watermarks = {p: watermarks[p] for p in sorted(partitions)}
     committed = committed_offsets(
         consumer, [TopicPartition(topic, p) for p in watermarks], settings.metadata_timeout
     )

@@ -79,10 +79,21 @@ class ConsumeJob:
     lease_wait: float = 600.0
     drain: DrainSettings = DrainSettings()
     dead_letter_policy: DeadLetterPolicy = DeadLetterPolicy()
+    # Drain only these partitions (a mapped task per partition); None: all of them.
+    partitions: tuple[int, ...] | None = None
 
     @property
     def consumer_group(self) -> str:
         return self.group_id or default_group_id(self.mongo_db, self.mongo_collection)
+
+    @property
+    def scope(self) -> str:
+        """``""`` for the whole topic, ``":0,2"`` for a drain of partitions 0 and 2."""
+        return "" if self.partitions is None else ":" + ",".join(map(str, sorted(self.partitions)))
+
+    @property
+    def audit_id(self) -> str:
+        return f"{self.batch}{self.scope}"
 
     @property
     def dead_letter_collection(self) -> str:
@@ -150,7 +161,7 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
         if breach:
             result["state"] = "failed"
             result["error"] = breach
-        write_audit(database[AUDIT_COLLECTION], job.batch, result)
+        write_audit(database[AUDIT_COLLECTION], job.audit_id, result)
         if breach:
             raise DeadLetterLimitError(
                 f"{breach}. They are in {job.mongo_db}.{job.dead_letter_collection} with their "
@@ -164,7 +175,7 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
         # Record the failure for the run's audit, then fail the task with the original error.
         with contextlib.suppress(PyMongoError):
             write_audit(
-                database[AUDIT_COLLECTION], job.batch, {**audit, "state": "failed", "error": str(err)}
+                database[AUDIT_COLLECTION], job.audit_id, {**audit, "state": "failed", "error": str(err)}
             )
         raise
     finally:
@@ -172,8 +183,11 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
 
 
 def _drain_under_lease(job: ConsumeJob, database: Database, to_document: Any) -> DrainSummary:
+    # Drains of disjoint partitions do not overlap, so each partition set has its own lease.
     lease = DrainLease(
-        database[LEASE_COLLECTION], name=f"drain:{job.topic}:{job.consumer_group}", owner=job.batch
+        database[LEASE_COLLECTION],
+        name=f"drain:{job.topic}:{job.consumer_group}{job.scope}",
+        owner=job.batch,
     )
     lease.acquire(wait=job.lease_wait)
     consumer = None
@@ -188,6 +202,7 @@ def _drain_under_lease(job: ConsumeJob, database: Database, to_document: Any) ->
             job.drain,
             lease,
             MongoDeadLetterSink(database[job.dead_letter_collection], job.run_id, job.consumer_group),
+            job.partitions,
         )
     finally:
         if consumer is not None:

@@ -290,3 +290,19 @@ def test_dag_runs_load_exactly_their_own_batches(airflow_db, connections, topic,
     assert set(audit) == {first_batch, second_batch}
     assert audit[second_batch]["loaded"] == 500 and audit[second_batch]["produced"]["count"] == 500
     assert audit[second_batch]["group_id"] == default_group_id(mongo_db, "testnum")
+
+
+def test_drains_of_single_partitions_together_load_everything(job, kafka_broker, mongo_client) -> None:
+    from dataclasses import replace
+
+    produce(job.topic, job.batch, 0, 900, partitions=3)
+    per_partition = [replace(job, partitions=(p,)) for p in range(3)]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(run_consume, per_partition))
+    assert [list(r["partitions"]) for r in results] == [["0"], ["1"], ["2"]]
+    assert sum(r["records"] for r in results) == 900
+    assert ids_in(mongo_client[job.mongo_db]["testnum"]) == expected_ids(job.batch, 0, 900)
+    audit_ids = {d["_id"] for d in mongo_client[job.mongo_db]["etl_runs"].find()}
+    assert audit_ids == {f"{job.batch}:{p}" for p in range(3)}
+    with pytest.raises(TopicNotFoundError, match=r"no partition \[7\]"):
+        run_consume(replace(job, partitions=(7,)))
