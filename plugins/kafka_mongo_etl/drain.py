@@ -119,10 +119,13 @@ def json_document(id_for: IdFunction) -> Callable[[Message], tuple[Any, dict[str
         where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
         if raw is None:
             raise BadRecordError("tombstone", f"record {where} has no value (a tombstone)")
+        # Decoded here, not by json.loads: that would also take UTF-16 and UTF-32 by their BOM.
         try:
-            value = json.loads(raw)
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
             raise BadRecordError("not_utf8", f"record {where} is not UTF-8: {err}") from None
+        try:
+            value = json.loads(text)
         except ValueError as err:
             raise BadRecordError("not_json", f"record {where} is not JSON: {err}") from None
         if not isinstance(value, dict):
