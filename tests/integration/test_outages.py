@@ -176,3 +176,24 @@ def test_mongodb_credentials_wrong_or_right(monkeypatch, kafka_broker, tmp_path,
         assert run_consume(job)["loaded"] == 20
     finally:
         server.stop()
+
+
+def test_produce_fails_naming_how_many_records_were_not_delivered(monkeypatch, own_broker, topic) -> None:
+    from kafka_mongo_etl.clients import EtlProducerHook
+    from kafka_mongo_etl.errors import DeliveryError
+    from kafka_mongo_etl.produce import ensure_topic, produce_batch
+
+    conn = {"conn_type": "kafka", "extra": {"bootstrap.servers": own_broker.bootstrap_servers}}
+    conn["extra"]["message.timeout.ms"] = 3000  # a connection may tune delivery timeouts
+    monkeypatch.setenv("AIRFLOW_CONN_KAFKA_DEFAULT", json.dumps(conn))
+    from kafka_mongo_etl.clients import admin_client
+
+    ensure_topic(admin_client("kafka_default"), topic, 1)
+    producer = EtlProducerHook("kafka_default").get_producer()
+    produce_batch(producer, topic, "test/ok", 0, 10)
+    own_broker.stop()
+    with pytest.raises(
+        DeliveryError, match=rf"50 of 50 records were not delivered to topic '{topic}'"
+    ) as err:
+        produce_batch(producer, topic, "test/lost", 0, 50, flush_timeout=30)
+    assert err.value.failed == 50
