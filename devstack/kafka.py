@@ -62,6 +62,11 @@ class KafkaBroker:
     """One KRaft node (broker + controller) with its data and logs under ``state_dir``.
 
     ``extra_properties`` are appended to server.properties (the SASL/TLS tests use it).
+
+    With ``sasl_ssl_port`` set, the broker also listens there for SASL_SSL clients (SCRAM-SHA-512
+    over TLS, with the PKCS12 ``keystore``); PLAINTEXT stays for the controller and inter-broker
+    traffic. ``scram_users`` (name -> password) are written when the storage is formatted, so
+    they only take effect on a fresh ``state_dir``.
     """
 
     state_dir: Path
@@ -72,10 +77,18 @@ class KafkaBroker:
     extra_properties: dict[str, str] = field(default_factory=dict)
     port_setting: str = "KAFKA_PORT"
     controller_port_setting: str = "KAFKA_CONTROLLER_PORT"
+    sasl_ssl_port: int | None = None
+    keystore: Path | None = None
+    keystore_password: str = ""
+    scram_users: dict[str, str] = field(default_factory=dict)
 
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str | None:
+        return f"{self.host}:{self.sasl_ssl_port}" if self.sasl_ssl_port is not None else None
 
     @property
     def process(self) -> ManagedProcess:
@@ -107,8 +120,36 @@ class KafkaBroker:
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
         }
+        if self.sasl_ssl_port is not None:
+            props.update(self._sasl_ssl_properties(props))
         props.update(self.extra_properties)
         return "".join(f"{key}={value}\n" for key, value in props.items())
+
+    def _sasl_ssl_properties(self, props: dict[str, str]) -> dict[str, str]:
+        if self.keystore is None:
+            raise StackError("a SASL_SSL listener needs a PKCS12 keystore with the broker's certificate")
+        listener = f"SASL_SSL://{self.host}:{self.sasl_ssl_port}"
+        return {
+            "listeners": f"{props['listeners']},{listener}",
+            "advertised.listeners": f"{props['advertised.listeners']},{listener}",
+            "listener.security.protocol.map": f"{props['listener.security.protocol.map']},SASL_SSL:SASL_SSL",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "ssl.keystore.type": "PKCS12",
+            "ssl.keystore.location": str(self.keystore),
+            "ssl.keystore.password": self.keystore_password,
+        }
+
+    def _scram_arguments(self) -> list[str]:
+        arguments = []
+        for name, password in self.scram_users.items():
+            # StorageTool parses name=value pairs separated by commas inside brackets.
+            if any(c in f"{name}{password}" for c in '",[]='):
+                raise StackError(f'SCRAM user {name!r}: names and passwords must not contain , [ ] = or "')
+            arguments += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
+        return arguments
 
     def _java_argv(self, classpath: str, main: str, *args: str) -> list[str]:
         return [
@@ -136,6 +177,11 @@ class KafkaBroker:
                     f"stop that process or move ours with {setting}=<port> "
                     f"(e.g. make up {setting}={port + 10000})"
                 )
+        if self.sasl_ssl_port is not None and not port_is_free(self.host, self.sasl_ssl_port):
+            raise StackError(
+                f"port {self.sasl_ssl_port} (Kafka SASL_SSL listener) on {self.host} is already in use "
+                "by another process; choose another sasl_ssl_port"
+            )
 
     def start(self, timeout: float = 120.0) -> bool:
         """Start the broker unless ours is already running; wait until it answers. True if started."""
@@ -156,10 +202,11 @@ class KafkaBroker:
                     "kafka.tools.StorageTool",
                     "format",
                     "--standalone",
-                    "-t",
-                    cluster_id,
+                    # One argument: a random id may start with "-", which argparse takes for an option.
+                    f"--cluster-id={cluster_id}",
                     "-c",
                     str(properties),
+                    *self._scram_arguments(),
                 ),
                 capture_output=True,
                 text=True,
