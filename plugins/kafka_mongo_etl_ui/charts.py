@@ -7,6 +7,7 @@ point carries a ``<title>`` (the browser's tooltip) and ``data-run-id``.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,6 +63,17 @@ def compact_number(value: float) -> str:
 
 def _fmt(value: float) -> str:
     return f"{value:.1f}"
+
+
+def _time_format(times: Sequence[dt.datetime]) -> tuple[str, str]:
+    """A label format precise enough to tell the runs apart, and the day when they share one."""
+    if not times:
+        return "%m-%d %H:%M", ""
+    first, last = min(times).astimezone(dt.UTC), max(times).astimezone(dt.UTC)
+    if first.date() != last.date():
+        return "%m-%d %H:%M", ""
+    day = f" on {first:%Y-%m-%d}"
+    return ("%H:%M:%S", day) if last - first < dt.timedelta(hours=1) else ("%H:%M", day)
 
 
 def throughput_chart(runs: Sequence[RunRow], box: ChartBox = ChartBox()) -> str:
@@ -150,11 +162,12 @@ def throughput_chart(runs: Sequence[RunRow], box: ChartBox = ChartBox()) -> str:
     parts.extend(points)
 
     # Time labels under at most six slots, always the first and the last.
+    time_format, day = _time_format([run.updated_at for run in ordered if run.updated_at])
     every = max(1, math.ceil(len(ordered) / 6))
     labelled = sorted({*range(0, len(ordered), every), len(ordered) - 1})
     for index in labelled:
         when = ordered[index].updated_at
-        text = when.strftime("%m-%d %H:%M") if when else "?"
+        text = when.astimezone(dt.UTC).strftime(time_format) if when else "?"
         parts.append(
             f'<text class="axis time" x="{_fmt(x_of(index))}" y="{box.baseline + 18}" '
             f'text-anchor="middle">{escape(text)}</text>'
@@ -163,7 +176,7 @@ def throughput_chart(runs: Sequence[RunRow], box: ChartBox = ChartBox()) -> str:
         f'<line class="baseline" x1="{box.left}" x2="{box.width - box.right}" y1="{_fmt(box.baseline)}" '
         f'y2="{_fmt(box.baseline)}" stroke="#8a9099" stroke-width="1"/>'
         f'<text class="axis-title" x="{box.left + box.plot_width / 2:.0f}" y="{box.height - 6}" '
-        'text-anchor="middle">run finished (UTC), oldest to newest</text>'
+        f'text-anchor="middle">run finished{escape(day)} (UTC), oldest to newest</text>'
     )
     parts.append("</svg>")
     return "".join(parts)

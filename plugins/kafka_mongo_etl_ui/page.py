@@ -194,6 +194,15 @@ def _dead_letter_section(dead: DeadLetters | None, runs: Sequence[RunRow]) -> st
         )
     if not dead.latest:
         return f'{summary}<p id="dlq-empty"><code>{escape(dead.collection)}</code> is empty.</p>'
+    return (
+        f"{summary}<p><code>{escape(dead.collection)}</code> holds about "
+        f'<strong id="dlq-total">{dead.total:,}</strong> records; the newest are below.</p>'
+    )
+
+
+def _newest_dead_letters(dead: DeadLetters | None) -> str:
+    if dead is None or not dead.latest:
+        return ""
     rows = "".join(
         f'<tr class="dead-letter"><td>{_time(letter.failed_at)}</td><td>{escape(letter.run_id or "–")}</td>'
         f'<td class="num">{_number(letter.partition)}</td><td class="num">{_number(letter.offset)}</td>'
@@ -202,11 +211,11 @@ def _dead_letter_section(dead: DeadLetters | None, runs: Sequence[RunRow]) -> st
         for letter in dead.latest
     )
     return (
-        f"{summary}<p><code>{escape(dead.collection)}</code> holds about "
-        f'<strong id="dlq-total">{dead.total:,}</strong> records; the newest:</p>'
+        f'<section><h2>Newest dead letters <span class="muted">(<code>{escape(dead.collection)}</code>)'
+        "</span></h2>"
         '<table id="dead-letters"><thead><tr><th>Failed</th><th>Run</th><th class="num">Partition</th>'
         '<th class="num">Offset</th><th>Code</th><th>Reason</th></tr></thead>'
-        f"<tbody>{rows}</tbody></table>"
+        f"<tbody>{rows}</tbody></table></section>"
     )
 
 
@@ -233,5 +242,6 @@ def render_page(data: PageData, nonce: str) -> str:
 <section><h2>Consumer lag now</h2>{_lag_section(data)}</section>
 <section><h2>Dead letters</h2>{_dead_letter_section(data.dead_letters, data.runs)}</section>
 </div>
+{_newest_dead_letters(data.dead_letters)}
 </body></html>
 """

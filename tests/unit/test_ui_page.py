@@ -176,6 +176,19 @@ def test_the_chart_has_one_point_and_one_bar_per_run_oldest_on_the_left() -> Non
     assert "<title>manual__2026-03-01T12:04:00+00:00: 54.0 records/s</title>" in svg
 
 
+def test_time_labels_are_as_precise_as_the_runs_are_close() -> None:
+    minutes_apart = throughput_chart(rows(5))
+    assert "12:04:00</text>" in minutes_apart and "run finished on 2026-03-01 (UTC)" in minutes_apart
+
+    days_apart = [
+        RunRow.from_audit(audit(1, updated_at=T0 + dt.timedelta(days=1))),
+        RunRow.from_audit(audit(0)),
+    ]
+    svg = throughput_chart(days_apart)
+    assert "03-02 12:00</text>" in svg and "03-01 12:00</text>" in svg
+    assert "run finished (UTC)" in svg
+
+
 def test_a_run_without_a_rate_breaks_the_line_and_has_no_point() -> None:
     runs = rows(5)
     failed = RunRow.from_audit({"_id": "kafka_to_mongo/failed", "state": "failed", "loaded": None})
