@@ -9,7 +9,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv up down status logs run test lint fmt clean lock check-tools browser chaos
+.PHONY: help venv up down status logs run test lint fmt clean lock check-tools browser chaos bench
 
 help:  ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ test: check-tools $(STAMP)  ## Run all tests (starts its own broker and server o
 
 chaos: check-tools $(STAMP)  ## SIGKILL the tasks at each kill point, retry, check the _id set (TRIALS=20 SEED=)
 	$(PY) -m chaos --trials $(or $(TRIALS),20) $(if $(SEED),--seed $(SEED)) --results .artifacts/chaos/results.json
+
+bench: check-tools $(STAMP)  ## Benchmarks on their own broker, server and Airflow (N=20000 REPS=3 AIRFLOW=1)
+	$(PY) -m bench --n $(or $(N),20000) --airflow $(or $(AIRFLOW),1) $(if $(REPS),--reps $(REPS))
 
 lint: $(STAMP)  ## ruff check and format check
 	$(VENV)/bin/ruff check .
