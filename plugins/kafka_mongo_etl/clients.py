@@ -90,8 +90,15 @@ class EtlConsumerHook(KafkaConsumerHook):
         )
 
 
+class EtlAdminClientHook(KafkaAdminClientHook):
+    """An admin client from the connection whose errors surface (a refused login, say)."""
+
+    def _get_client(self, config: dict[str, Any]) -> AdminClient:
+        return AdminClient({"error_cb": on_client_error, **config})
+
+
 def admin_client(kafka_config_id: str) -> AdminClient:
-    return KafkaAdminClientHook(kafka_config_id=kafka_config_id).get_conn
+    return EtlAdminClientHook(kafka_config_id=kafka_config_id).get_conn
 
 
 _UNREACHABLE = {

@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from kafka_mongo_etl.errors import EtlError, TopicNotFoundError
 from kafka_mongo_etl.ids import IdFunction
+from kafka_mongo_etl.metadata import topic_metadata
 from kafka_mongo_etl.mongo_sink import WriteResult
 
 log = logging.getLogger(__name__)
@@ -155,10 +156,9 @@ def json_document(id_for: IdFunction) -> Callable[[Message], tuple[Any, dict[str
 
 def high_watermarks(consumer: Consumer, topic: str, timeout: float) -> dict[int, tuple[int, int]]:
     """``{partition: (low, high)}`` read from the partition leaders now (not cached)."""
-    metadata = consumer.list_topics(topic=topic, timeout=timeout)
-    topic_metadata = metadata.topics.get(topic)
-    if topic_metadata is None or topic_metadata.error is not None or not topic_metadata.partitions:
-        reason = topic_metadata.error if topic_metadata is not None else "no metadata"
+    found = topic_metadata(consumer, topic, timeout).topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        reason = found.error if found is not None else "no metadata"
         raise TopicNotFoundError(
             f"topic {topic!r} does not exist on the broker ({reason}); produce to it first or check "
             "the topic name"
@@ -167,7 +167,7 @@ def high_watermarks(consumer: Consumer, topic: str, timeout: float) -> dict[int,
         partition: consumer.get_watermark_offsets(
             TopicPartition(topic, partition), timeout=timeout, cached=False
         )
-        for partition in sorted(topic_metadata.partitions)
+        for partition in sorted(found.partitions)
     }
 
 

@@ -16,6 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from kafka_mongo_etl.errors import DeliveryError
 from kafka_mongo_etl.ids import record_key
+from kafka_mongo_etl.metadata import topic_metadata
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def ensure_topic(admin: AdminClient, topic: str, partitions: int, timeout: float
 
     An existing topic keeps its partition count (changing it would move keys between partitions).
     """
-    metadata = admin.list_topics(topic=topic, timeout=timeout)
+    metadata = topic_metadata(admin, topic, timeout)
     existing = metadata.topics.get(topic)
     if existing is not None and existing.error is None:
         if len(existing.partitions) != partitions:

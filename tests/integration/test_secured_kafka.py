@@ -293,14 +293,6 @@ def assert_fails_usefully(failure: Failure, wrong_password: str) -> None:
     assert failure.seconds < AUTH_FAILURE_BOUND, f"took {failure.seconds:.1f}s: {described}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "produce's AdminClient has no error_cb and list_topics() serves no callbacks, so the SASL "
-        "rejection is never seen: after the 15 s metadata timeout _TRANSPORT is reported as "
-        "'no broker answered: check bootstrap.servers, the network ...'"
-    ),
-)
 def test_a_wrong_sasl_password_fails_produce_fast_naming_the_connection(use_secured_kafka, topic) -> None:
     wrong = secrets.token_hex(16)
     use_secured_kafka(password=wrong)
