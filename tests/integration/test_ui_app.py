@@ -4,6 +4,7 @@ and what it shows for real runs, real offsets and 10,000 audit documents."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
@@ -12,6 +13,7 @@ import pytest
 from confluent_kafka import Producer
 from kafka_mongo_etl_ui.runs import RUNS_LIMIT
 
+from devstack.process import free_port
 from kafka_mongo_etl.audit import AUDIT_COLLECTION
 from kafka_mongo_etl.tasks import ConsumeJob, DeadLetterPolicy, default_group_id, run_consume, run_produce
 
@@ -184,3 +186,32 @@ def test_a_target_without_runs_says_so_and_measures_no_lag(api, token, connectio
     assert RUN_ROW.findall(html) == []
     assert 'id="no-runs"' in html and 'id="lag-unknown"' in html and 'id="no-dlq"' in html
     assert "No runs of this target yet" in html
+
+
+def test_the_page_still_renders_and_says_why_when_kafka_or_mongodb_is_away(
+    api, token, connections, monkeypatch, mongo_db, mongo_client
+) -> None:
+    mongo_client[mongo_db][AUDIT_COLLECTION].insert_one(audit_document(mongo_db, 1))
+    nothing_listens = f"127.0.0.1:{free_port()}"
+    kafka_away = {"conn_type": "kafka", "extra": {"bootstrap.servers": nothing_listens}}
+    monkeypatch.setenv("AIRFLOW_CONN_KAFKA_DEFAULT", json.dumps(kafka_away))
+
+    html = etl_page(api, token, f"{mongo_db}.testnum")
+
+    assert RUN_ROW.findall(html) == ["manual__00001"]
+    assert 'id="lag-error"' in html and "Lag unavailable" in html
+    assert 'class="partition"' not in html
+
+    host, port = nothing_listens.split(":")
+    mongo_away = {
+        "conn_type": "mongo",
+        "host": host,
+        "port": int(port),
+        "extra": {"serverSelectionTimeoutMS": 300},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_MONGO_DEFAULT", json.dumps(mongo_away))
+
+    html = etl_page(api, token, f"{mongo_db}.testnum")
+
+    assert "MongoDB (mongo_default) could not be read" in html
+    assert RUN_ROW.findall(html) == []
