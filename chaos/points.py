@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,10 +48,15 @@ NOT_KILLED_STATUS = 70
 class KillPlan:
     """Where and how one child dies.
 
-    ``call``: the 1-based call number at which to kill (records handed to ``produce()`` for
-    produce-mid-batch; sink writes or offset commits for the consume points).
-    ``delay``: produce-mid-batch: seconds of delivery reports served before the kill, so some
-    records are acknowledged and some are not; in-flight: seconds into the bulk write.
+    ``call``: the call number at which to kill: produce-mid-batch dies after ``call`` records
+    were handed to ``produce()`` (at the next ``produce()``, or at ``flush()`` when ``call`` is
+    the whole batch); the consume points die at the entry of sink write or offset commit
+    number ``call`` (1-based).
+    ``settle``: produce-mid-batch: after this many records were handed, the producer waits until
+    the broker acknowledged them, then hands the rest up to ``call`` and dies at once: the first
+    ``settle`` records are on the topic, the next ones are lost in the local queue, the rest
+    were never handed over.
+    ``delay``: in-flight: seconds into the bulk write at which the timer fires.
     ``split``: acknowledged-prefix: the fraction of the write's requests acknowledged first.
     """
 
@@ -58,6 +64,7 @@ class KillPlan:
     seed: int
     call: int
     mode: str | None = None
+    settle: int = 0
     delay: float = 0.0
     split: float = 0.0
 
@@ -69,9 +76,8 @@ def plan_for(point: str, seed: int, work: Work) -> KillPlan:
     """The kill plan for ``point``, drawn from ``seed``; the call number is always reached."""
     rng = random.Random(seed)
     if point == PRODUCE_MID_BATCH:
-        # Killed after `call` records were handed to produce(); call == count kills at flush().
-        delay = rng.choice([0.0, round(rng.uniform(0.005, 0.25), 3)])
-        return KillPlan(point, seed, call=rng.randint(1, work.count), delay=delay)
+        call = rng.randint(1, work.count)
+        return KillPlan(point, seed, call=call, settle=rng.randint(0, call - 1))
     if point in (CONSUME_AFTER_FETCH, CONSUME_AFTER_WRITE_BEFORE_COMMIT):
         return KillPlan(point, seed, call=rng.randint(1, work.min_writes))
     if point == CONSUME_MID_BULK_WRITE:
@@ -79,8 +85,9 @@ def plan_for(point: str, seed: int, work: Work) -> KillPlan:
         mode = rng.choice([ACKNOWLEDGED_PREFIX, IN_FLIGHT])
         if mode == ACKNOWLEDGED_PREFIX:
             return KillPlan(point, seed, call=call, mode=mode, split=round(rng.random(), 3))
-        # A 200-document upsert takes roughly 50-100 ms on the Mongo-wire server.
-        return KillPlan(point, seed, call=call, mode=mode, delay=round(rng.uniform(0.0, 0.1), 3))
+        # A 200-document upsert takes about 50 ms on the Mongo-wire server (seen in trials:
+        # timers under ~50 ms fire while the client waits for the reply).
+        return KillPlan(point, seed, call=call, mode=mode, delay=round(rng.uniform(0.0, 0.05), 3))
     raise ValueError(f"unknown kill point {point!r}; choose one of {', '.join(KILL_POINTS)}")
 
 
@@ -104,6 +111,7 @@ class KillingProducer:
         self._note = note
         self.handed = 0
         self.acknowledged = 0
+        self.settled = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._producer, name)
@@ -119,6 +127,8 @@ class KillingProducer:
     def produce(self, *args: Any, **kwargs: Any) -> None:
         if self.handed == self._plan.call:
             self._die("produce")
+        if self._plan.settle and self.handed == self._plan.settle:
+            self._settle()
         if kwargs.get("on_delivery") is not None:
             kwargs["on_delivery"] = self._counting(kwargs["on_delivery"])
         self._producer.produce(*args, **kwargs)
@@ -129,16 +139,24 @@ class KillingProducer:
             self._die("flush")
         return self._producer.flush(*args, **kwargs)
 
+    def _settle(self, timeout: float = 30.0) -> None:
+        """Serve delivery reports until the records handed so far are acknowledged.
+
+        Without this pause the whole batch is handed over in milliseconds, before the producer
+        has even fetched metadata, and a kill never finds a record on the broker.
+        """
+        deadline = time.monotonic() + timeout
+        while self.acknowledged < self.handed and time.monotonic() < deadline:
+            self._producer.poll(0.1)
+        self.settled = self.acknowledged
+
     def _die(self, where: str) -> None:
-        if self._plan.delay:
-            # Serve delivery reports for a while: the kill lands with part of the batch on the
-            # broker and part of it still in the local queue.
-            self._producer.poll(self._plan.delay)
         sigkill_self(
             self._note,
             point=self._plan.point,
             at=where,
             handed=self.handed,
+            settled=self.settled,
             acknowledged=self.acknowledged,
         )
 

@@ -104,7 +104,7 @@ class TrialResult:
     # The state the retry started from: records on the topic, documents in the target,
     # records below the group's committed offsets.
     after_kill: dict[str, int]
-    verification: Verification | None
+    verification: Verification
     seconds: float
     error: str | None = None
 
@@ -114,12 +114,11 @@ class TrialResult:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.verification is not None and self.verification.ok
+        return self.error is None and self.verification.ok
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        if self.verification is not None:
-            data["verification"].pop("ids")
+        data["verification"].pop("ids")
         data["killed"] = self.killed
         data["ok"] = self.ok
         return data
@@ -279,7 +278,6 @@ def run_trial(
     began = time.monotonic()
     runs: list[ChildRun] = []
     after_kill: dict[str, int] = {}
-    verification = None
     error = None
     try:
         if point != PRODUCE_MID_BATCH:
@@ -303,9 +301,10 @@ def run_trial(
             consume = Work(**{**asdict(work), "action": "consume"})
             runs.append(run_child("consume", NO_FAULT, seed, consume, workdir))
             _require_success(runs[-1])
-        verification = verify(stack, work, work.expected_ids())
     except TrialError as err:
         error = str(err)
+    # Checked after a failed retry too: the report says what that failure left behind.
+    verification = verify(stack, work, work.expected_ids())
     return TrialResult(
         point=point,
         trial=trial,
@@ -356,7 +355,6 @@ def run_overlapping(
     ]
     began = time.monotonic()
     runs: list[ChildRun] = []
-    verification = None
     error = None
     try:
         with ThreadPoolExecutor(max_workers=len(runs_work)) as pool:
@@ -369,10 +367,10 @@ def run_overlapping(
             runs = [first.result(), second.result()]
         for run in runs:
             _require_success(run)
-        expected = set().union(*(work.expected_ids() for work in runs_work))
-        verification = verify(stack, runs_work[0], expected)
     except TrialError as err:
         error = str(err)
+    expected = set().union(*(work.expected_ids() for work in runs_work))
+    verification = verify(stack, runs_work[0], expected)
     return TrialResult(
         point=OVERLAPPING_RUNS,
         trial=trial,
