@@ -34,6 +34,8 @@ and a re-read overwrites the same `_id`. One drain per topic and consumer group 
 (a lease in `<mongo_db>.etl_leases`); a second one waits for it.
 
 Connections: `kafka_default` (librdkafka settings in the extra) and `mongo_default`.
+Each run's figures, the consumer lag and the latest dead letters are on the **ETL** page in the
+navigation.
 """
 
 # Kafka's rule for topic names (legal characters, at most 249 of them; "." and ".." are not).
@@ -45,16 +47,8 @@ MONGO_COLLECTION_PATTERN = r"^(?!system\.)[^$\x00]{1,200}$"
 
 
 def _params() -> dict[str, Param]:
+    """The trigger form, top-down: how many records, where to, then the finer settings."""
     return {
-        "topic": Param(
-            "testnum",
-            type="string",
-            pattern=TOPIC_PATTERN,
-            # Shown with a validation error (the pattern alone does not say it in words).
-            **{"$comment": "allowed: letters, digits, . _ -; 1-249; not . or .."},
-            title="Kafka topic",
-            description="Topic to produce to and drain. Letters, digits, '.', '_' and '-'; at most 249.",
-        ),
         "count": Param(
             500,
             type="integer",
@@ -70,21 +64,32 @@ def _params() -> dict[str, Param]:
             title="First number",
             description='The first record is {"num": start}; the last is start + count − 1.',
         ),
+        "topic": Param(
+            "testnum",
+            type="string",
+            pattern=TOPIC_PATTERN,
+            # Printed with a validation error: the pattern alone does not say it in words.
+            **{"$comment": "Use letters, digits, dots, underscores and hyphens only (at most 249)."},
+            title="Kafka topic",
+            description="Topic to produce to and drain. Letters, digits, '.', '_' and '-'; at most 249.",
+        ),
         "mongo_db": Param(
             "testnum",
             type="string",
             pattern=MONGO_DB_PATTERN,
-            **{"$comment": 'allowed: 1 to 63 characters, none of /\\. "$*<>:|? or space'},
+            **{"$comment": 'Use at most 63 characters, none of them a space or / \\ . " $ * < > : | ?'},
             title="MongoDB database",
-            description='Target database (no spaces or any of /\\."$*<>:|?; at most 63 characters).',
+            description='Target database. Up to 63 characters; not allowed: space / \\ . " $ * < > : | ?',
         ),
         "mongo_collection": Param(
             "testnum",
             type="string",
             pattern=MONGO_COLLECTION_PATTERN,
-            **{"$comment": "allowed: no '$', no NUL, not 'system.*', 1-200 chars"},
+            **{"$comment": "Use a name without '$' that does not start with 'system.'."},
             title="MongoDB collection",
-            description="Target collection (no '$', must not start with 'system.').",
+            description=(
+                "Target collection (no '$', must not start with 'system.'). Dead letters go to <name>_dlq."
+            ),
         ),
         "partitions": Param(
             3,
@@ -93,33 +98,52 @@ def _params() -> dict[str, Param]:
             maximum=1000,
             title="Partitions for a new topic",
             description="Used only when produce creates the topic; an existing topic keeps its own.",
-            section="Advanced",
-        ),
-        "id_strategy": Param(
-            "key",
-            type="string",
-            enum=["key", "coordinates", "field"],
-            title="Document _id",
-            description=(
-                "key: the record key (exactly once across re-sent batches); coordinates: "
-                "topic:partition:offset; field: the value field named below. Do not change it on a "
-                "collection that already holds data."
-            ),
-            section="Advanced",
-        ),
-        "id_field": Param(
-            None,
-            type=["null", "string"],
-            title="_id field",
-            description="The value field used as _id when Document _id is 'field'.",
-            section="Advanced",
+            section="Kafka topic and consumer",
         ),
         "consumer_group": Param(
             None,
             type=["null", "string"],
             title="Consumer group",
-            description="Empty: kafka_to_mongo.<database>.<collection>, one group per target.",
-            section="Advanced",
+            description=(
+                "Empty: kafka_to_mongo.<database>.<collection>, one group per target. A new group "
+                "starts at the earliest offset, so its first run reads the whole topic (safe, slower)."
+            ),
+            section="Kafka topic and consumer",
+        ),
+        "stall_timeout_seconds": Param(
+            30,
+            type="integer",
+            minimum=1,
+            maximum=3600,
+            title="Stall timeout (s)",
+            description=(
+                "How long consume waits when a partition cannot reach its snapshot (an open "
+                "transaction) before it stops and reports the partition and offset."
+            ),
+            section="Kafka topic and consumer",
+        ),
+        "id_strategy": Param(
+            "key",
+            type="string",
+            enum=["key", "coordinates", "field"],
+            values_display={
+                "key": "Record key (exactly once across re-sent batches)",
+                "coordinates": "topic:partition:offset",
+                "field": "A field of the value",
+            },
+            title="Document _id",
+            description=(
+                "Where each document's _id comes from. Do not change it on a collection that "
+                "already holds data: the same records would load again under new ids."
+            ),
+            section="Document _id",
+        ),
+        "id_field": Param(
+            None,
+            type=["null", "string"],
+            title="_id field (only when Document _id is 'A field of the value')",
+            description="The value field used as _id.",
+            section="Document _id",
         ),
         "max_dead_letters": Param(
             0,
@@ -139,20 +163,11 @@ def _params() -> dict[str, Param]:
             minimum=0,
             maximum=1,
             title="Dead-letter share allowed per run",
-            description="Fail when more than this share (0 … 1) of the drained records are dead letters.",
-            section="Dead letters",
-        ),
-        "stall_timeout_seconds": Param(
-            30,
-            type="integer",
-            minimum=1,
-            maximum=3600,
-            title="Stall timeout (s)",
             description=(
-                "How long consume waits when a partition cannot reach its snapshot (an open "
-                "transaction) before it stops and reports the partition and offset."
+                "Fail when more than this share of the drained records are dead letters "
+                "(0–1, e.g. 0.01 = 1%)."
             ),
-            section="Advanced",
+            section="Dead letters",
         ),
     }
 

@@ -11,11 +11,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from confluent_kafka import Producer
-from kafka_mongo_etl_ui.runs import RUNS_LIMIT
 
 from devstack.process import free_port
 from kafka_mongo_etl.audit import AUDIT_COLLECTION
 from kafka_mongo_etl.tasks import ConsumeJob, DeadLetterPolicy, default_group_id, run_consume, run_produce
+from kafka_mongo_etl_ui.runs import RUNS_LIMIT
 
 RUN_ROW = re.compile(r'<tr class="run" data-run-id="([^"]+)"')
 POINT = re.compile(r'<circle class="point rate" data-run-id="([^"]+)"')

@@ -6,6 +6,7 @@ import datetime as dt
 import re
 
 import pytest
+
 from kafka_mongo_etl_ui.charts import compact_number, nice_ceiling, throughput_chart
 from kafka_mongo_etl_ui.lag import ConsumerLag, PartitionLag
 from kafka_mongo_etl_ui.page import PageData, render_page
