@@ -245,6 +245,14 @@ def trial_seed(master_seed: int, point: str, trial: int) -> int:
     return random.Random(f"{master_seed}:{point}:{trial}").randrange(2**31)
 
 
+def batch_size_for(seed: int) -> int:
+    """The records a trial produces: 500-1000, so a drain makes 3-5 writes of up to 200.
+
+    Drawn from a stream of its own: the kill plan's draws from ``seed`` must not follow it.
+    """
+    return random.Random(f"count:{seed}").randint(500, 1000)
+
+
 def _unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 
@@ -266,12 +274,11 @@ def run_trial(
     The consume points: the batch is produced here, then the killed consume and its retry.
     The retry is the same DAG run: same batch id (the lease owner), same job, no injection.
     """
-    rng = random.Random(seed)
     work = Work(
         action="produce" if point == PRODUCE_MID_BATCH else "consume",
         topic=topic or _unique(f"chaos-{point}-"),
         run_id=f"trial-{trial}-{seed}",
-        count=count or rng.randint(500, 1000),
+        count=count or batch_size_for(seed),
         mongo_db=mongo_db or _unique("chaos_"),
     )
     plan = plan_for(point, seed, work)
@@ -341,7 +348,7 @@ def run_overlapping(
     rng = random.Random(seed)
     topic = topic or _unique("chaos-overlap-")
     mongo_db = mongo_db or _unique("chaos_")
-    count = count or rng.randint(500, 1000)
+    count = count or batch_size_for(seed)
     stagger = rng.choice([0.0, round(rng.uniform(0.2, 2.0), 2)])
     runs_work = [
         Work(
