@@ -27,8 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tutorial-n",
         type=int,
-        default=20_000,
-        help="records for the tutorial consumer, at most N (default 20000: it loads ~1,000 records/s)",
+        default=5_000,
+        help="records for the tutorial consumer's alternating runs, at most N (default 5000); "
+        "when smaller than N it also runs once on all N",
     )
     parser.add_argument(
         "--provider-poll-timeout",
@@ -37,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ConsumeFromTopicOperator's poll_timeout in seconds (its default is 60)",
     )
     parser.add_argument("--airflow", type=int, choices=(0, 1), default=1, help="1: include the Airflow runs")
-    parser.add_argument("--airflow-reps", type=int, default=2, help="Airflow runs per partition shape")
+    parser.add_argument("--airflow-reps", type=int, default=3, help="Airflow runs per partition shape")
     parser.add_argument("--whole-runs", type=int, default=3, help="whole 500-record DAG runs")
     parser.add_argument(
         "--sections",

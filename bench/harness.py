@@ -21,7 +21,7 @@ from confluent_kafka import Producer
 
 from bench import SECTIONS, load, memory, produce, proposals, write_model
 from bench.profiles import profile
-from bench.services import BenchServices
+from bench.services import SMALL_PREFETCH_CONN, BenchServices
 from bench.timing import Sample, Series, ratio, rotated
 from bench.topics import create_topic, producer_config, records_on, unique
 from kafka_mongo_etl.produce import produce_batch
@@ -37,9 +37,9 @@ SMALL = 500  # the DAG's default count: one run's fixed costs are measured on th
 class Options:
     n: int = 20_000
     reps: int = 3
-    tutorial_n: int = 20_000
+    tutorial_n: int = 5_000
     provider_poll_timeout: float = 5.0
-    airflow_reps: int = 2
+    airflow_reps: int = 3
     whole_runs: int = 3
     warm_up: bool = True
     sections: frozenset[str] = field(default_factory=lambda: frozenset(SECTIONS))
@@ -180,9 +180,15 @@ def run_profiles(services: BenchServices, data: Data, n: int) -> dict[str, str]:
 def run_produce(services: BenchServices, options: Options) -> dict[str, Any]:
     """Each contender at N and at 10 x N (start-up cost vs steady state), alternating."""
     n, bs = options.n, services.bootstrap_servers
-    by_size = {size: {c.name: Series(c.name, c.label) for c in produce.CONTENDERS} for size in (n, 10 * n)}
+    contenders = [
+        *produce.CONTENDERS,
+        produce.ProduceContender(
+            "proposed", "proposed: produce_batch's loop with four changes", proposals.produce_proposed
+        ),
+    ]
+    by_size = {size: {c.name: Series(c.name, c.label) for c in contenders} for size in (n, 10 * n)}
     for rep in range(options.reps):
-        for contender in rotated(produce.CONTENDERS, rep):
+        for contender in rotated(contenders, rep):
             for size, series in by_size.items():
                 sample = produce.measure(contender, bs, size)
                 series[contender.name].samples.append(sample)
@@ -205,6 +211,14 @@ def run_load(services: BenchServices, data: Data, options: Options) -> dict[str,
             log.info(
                 "load %s: %.1fs, %.0f records/s", contender.name, sample.seconds, expected / sample.seconds
             )
+    tutorial = next(c for c in contenders if c.name == "tutorial")
+    if tutorial_n < n:
+        # Its insert_one slows down as the collection grows on this server: one run at N shows how much.
+        at_n = Series("tutorial_at_n", f"{tutorial.label}, all {n:,} records (one run)")
+        target = load.LoadTarget(services.bootstrap_servers, services.mongo_uri, data.drain, n)
+        at_n.samples.append(load.measure(tutorial, target))
+        log.info("load tutorial at N: %.1fs", at_n.samples[-1].seconds)
+        series[at_n.name] = at_n
     without_idle = Series("provider_without_idle", "ConsumeFromTopicOperator, its final idle wait left out")
     for sample in series["provider"].samples:
         if sample.detail.get("seconds_without_idle"):
@@ -240,7 +254,7 @@ def run_fixed_costs(services: BenchServices, data: Data, options: Options) -> di
     for name, contender in {**producers, **drains}.items():
         series[name] = Series(name, f"{contender.label} ({SMALL} records)")
     for name, contender in drains.items():
-        series[f"{name}_at_n"] = Series(f"{name}_at_n", f"{contender.label} ({n} records)")
+        series[f"{name}_at_n"] = Series(f"{name}_at_n", f"{contender.label} ({n:,} records)")
     for rep in range(options.reps):
         for name in rotated(list(producers), rep):
             series[name].samples.append(produce.measure(producers[name], bs, SMALL))
@@ -289,9 +303,12 @@ def run_memory(services: BenchServices, data: Data, options: Options) -> dict[st
     n = options.n
     log.info("Peak RSS of our consume at %s and %s records (subprocesses)", n, 10 * n)
     topic_10n = fill_topic(services.bootstrap_servers, "bench_rss10", 3, 10 * n)
+    uri = services.mongo_uri
     return {
-        "n": memory.peak_rss(data.drain, n, services.mongo_uri),
-        "10n": memory.peak_rss(topic_10n, 10 * n, services.mongo_uri),
+        "n": memory.peak_rss(data.drain, n, uri),
+        "10n": memory.peak_rss(topic_10n, 10 * n, uri),
+        "proposed_n": memory.peak_rss(data.drain, n, uri, kafka_conn_id=SMALL_PREFETCH_CONN),
+        "proposed_10n": memory.peak_rss(topic_10n, 10 * n, uri, kafka_conn_id=SMALL_PREFETCH_CONN),
     }
 
 
@@ -362,6 +379,13 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
         "drain_vs_provider": ratio(ours_load, _rate(results, "load", "provider")),
         "drain_vs_provider_without_idle": ratio(ours_load, _rate(results, "load", "provider_without_idle")),
         "drain_vs_tutorial": ratio(ours_load, _rate(results, "load", "tutorial")),
+        "drain_vs_tutorial_at_n": ratio(ours_load, _rate(results, "load", "tutorial_at_n")),
+        "proposed_produce_vs_raw": ratio(
+            _rate(results, "produce", "proposed"), _rate(results, "produce", "raw")
+        ),
+        "proposed_produce_10n_vs_raw": ratio(
+            _rate(results, "produce_10n", "proposed"), _rate(results, "produce_10n", "raw")
+        ),
         "null_sink_vs_drain": ratio(_rate(results, "load", "null_sink"), ours_load),
         "mongo_share_of_drain_time": None,
         "rss_10n_vs_n": None,
@@ -392,6 +416,10 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
             rss["10n"]["peak_rss_kb"] - rss["10n"]["rss_before_consume_kb"],
             rss["n"]["peak_rss_kb"] - rss["n"]["rss_before_consume_kb"],
         )
+        if "proposed_10n" in rss:
+            out["proposed_rss_10n_vs_n"] = ratio(
+                rss["proposed_10n"]["peak_rss_kb"], rss["proposed_n"]["peak_rss_kb"]
+            )
     in_process = results.get("partitions", {}).get("one_task_in_process", {})
     if in_process:
         out["partitions_4_vs_1_one_task"] = ratio(

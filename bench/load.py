@@ -50,10 +50,10 @@ class LoadContender:
     writes: bool = True
 
 
-def ours(target: LoadTarget) -> dict[str, Any]:
+def ours(target: LoadTarget, kafka_conn_id: str = "kafka_default") -> dict[str, Any]:
     """The consume task's code: ``run_consume`` (hooks, lease, drain, upserts, audit)."""
     job = ConsumeJob(
-        kafka_conn_id="kafka_default",
+        kafka_conn_id=kafka_conn_id,
         mongo_conn_id="mongo_default",
         topic=target.topic,
         mongo_db=DB,

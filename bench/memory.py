@@ -27,12 +27,24 @@ def _status_kb(field: str) -> int:
     raise KeyError(field)
 
 
-def peak_rss(topic: str, expected: int, mongo_uri: str, timeout: float = 1800) -> dict[str, Any]:
+def peak_rss(
+    topic: str, expected: int, mongo_uri: str, kafka_conn_id: str = "kafka_default", timeout: float = 1800
+) -> dict[str, Any]:
     """Run our consume of ``topic`` in a subprocess; its peak RSS and what it loaded."""
     with tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp:
         out = Path(tmp) / "rss.json"
         subprocess.run(
-            [sys.executable, "-m", "bench.memory", "--topic", topic, "--out", str(out)],
+            [
+                sys.executable,
+                "-m",
+                "bench.memory",
+                "--topic",
+                topic,
+                "--kafka-conn-id",
+                kafka_conn_id,
+                "--out",
+                str(out),
+            ],
             cwd=REPO,
             check=True,
             timeout=timeout,
@@ -50,12 +62,14 @@ def peak_rss(topic: str, expected: int, mongo_uri: str, timeout: float = 1800) -
     finally:
         client.close()
     result["expected"] = expected
+    result["kafka_conn_id"] = kafka_conn_id
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--topic", required=True)
+    parser.add_argument("--kafka-conn-id", default="kafka_default")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
     # Importing airflow reads AIRFLOW_HOME (set by the parent) and puts plugins/ on sys.path.
@@ -66,7 +80,7 @@ def main() -> None:
 
     baseline_kb = _status_kb("VmRSS")
     target = LoadTarget(bootstrap_servers="", mongo_uri="", topic=args.topic, expected=0)
-    detail = ours(target)
+    detail = ours(target, kafka_conn_id=args.kafka_conn_id)
     args.out.write_text(
         json.dumps(
             {

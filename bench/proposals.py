@@ -1,6 +1,6 @@
 """Changes to the project's code that the profiles suggest, measured without editing it.
 
-Each wraps the unmodified project code from the outside, so the same run shows the effect:
+Most wrap the unmodified project code from the outside, so the same run shows the effect:
 
 - ``produce_with_metadata_first``: ask the producer for the topic's metadata before
   ``produce_batch``. The idempotent producer otherwise holds the first records for about half a
@@ -8,20 +8,40 @@ Each wraps the unmodified project code from the outside, so the same run shows t
 - ``CappedConsume``: never ask ``consume`` for more records than are left below the snapshot.
   ``consume(num_messages=n, timeout=t)`` returns early only when it has ``n`` messages, so the
   drain's last, partial batch otherwise always waits the full ``poll_timeout`` (1 s).
+- ``SMALL_PREFETCH``: a consumer setting (``queued.min.messages``) a connection's extra can
+  already override; the memory section measures it.
+
+``produce_batch_proposed`` is the exception: a copy of ``produce_batch``'s loop with four
+changes, because a loop cannot be changed from outside. It is measured, never used by the ETL.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 
 from bench.load import LoadTarget, NullSink
 from bench.topics import unique
-from kafka_mongo_etl.clients import EtlConsumerHook, EtlProducerHook
+from kafka_mongo_etl.clients import (
+    PRODUCER_REQUIRED,
+    PRODUCER_TUNING,
+    EtlConsumerHook,
+    EtlProducerHook,
+    on_client_error,
+)
 from kafka_mongo_etl.drain import drain_to_watermark, json_document
-from kafka_mongo_etl.ids import id_function
+from kafka_mongo_etl.errors import DeliveryError
+from kafka_mongo_etl.ids import id_function, record_key
 from kafka_mongo_etl.produce import produce_batch
+
+# librdkafka prefetches up to queued.min.messages records per partition; CONSUMER_TUNING sets
+# 100,000. Two drain batches are enough to keep the drain fed.
+SMALL_PREFETCH = {"queued.min.messages": 10_000}
+# json.dumps with non-default separators builds a new JSONEncoder on every call.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+POLL_EVERY = 1_000
 
 
 def produce_with_metadata_first(_bootstrap_servers: str, topic: str, count: int) -> None:
@@ -85,3 +105,52 @@ def null_sink_capped(target: LoadTarget) -> dict[str, Any]:
     finally:
         consumer.close()
     return {"records": summary.records, "batches": summary.batches}
+
+
+def produce_batch_proposed(producer: Producer, topic: str, batch: str, start: int, count: int) -> int:
+    """``produce_batch``'s loop with four changes; returns the records sent.
+
+    1. ``list_topics`` first (no half-second wait for the idempotent producer's first records);
+    2. one reusable ``JSONEncoder`` instead of ``json.dumps(..., separators=...)`` per record;
+    3. the producer built with ``delivery.report.only.error=true`` (a Python callback only for
+       failures; the tally counts failures, and ``flush``'s return counts what is still queued);
+    4. ``poll(0)`` every ``POLL_EVERY`` records instead of every record (a full queue is still
+       served at once through ``BufferError``).
+    """
+    failed: list[str] = []
+
+    def on_error(err: KafkaError | None, _message: Message) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    producer.list_topics(topic=topic, timeout=30)
+    produce, poll = producer.produce, producer.poll
+    for num in range(start, start + count):
+        key = record_key(batch, num)
+        value = _ENCODE({"num": num, "batch": batch})
+        while True:
+            try:
+                produce(topic, value=value, key=key, on_delivery=on_error)
+                break
+            except BufferError:
+                poll(0.1)
+        if num % POLL_EVERY == 0:
+            poll(0)
+    remaining = producer.flush(120)
+    if failed or remaining:
+        raise DeliveryError(topic, len(failed) + remaining, count, failed[0] if failed else "still queued")
+    return count
+
+
+def produce_proposed(bootstrap_servers: str, topic: str, count: int) -> None:
+    """The proposed loop on the producer ``EtlProducerHook`` would build, plus report-only-errors."""
+    producer = Producer(
+        {
+            "error_cb": on_client_error,
+            **PRODUCER_TUNING,
+            "bootstrap.servers": bootstrap_servers,
+            "delivery.report.only.error": True,
+            **PRODUCER_REQUIRED,
+        }
+    )
+    produce_batch_proposed(producer, topic, unique("bench/proposed"), 0, count)

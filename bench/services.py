@@ -22,6 +22,8 @@ from devstack.process import free_port
 
 log = logging.getLogger(__name__)
 
+SMALL_PREFETCH_CONN = "kafka_small_prefetch"
+
 
 @dataclass(frozen=True)
 class BenchServices:
@@ -54,7 +56,13 @@ def prepare_airflow_env(home: AirflowHome, kafka_bootstrap: str, mongo: MongoWir
         "worker_log_server_port": str(free_port()),
         "trigger_log_server_port": str(free_port()),
     }
-    home.write(local_connections(kafka_bootstrap, mongo.host, mongo.port), extra={"logging": logging_ports})
+    connections = local_connections(kafka_bootstrap, mongo.host, mongo.port)
+    # The same broker with a smaller consumer prefetch: the memory section's proposed setting.
+    connections[SMALL_PREFETCH_CONN] = {
+        "conn_type": "kafka",
+        "extra": {"bootstrap.servers": kafka_bootstrap, "queued.min.messages": 10_000},
+    }
+    home.write(connections, extra={"logging": logging_ports})
     os.environ["AIRFLOW_HOME"] = str(home.path)
 
 

@@ -30,7 +30,7 @@ def test_produce_and_load_contenders_move_exactly_n_records(
     results = harness.run(services, options)
 
     for section, size in (("produce", N), ("produce_10n", 10 * N)):
-        assert set(results[section]) == {"ours", "raw", "tutorial"}
+        assert set(results[section]) == {"ours", "raw", "tutorial", "proposed"}
         for name, entry in results[section].items():
             assert [d["on_topic"] for d in entry["detail"]] == [size], (section, name)
     expected_load = {"ours", "raw_upsert", "raw_insert", "provider", "tutorial", "null_sink"}
