@@ -19,7 +19,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from bench import SECTIONS, load, memory, produce, proposals, write_model
+from bench import SECTIONS, load, memory, produce, proposals, server_drift, write_model
 from bench.profiles import profile
 from bench.services import SMALL_PREFETCH_CONN, BenchServices
 from bench.timing import Sample, Series, ratio, rotated
@@ -326,12 +326,15 @@ def run(services: BenchServices, options: Options) -> dict[str, Any]:
     )
     if options.warm_up:
         warm_up(services, data)
+    drift = [server_drift.probe(services.mongo_uri, "start")]
+    results["server_drift"] = drift
     if "profile" in sections:
         results["profiles"] = run_profiles(services, data, n)
     if "produce" in sections:
         results.update(run_produce(services, options))
     if "load" in sections:
         results["load"] = run_load(services, data, options)
+        drift.append(server_drift.probe(services.mongo_uri, "after drain and load"))
     if "fixed" in sections:
         results["fixed_costs"] = run_fixed_costs(services, data, options)
     if "partitions" in sections:
@@ -340,6 +343,7 @@ def run(services: BenchServices, options: Options) -> dict[str, Any]:
         results["write_model"] = run_write_models(services, options)
     if "memory" in sections:
         results["memory"] = run_memory(services, data, options)
+    drift.append(server_drift.probe(services.mongo_uri, "end (before Airflow)"))
     if "airflow" in sections:
         from bench import airflow_runs
 
