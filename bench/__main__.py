@@ -67,7 +67,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.report_only:
+        from bench.ratios import ratios
+
         results = json.loads(args.results.read_text())
+        # Derived figures only: the measurements are not touched.
+        results["ratios"] = ratios(results)
+        report.write_json(results, args.results)
     else:
         with bench_services(keep=args.keep) as services:
             # bench_services pointed AIRFLOW_HOME at the bench's own home; importing airflow now reads
