@@ -17,15 +17,8 @@ from kafka_mongo_etl.tasks import ConsumeJob, DeadLetterPolicy, run_consume, run
 
 
 @pytest.fixture
-def job(connections, topic: str, mongo_db: str) -> ConsumeJob:
-    return ConsumeJob(
-        kafka_conn_id="kafka_default",
-        mongo_conn_id="mongo_default",
-        topic=topic,
-        mongo_db=mongo_db,
-        mongo_collection="testnum",
-        batch="test/run-1",
-        run_id="run-1",
+def job(connections, make_job) -> ConsumeJob:
+    return make_job(
         drain=DrainSettings(batch_size=50, stall_timeout=10),
         dead_letter_policy=DeadLetterPolicy(max_count=None),
     )

@@ -23,17 +23,8 @@ DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 
 @pytest.fixture
-def job(connections, topic: str, mongo_db: str) -> ConsumeJob:
-    return ConsumeJob(
-        kafka_conn_id="kafka_default",
-        mongo_conn_id="mongo_default",
-        topic=topic,
-        mongo_db=mongo_db,
-        mongo_collection="testnum",
-        batch="test/run-1",
-        run_id="run-1",
-        drain=DrainSettings(batch_size=1000, stall_timeout=10),
-    )
+def job(connections, make_job) -> ConsumeJob:
+    return make_job()
 
 
 def produce(topic: str, batch: str, start: int, count: int, partitions: int = 3) -> dict[str, Any]:

@@ -48,17 +48,9 @@ def use(monkeypatch, broker: KafkaBroker, mongo: MongoWireServer) -> None:
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
 
 
-def job_for(topic: str, mongo_db: str) -> ConsumeJob:
-    return ConsumeJob(
-        kafka_conn_id="kafka_default",
-        mongo_conn_id="mongo_default",
-        topic=topic,
-        mongo_db=mongo_db,
-        mongo_collection="testnum",
-        batch="test/run-1",
-        run_id="run-1",
-        drain=DrainSettings(batch_size=100, stall_timeout=10),
-    )
+@pytest.fixture
+def job(make_job) -> ConsumeJob:
+    return make_job(drain=DrainSettings(batch_size=100, stall_timeout=10))
 
 
 def committed_total(broker: KafkaBroker, topic: str, group: str, partitions: int) -> int:
@@ -80,9 +72,8 @@ def ids(mongo: MongoWireServer, db: str) -> list:
         client.close()
 
 
-def test_mongodb_down_mid_drain(monkeypatch, kafka_broker, own_mongo, topic, mongo_db) -> None:
+def test_mongodb_down_mid_drain(monkeypatch, kafka_broker, own_mongo, topic, mongo_db, job) -> None:
     use(monkeypatch, kafka_broker, own_mongo)
-    job = job_for(topic, mongo_db)
     run_produce(kafka_conn_id="kafka_default", topic=topic, partitions=1, batch=job.batch, start=0, count=500)
 
     class StopsTheServerOnThirdWrite(MongoSink):
@@ -109,9 +100,8 @@ def test_mongodb_down_mid_drain(monkeypatch, kafka_broker, own_mongo, topic, mon
     assert len(loaded) == 500 and set(loaded) == {record_key(job.batch, n) for n in range(500)}
 
 
-def test_broker_restarted_mid_drain(monkeypatch, own_broker, mongo_server, topic, mongo_db) -> None:
+def test_broker_restarted_mid_drain(monkeypatch, own_broker, mongo_server, topic, mongo_db, job) -> None:
     use(monkeypatch, own_broker, mongo_server)
-    job = job_for(topic, mongo_db)
     run_produce(
         kafka_conn_id="kafka_default", topic=topic, partitions=3, batch=job.batch, start=0, count=3000
     )
@@ -140,7 +130,7 @@ def test_broker_restarted_mid_drain(monkeypatch, own_broker, mongo_server, topic
     assert len(loaded) == 3000 and set(loaded) == {record_key(job.batch, n) for n in range(3000)}
 
 
-def test_mongodb_credentials_wrong_or_right(monkeypatch, kafka_broker, tmp_path, topic, mongo_db) -> None:
+def test_mongodb_credentials_wrong_or_right(monkeypatch, kafka_broker, tmp_path, topic, job) -> None:
     from pymongo import MongoClient
 
     server = MongoWireServer(tmp_path / "mongo-auth", port=free_port())
@@ -154,7 +144,6 @@ def test_mongodb_credentials_wrong_or_right(monkeypatch, kafka_broker, tmp_path,
         server.start()
 
         use(monkeypatch, kafka_broker, server)
-        job = job_for(topic, mongo_db)
         run_produce(
             kafka_conn_id="kafka_default", topic=topic, partitions=1, batch=job.batch, start=0, count=20
         )

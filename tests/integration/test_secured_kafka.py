@@ -28,9 +28,8 @@ from devstack.airflow import AirflowHome, local_connections
 from devstack.kafka import KafkaBroker
 from devstack.mongo import MongoWireServer
 from devstack.process import ManagedProcess, free_port, wait_until
-from kafka_mongo_etl.drain import DrainSettings
 from kafka_mongo_etl.ids import record_key
-from kafka_mongo_etl.tasks import ConsumeJob, run_consume, run_produce
+from kafka_mongo_etl.tasks import run_consume, run_produce
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 SCRAM_USER = "etl"
@@ -310,19 +309,8 @@ def test_a_wrong_sasl_password_fails_produce_fast_naming_the_connection(use_secu
     assert_fails_usefully(failure, wrong)
 
 
-def test_a_wrong_sasl_password_fails_consume_fast_naming_the_connection(
-    use_secured_kafka, topic, mongo_db
-) -> None:
+def test_a_wrong_sasl_password_fails_consume_fast_naming_the_connection(use_secured_kafka, make_job) -> None:
     wrong = secrets.token_hex(16)
     use_secured_kafka(password=wrong)
-    job = ConsumeJob(
-        kafka_conn_id="kafka_default",
-        mongo_conn_id="mongo_default",
-        topic=topic,
-        mongo_db=mongo_db,
-        mongo_collection="testnum",
-        batch="test/run-1",
-        run_id="run-1",
-        drain=DrainSettings(stall_timeout=10),
-    )
+    job = make_job()
     assert_fails_usefully(failure_of(lambda: run_consume(job)), wrong)

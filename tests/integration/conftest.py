@@ -1,0 +1,28 @@
+"""Fixtures shared by the integration tests of the ETL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture
+def make_job(topic: str, mongo_db: str) -> Callable[..., Any]:
+    """A ``ConsumeJob`` for this test's topic and database into ``testnum``; keywords override."""
+    from kafka_mongo_etl.drain import DrainSettings
+    from kafka_mongo_etl.tasks import ConsumeJob
+
+    base = ConsumeJob(
+        kafka_conn_id="kafka_default",
+        mongo_conn_id="mongo_default",
+        topic=topic,
+        mongo_db=mongo_db,
+        mongo_collection="testnum",
+        batch="test/run-1",
+        run_id="run-1",
+        drain=DrainSettings(batch_size=1000, stall_timeout=10),
+    )
+    return lambda **changes: replace(base, **changes)
