@@ -262,7 +262,11 @@ def drain_to_watermark(
     last_progress = time.monotonic()
     next_report = began + settings.progress_every
     while pending:
-        messages = consumer.consume(num_messages=settings.batch_size, timeout=settings.poll_timeout)
+        # Ask for no more than is left below the snapshot: consume() returns as soon as it has
+        # them, instead of waiting out poll_timeout for a batch that cannot fill.
+        left = sum(summary.partitions[p].end - summary.partitions[p].committed for p in pending)
+        wanted = max(1, min(settings.batch_size, left))
+        messages = consumer.consume(num_messages=wanted, timeout=settings.poll_timeout)
         documents: dict[Any, dict[str, Any]] = {}
         sources: dict[Any, Message] = {}
         dead: list[DeadLetter] = []

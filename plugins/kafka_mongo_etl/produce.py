@@ -62,17 +62,22 @@ def ensure_topic(admin: AdminClient, topic: str, partitions: int, timeout: float
     return True
 
 
+# One encoder for the batch: json.dumps with separators builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+# Serving delivery reports after every record costs a fifth of the loop; the producer is set to
+# report failures only (clients.PRODUCER_TUNING), so every thousand records is enough.
+_POLL_EVERY = 1000
+
+
 class _DeliveryTally:
-    """The one delivery callback: counts acknowledged and failed records."""
+    """The one delivery callback: counts failed records (the producer reports only failures)."""
 
     def __init__(self) -> None:
-        self.delivered = 0
         self.failed = 0
         self.first_error: str | None = None
 
     def __call__(self, err: KafkaError | None, _message: Message) -> None:
         if err is None:
-            self.delivered += 1
             return
         self.failed += 1
         if self.first_error is None:
@@ -94,11 +99,14 @@ def produce_batch(
     """
     tally = _DeliveryTally()
     began = time.monotonic()
+    # Metadata before the first record: without it the first batch waits for a metadata
+    # refresh (about half a second), and a refused login surfaces here, at once.
+    topic_metadata(producer, topic, timeout=30.0)
     next_report = began + progress_every
     produce = producer.produce
     for num in range(start, start + count):
         key = record_key(batch, num)
-        value = json.dumps({"num": num, "batch": batch}, separators=(",", ":"))
+        value = _encode({"num": num, "batch": batch})
         while True:
             try:
                 produce(topic, value=value, key=key, on_delivery=tally)
@@ -106,10 +114,11 @@ def produce_batch(
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.
                 producer.poll(0.1)
-        producer.poll(0)
-        if time.monotonic() >= next_report:
-            log.info("Produced %s of %s records to %s", num - start + 1, count, topic)
-            next_report += progress_every
+        if num % _POLL_EVERY == 0:
+            producer.poll(0)
+            if time.monotonic() >= next_report:
+                log.info("Produced %s of %s records to %s", num - start + 1, count, topic)
+                next_report += progress_every
     remaining = producer.flush(flush_timeout)
     seconds = time.monotonic() - began
     failed = tally.failed + remaining

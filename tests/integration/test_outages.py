@@ -180,9 +180,24 @@ def test_produce_fails_naming_how_many_records_were_not_delivered(monkeypatch, o
     ensure_topic(admin_client("kafka_default"), topic, 1)
     producer = EtlProducerHook("kafka_default").get_producer()
     produce_batch(producer, topic, "test/ok", 0, 10)
-    own_broker.stop()
+
+    class StopsTheBrokerOnFirstSend:
+        """The producer, but the broker goes away after the metadata, with the first record."""
+
+        def __init__(self) -> None:
+            self.stopped = False
+
+        def __getattr__(self, name: str):
+            return getattr(producer, name)
+
+        def produce(self, *args, **kwargs) -> None:
+            if not self.stopped:
+                own_broker.stop()
+                self.stopped = True
+            producer.produce(*args, **kwargs)
+
     with pytest.raises(
         DeliveryError, match=rf"50 of 50 records were not delivered to topic '{topic}'"
     ) as err:
-        produce_batch(producer, topic, "test/lost", 0, 50, flush_timeout=30)
+        produce_batch(StopsTheBrokerOnFirstSend(), topic, "test/lost", 0, 50, flush_timeout=30)
     assert err.value.failed == 50
