@@ -145,6 +145,21 @@ def _params() -> dict[str, Param]:
             description="The value field used as _id.",
             section="Document _id",
         ),
+        "write_mode": Param(
+            "replace",
+            type="string",
+            enum=["replace", "insert"],
+            values_display={
+                "replace": "Replace (upsert; the latest version of a record wins)",
+                "insert": "Insert, skip existing _id (3-4x faster; for records that never change)",
+            },
+            title="Write mode",
+            description=(
+                "Both load each record exactly once. Insert keeps the first version of an _id, so "
+                "use it only when a record with a given _id never changes."
+            ),
+            section="Document _id",
+        ),
         "max_dead_letters": Param(
             0,
             type=["null", "integer"],
@@ -232,6 +247,7 @@ def build_kafka_to_mongo(
                 group_id=params["consumer_group"] or None,
                 id_strategy=params["id_strategy"],
                 id_field=params["id_field"],
+                write_mode=params["write_mode"],
                 drain=DrainSettings(stall_timeout=float(params["stall_timeout_seconds"])),
                 dead_letter_policy=DeadLetterPolicy(
                     max_count=params["max_dead_letters"], max_ratio=params["max_dead_letter_ratio"]

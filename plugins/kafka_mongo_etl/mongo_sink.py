@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bson import Binary
-from pymongo import ReplaceOne
+from pymongo import InsertOne, ReplaceOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
@@ -33,23 +33,39 @@ class WriteResult:
     rejected: dict[Any, str] = field(default_factory=dict)
 
 
-class MongoSink:
-    """Writes documents keyed by ``_id`` with unordered replace-upserts.
+WRITE_MODES = ("replace", "insert")
 
-    Writing the same documents twice leaves the collection as after the first write, which is
-    what makes a re-read of uncommitted Kafka offsets harmless. ``write`` returns only after
-    MongoDB acknowledged every document it did not refuse; it raises on anything else.
+
+def _already_there(error: dict[str, Any]) -> bool:
+    """An insert that failed only because a document with that ``_id`` exists."""
+    return error.get("code") == 11000 and error.get("keyPattern", {"_id": 1}) == {"_id": 1}
+
+
+class MongoSink:
+    """Writes documents keyed by ``_id``, unordered, so that writing them twice changes nothing.
+
+    ``replace`` (the default) upserts each document: a re-read or re-sent record overwrites its
+    own document, and the latest version wins. ``insert`` inserts and skips ``_id``s that exist:
+    3-4 times faster on the MongoDB-wire server, exactly once as well, but the first version
+    wins — for records that never change. ``write`` returns only after MongoDB acknowledged
+    every document it did not refuse; it raises on anything else.
     """
 
-    def __init__(self, collection: Collection) -> None:
+    def __init__(self, collection: Collection, mode: str = "replace") -> None:
+        if mode not in WRITE_MODES:
+            raise ValueError(f"unknown write_mode {mode!r}; choose one of {', '.join(WRITE_MODES)}")
         self.collection = collection
+        self.mode = mode
 
     def write(self, documents: Mapping[Any, dict[str, Any]]) -> WriteResult:
-        """Upsert ``{_id: document}``; one ``_id`` appears once (the caller keeps the latest)."""
+        """Write ``{_id: document}``; one ``_id`` appears once (the caller keeps the latest)."""
         if not documents:
             return WriteResult(0, 0, 0)
         ids = list(documents)
-        requests = [ReplaceOne({"_id": _id}, documents[_id], upsert=True) for _id in ids]
+        if self.mode == "insert":
+            requests = [InsertOne({"_id": _id, **documents[_id]}) for _id in ids]
+        else:
+            requests = [ReplaceOne({"_id": _id}, documents[_id], upsert=True) for _id in ids]
         try:
             result = self.collection.bulk_write(requests, ordered=False)
         except BulkWriteError as err:
@@ -59,16 +75,24 @@ class MongoSink:
                 e.get("code") in TRANSIENT_WRITE_ERRORS for e in errors
             ):
                 raise
+            if self.mode == "insert":
+                errors = [e for e in errors if not _already_there(e)]
             rejected = {
                 ids[e["index"]]: f"MongoDB refused the document (code {e.get('code')}): {e.get('errmsg')}"
                 for e in errors
             }
+            if self.mode == "insert":
+                return WriteResult(
+                    written=len(requests), inserted=details.get("nInserted", 0), replaced=0, rejected=rejected
+                )
             return WriteResult(
                 written=len(requests),
                 inserted=details.get("nUpserted", 0),
                 replaced=details.get("nMatched", 0),
                 rejected=rejected,
             )
+        if self.mode == "insert":
+            return WriteResult(written=len(requests), inserted=result.inserted_count, replaced=0)
         return WriteResult(
             written=len(requests), inserted=result.upserted_count, replaced=result.matched_count
         )

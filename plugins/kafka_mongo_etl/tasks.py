@@ -79,6 +79,7 @@ class ConsumeJob:
     lease_wait: float = 600.0
     drain: DrainSettings = DrainSettings()
     dead_letter_policy: DeadLetterPolicy = DeadLetterPolicy()
+    write_mode: str = "replace"
     # Drain only these partitions (a mapped task per partition); None: all of them.
     partitions: tuple[int, ...] | None = None
 
@@ -197,7 +198,7 @@ def _drain_under_lease(job: ConsumeJob, database: Database, to_document: Any) ->
             consumer,
             job.topic,
             job.consumer_group,
-            MongoSink(database[job.mongo_collection]),
+            MongoSink(database[job.mongo_collection], job.write_mode),
             to_document,
             job.drain,
             lease,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -297,3 +298,48 @@ def test_drains_of_single_partitions_together_load_everything(job, kafka_broker,
     assert audit_ids == {f"{job.batch}:{p}" for p in range(3)}
     with pytest.raises(TopicNotFoundError, match=r"no partition \[7\]"):
         run_consume(replace(job, partitions=(7,)))
+
+
+def test_insert_mode_loads_exactly_once_and_keeps_the_first_version(job, kafka_broker, mongo_client) -> None:
+    from dataclasses import replace
+
+    from confluent_kafka import Producer
+
+    inserting = replace(job, write_mode="insert")
+    produce(job.topic, job.batch, 0, 300)
+    assert run_consume(inserting)["loaded"] == 300
+    collection = mongo_client[job.mongo_db]["testnum"]
+    # A re-read of everything (a crash before any commit) inserts nothing new.
+    reread = run_consume(replace(inserting, group_id=job.consumer_group + ".reread"))
+    assert reread["records"] == 300 and reread["dead_letters"] == 0
+    assert collection.count_documents({}) == 300
+    assert ids_in(collection) == expected_ids(job.batch, 0, 300)
+
+    # A changed record with an existing _id is skipped: the first version stays.
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap_servers})
+    producer.produce(job.topic, key=record_key(job.batch, 7), value=b'{"num": 7, "version": 2}')
+    assert producer.flush(30) == 0
+    run_consume(inserting)
+    assert "version" not in collection.find_one({"_id": record_key(job.batch, 7)})
+
+
+def test_insert_mode_sends_a_unique_index_violation_to_dead_letters(job, kafka_broker, mongo_client) -> None:
+    from dataclasses import replace
+
+    from confluent_kafka import Producer
+
+    from kafka_mongo_etl.tasks import DeadLetterPolicy
+
+    collection = mongo_client[job.mongo_db]["testnum"]
+    collection.create_index("email", unique=True)
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap_servers})
+    admin.create_topics([NewTopic(job.topic, num_partitions=1, replication_factor=1)])[job.topic].result(30)
+    for key, email in (("a", "x@example.org"), ("b", "y@example.org"), ("c", "x@example.org")):
+        producer.produce(job.topic, key=key, value=json.dumps({"email": email}).encode())
+    assert producer.flush(30) == 0
+    lenient = replace(job, write_mode="insert", dead_letter_policy=DeadLetterPolicy(max_count=None))
+    result = run_consume(lenient)
+    assert (result["loaded"], result["dead_letters"]) == (2, 1)
+    assert ids_in(collection) == {"a", "b"}
+    assert mongo_client[job.mongo_db]["testnum_dlq"].find_one()["key"] == b"c"
