@@ -173,7 +173,7 @@ def test_consumer_is_closed_when_the_write_fails(job, monkeypatch) -> None:
         return consumer
 
     class BrokenSink:
-        def __init__(self, _collection) -> None:
+        def __init__(self, *_args) -> None:
             pass
 
         def write(self, documents) -> WriteResult:
