@@ -26,3 +26,20 @@ def make_job(topic: str, mongo_db: str) -> Callable[..., Any]:
         drain=DrainSettings(batch_size=1000, stall_timeout=10),
     )
     return lambda **changes: replace(base, **changes)
+
+
+@pytest.fixture
+def committed_offsets(kafka_broker) -> Callable[..., dict[int, int]]:
+    """``(topic, group, partitions=1) -> {partition: offset}`` the group has committed on the
+    session broker (negative where it has committed nothing)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    def read(topic: str, group: str, partitions: int = 1) -> dict[int, int]:
+        consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap_servers, "group.id": group})
+        try:
+            found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=20)
+        finally:
+            consumer.close()
+        return {tp.partition: tp.offset for tp in found}
+
+    return read

@@ -7,7 +7,7 @@ import time
 from dataclasses import replace
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kafka_mongo_etl.drain import DrainSettings
@@ -37,14 +37,6 @@ def send(bootstrap: str, topic: str, records: list[tuple], **config) -> None:
     assert producer.flush(60) == 0
 
 
-def committed(bootstrap: str, topic: str, group: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        return consumer.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
-    finally:
-        consumer.close()
-
-
 BAD_RECORDS = [
     (b"k-not-utf8", b"\xff\xfe{", [("trace", b"abc")], "not_utf8"),
     (b"k-not-json", b"{num: 1", None, "not_json"),
@@ -54,7 +46,9 @@ BAD_RECORDS = [
 ]
 
 
-def test_bad_records_go_to_the_dlq_and_good_ones_still_load(job, kafka_broker, mongo_client) -> None:
+def test_bad_records_go_to_the_dlq_and_good_ones_still_load(
+    job, kafka_broker, mongo_client, committed_offsets
+) -> None:
     bootstrap = kafka_broker.bootstrap_servers
     create_topic(bootstrap, job.topic)
     good = [(f"good-{n}".encode(), json.dumps({"num": n}).encode(), None) for n in range(20)]
@@ -80,7 +74,7 @@ def test_bad_records_go_to_the_dlq_and_good_ones_still_load(job, kafka_broker, m
     assert letters[b"k-tombstone"]["value"] is None
 
     # Every offset, dead letters included, is committed: the next run reads nothing again.
-    assert committed(bootstrap, job.topic, job.consumer_group) == 25
+    assert committed_offsets(job.topic, job.consumer_group)[0] == 25
     again = run_consume(replace(job, batch="test/run-2", run_id="run-2"))
     assert again["records"] == 0
     assert db.testnum_dlq.count_documents({}) == 5
@@ -100,7 +94,7 @@ def test_a_reread_rewrites_the_same_dead_letters(job, kafka_broker, mongo_client
     assert db.testnum.count_documents({}) == 1
 
 
-def test_documents_mongodb_refuses_go_to_the_dlq(job, kafka_broker, mongo_client) -> None:
+def test_documents_mongodb_refuses_go_to_the_dlq(job, kafka_broker, mongo_client, committed_offsets) -> None:
     bootstrap = kafka_broker.bootstrap_servers
     db = mongo_client[job.mongo_db]
     db.create_collection(
@@ -124,7 +118,7 @@ def test_documents_mongodb_refuses_go_to_the_dlq(job, kafka_broker, mongo_client
     letters = list(db.testnum_dlq.find())
     assert {d["key"] for d in letters} == {b"no-num", b"str-num"}
     assert all(d["stage"] == "write" and "121" in d["reason"] for d in letters)
-    assert committed(bootstrap, job.topic, job.consumer_group) == 4
+    assert committed_offsets(job.topic, job.consumer_group)[0] == 4
 
 
 def test_a_document_over_16_mib_goes_to_the_dlq(job, kafka_broker, mongo_client) -> None:
@@ -145,7 +139,9 @@ def test_a_document_over_16_mib_goes_to_the_dlq(job, kafka_broker, mongo_client)
     assert letter["value_truncated"] is True and len(letter["value"]) == 1024 * 1024
 
 
-def test_policy_fails_the_run_without_retry_after_committing(job, kafka_broker, mongo_client) -> None:
+def test_policy_fails_the_run_without_retry_after_committing(
+    job, kafka_broker, mongo_client, committed_offsets
+) -> None:
     bootstrap = kafka_broker.bootstrap_servers
     create_topic(bootstrap, job.topic)
     send(
@@ -161,7 +157,7 @@ def test_policy_fails_the_run_without_retry_after_committing(job, kafka_broker, 
     assert isinstance(err.value, AirflowFailException)  # Airflow does not retry it
     db = mongo_client[job.mongo_db]
     assert db.testnum.count_documents({}) == 9 and db.testnum_dlq.count_documents({}) == 1
-    assert committed(bootstrap, job.topic, job.consumer_group) == 10
+    assert committed_offsets(job.topic, job.consumer_group)[0] == 10
     assert db.etl_runs.find_one({"_id": job.batch})["state"] == "failed"
 
 
@@ -181,7 +177,7 @@ def test_ratio_policy(job, kafka_broker) -> None:
 
 
 def test_mongodb_down_at_start_names_the_connection_and_commits_nothing(
-    job, kafka_broker, monkeypatch
+    job, kafka_broker, monkeypatch, committed_offsets
 ) -> None:
     from devstack.process import free_port
 
@@ -204,7 +200,7 @@ def test_mongodb_down_at_start_names_the_connection_and_commits_nothing(
     with pytest.raises(ConnectionProblem, match=rf"'mongo_default' \(127.0.0.1:{port}\)"):
         run_consume(job)
     assert time.monotonic() - began < 15
-    assert committed(kafka_broker.bootstrap_servers, job.topic, job.consumer_group) < 0
+    assert committed_offsets(job.topic, job.consumer_group)[0] < 0
 
 
 def test_kafka_connection_problems_name_the_connection(job, monkeypatch) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kafka_mongo_etl.clients import EtlConsumerHook
@@ -45,15 +45,6 @@ def ids_in(collection) -> set:
 
 def expected_ids(batch: str, start: int, count: int) -> set[str]:
     return {record_key(batch, n) for n in range(start, start + count)}
-
-
-def committed_offsets(bootstrap: str, topic: str, group: str, partitions: int) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-    finally:
-        consumer.close()
-    return {tp.partition: tp.offset for tp in found}
 
 
 def test_consume_loads_exactly_the_batch_and_a_rerun_changes_nothing(job, mongo_client) -> None:
@@ -125,7 +116,7 @@ def test_records_after_the_snapshot_stay_for_the_next_run(job, kafka_broker, mon
     assert ids_in(collection) == expected_ids("test/first", 0, 300) | expected_ids("test/later", 1000, 150)
 
 
-def test_offsets_are_committed_only_for_acknowledged_writes(job, kafka_broker, mongo_client) -> None:
+def test_offsets_are_committed_only_for_acknowledged_writes(job, mongo_client, committed_offsets) -> None:
     produce(job.topic, job.batch, 0, 300, partitions=1)
     collection = mongo_client[job.mongo_db]["testnum"]
 
@@ -151,7 +142,7 @@ def test_offsets_are_committed_only_for_acknowledged_writes(job, kafka_broker, m
             )
     finally:
         consumer.close()
-    committed = committed_offsets(kafka_broker.bootstrap_servers, job.topic, job.consumer_group, 1)
+    committed = committed_offsets(job.topic, job.consumer_group, 1)
     documents = collection.count_documents({})
     # Whatever the first batch held was written and committed; nothing of the failed one.
     assert committed[0] == documents
@@ -159,7 +150,7 @@ def test_offsets_are_committed_only_for_acknowledged_writes(job, kafka_broker, m
 
     run_consume(job)
     assert ids_in(collection) == expected_ids(job.batch, 0, 300)
-    assert committed_offsets(kafka_broker.bootstrap_servers, job.topic, job.consumer_group, 1) == {0: 300}
+    assert committed_offsets(job.topic, job.consumer_group, 1) == {0: 300}
 
 
 def test_consumer_is_closed_when_the_write_fails(job, monkeypatch) -> None:
@@ -201,13 +192,13 @@ def test_missing_topic_fails_naming_it(job) -> None:
         run_consume(job)
 
 
-def test_many_partitions(job, kafka_broker, mongo_client) -> None:
+def test_many_partitions(job, mongo_client, committed_offsets) -> None:
     produce(job.topic, job.batch, 0, 1200, partitions=12)
     result = run_consume(job)
     assert len(result["partitions"]) == 12
     assert all(p["committed"] == p["end"] for p in result["partitions"].values())
     assert ids_in(mongo_client[job.mongo_db]["testnum"]) == expected_ids(job.batch, 0, 1200)
-    assert committed_offsets(kafka_broker.bootstrap_servers, job.topic, job.consumer_group, 12) == {
+    assert committed_offsets(job.topic, job.consumer_group, 12) == {
         int(p): v["end"] for p, v in result["partitions"].items()
     }
 
