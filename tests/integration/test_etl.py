@@ -47,6 +47,22 @@ def expected_ids(batch: str, start: int, count: int) -> set[str]:
     return {record_key(batch, n) for n in range(start, start + count)}
 
 
+def drain_into(job: ConsumeJob, sink: MongoSink):
+    """drain_to_watermark of the job's topic into ``sink`` in batches of 100; closes the consumer."""
+    consumer = EtlConsumerHook(job.topic, job.consumer_group).get_conn
+    try:
+        return drain_to_watermark(
+            consumer,
+            job.topic,
+            job.consumer_group,
+            sink,
+            json_document(id_function("key")),
+            DrainSettings(batch_size=100),
+        )
+    finally:
+        consumer.close()
+
+
 def test_consume_loads_exactly_the_batch_and_a_rerun_changes_nothing(job, mongo_client) -> None:
     summary = produce(job.topic, job.batch, 0, 500)
     assert (summary["count"], summary["first"], summary["last"]) == (500, 0, 499)
@@ -96,18 +112,7 @@ def test_records_after_the_snapshot_stay_for_the_next_run(job, kafka_broker, mon
                 self.produced_more = True
             return super().write(documents)
 
-    consumer = EtlConsumerHook(job.topic, job.consumer_group).get_conn
-    try:
-        summary = drain_to_watermark(
-            consumer,
-            job.topic,
-            job.consumer_group,
-            ProducesMoreOnFirstWrite(collection),
-            json_document(id_function("key")),
-            DrainSettings(batch_size=100),
-        )
-    finally:
-        consumer.close()
+    summary = drain_into(job, ProducesMoreOnFirstWrite(collection))
     assert summary.records == 300
     assert ids_in(collection) == expected_ids("test/first", 0, 300)
 
@@ -129,19 +134,8 @@ def test_offsets_are_committed_only_for_acknowledged_writes(job, mongo_client, c
                 raise RuntimeError("MongoDB went away")
             return super().write(documents)
 
-    consumer = EtlConsumerHook(job.topic, job.consumer_group).get_conn
-    try:
-        with pytest.raises(RuntimeError, match="MongoDB went away"):
-            drain_to_watermark(
-                consumer,
-                job.topic,
-                job.consumer_group,
-                FailsOnSecondWrite(collection),
-                json_document(id_function("key")),
-                DrainSettings(batch_size=100),
-            )
-    finally:
-        consumer.close()
+    with pytest.raises(RuntimeError, match="MongoDB went away"):
+        drain_into(job, FailsOnSecondWrite(collection))
     committed = committed_offsets(job.topic, job.consumer_group, 1)
     documents = collection.count_documents({})
     # Whatever the first batch held was written and committed; nothing of the failed one.
