@@ -9,58 +9,42 @@ sink acknowledged every record of the batch, so a crash at any point re-reads, a
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-import bson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from kafka_mongo_etl.errors import EtlError, TopicNotFoundError
-from kafka_mongo_etl.ids import IdFunction
+from kafka_mongo_etl.errors import TopicNotFoundError
 from kafka_mongo_etl.metadata import topic_metadata
-from kafka_mongo_etl.mongo_sink import WriteResult
+from kafka_mongo_etl.records import BadRecordError, DeadLetter, Document, RecordBuilder, json_document
+from kafka_mongo_etl.write_models import WriteResult
+
+# Where the record path's names used to live; kept for callers of the drain module.
+__all__ = [
+    "BadRecordError",
+    "DeadLetter",
+    "DrainSettings",
+    "DrainSummary",
+    "drain_to_watermark",
+    "json_document",
+]
 
 log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
-    def write(self, documents: dict[Any, dict[str, Any]]) -> WriteResult: ...
+    def write(self, documents: Sequence[Document]) -> WriteResult: ...
 
 
 class Lease(Protocol):
     def renew(self) -> None: ...
 
 
-class BadRecordError(EtlError):
-    """A record that cannot become a document; ``code`` names the kind, the message the record."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A record that could not be loaded, and why (``stage`` is ``decode`` or ``write``)."""
-
-    message: Message
-    code: str
-    reason: str
-    stage: str
-
-
 class DeadLetterSink(Protocol):
     def write(self, dead_letters: list[DeadLetter]) -> None: ...
-
-
-# MongoDB refuses documents over 16 MiB; leave room for the _id and the _kafka field.
-MAX_DOCUMENT_BYTES = 16 * 1024 * 1024 - 16 * 1024
-# JSON smaller than this cannot expand past the limit as BSON, so its size is not measured.
-_MEASURE_ABOVE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -112,48 +96,6 @@ class DrainSummary:
         return data
 
 
-def json_document(id_for: IdFunction) -> Callable[[Message], tuple[Any, dict[str, Any]]]:
-    """Turn a record whose value is a JSON object into ``(_id, document)``."""
-
-    def to_document(message: Message) -> tuple[Any, dict[str, Any]]:
-        raw = message.value()
-        where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
-        if raw is None:
-            raise BadRecordError("tombstone", f"record {where} has no value (a tombstone)")
-        # Decoded here, not by json.loads: that would also take UTF-16 and UTF-32 by their BOM.
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise BadRecordError("not_utf8", f"record {where} is not UTF-8: {err}") from None
-        try:
-            value = json.loads(text)
-        except ValueError as err:
-            raise BadRecordError("not_json", f"record {where} is not JSON: {err}") from None
-        if not isinstance(value, dict):
-            kind = type(value).__name__
-            raise BadRecordError("not_object", f"record {where} is JSON but not an object ({kind})")
-        dollar = [key for key in value if key.startswith("$")]
-        if dollar:
-            raise BadRecordError(
-                "invalid_field", f"record {where} has top-level field names starting with $: {dollar[:3]}"
-            )
-        try:
-            _id = id_for(message, value)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise BadRecordError("no_id", f"record {where}: {err}") from None
-        value.pop("_id", None)
-        value["_kafka"] = {"partition": message.partition(), "offset": message.offset()}
-        if len(raw) > _MEASURE_ABOVE_BYTES:
-            size = len(bson.encode(value))
-            if size > MAX_DOCUMENT_BYTES:
-                raise BadRecordError(
-                    "too_large", f"record {where} makes a {size}-byte document, over MongoDB's 16 MiB limit"
-                )
-        return _id, value
-
-    return to_document
-
-
 def high_watermarks(consumer: Consumer, topic: str, timeout: float) -> dict[int, tuple[int, int]]:
     """``{partition: (low, high)}`` read from the partition leaders now (not cached)."""
     found = topic_metadata(consumer, topic, timeout).topics.get(topic)
@@ -163,12 +105,40 @@ def high_watermarks(consumer: Consumer, topic: str, timeout: float) -> dict[int,
             f"topic {topic!r} does not exist on the broker ({reason}); produce to it first or check "
             "the topic name"
         )
+    deadline = time.monotonic() + timeout
     return {
-        partition: consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=timeout, cached=False
-        )
+        partition: _watermarks(consumer, TopicPartition(topic, partition), deadline)
         for partition in sorted(found.partitions)
     }
+
+
+_LEADER_MOVING = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+)
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
+    """One partition's ``(low, high)``, asking again while its leader is moving or being elected
+    (NOT_LEADER_FOR_PARTITION right after the topic was created, or after a broker restart)."""
+    while True:
+        try:
+            return consumer.get_watermark_offsets(
+                tp, timeout=max(0.1, deadline - time.monotonic()), cached=False
+            )
+        except KafkaException as err:
+            error = err.args[0]
+            if not error.retriable() or time.monotonic() >= deadline:
+                raise
+            log.info(
+                "Watermarks of %s[%s] not available yet (%s); asking again",
+                tp.topic,
+                tp.partition,
+                error.str(),
+            )
+            # The leader's election gives the client no event to wait on.
+            time.sleep(0.2)
 
 
 _COORDINATOR_NOT_READY = (
@@ -209,12 +179,223 @@ def _commit(consumer: Consumer, topic: str, offsets: dict[int, int]) -> None:
         raise KafkaException(failed[0].error)
 
 
+@dataclass
+class Batch:
+    """What one ``consume()`` call brought that lies inside the snapshot."""
+
+    documents: dict[Hashable, Document] = field(default_factory=dict)
+    dead: list[DeadLetter] = field(default_factory=list)
+    # partition -> the offset after the last record of the batch: what to commit once written.
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    records: int = 0
+
+
+def start_offsets(
+    committed: Sequence[TopicPartition], watermarks: dict[int, tuple[int, int]]
+) -> dict[int, PartitionProgress]:
+    """Where each partition's drain starts (the group's committed offset) and ends (the snapshot)."""
+    progress = {}
+    for tp in committed:
+        if tp.error is not None:
+            raise KafkaException(tp.error)
+        low, high = watermarks[tp.partition]
+        # No commit yet (negative offset) or one below a deleted segment: start at the earliest.
+        start = tp.offset if tp.offset >= low else low
+        progress[tp.partition] = PartitionProgress(start=start, end=high, committed=start)
+    return progress
+
+
+class Drain:
+    """One drain of ``topic`` for ``group_id`` from the committed offsets to the snapshot.
+
+    The steps, in order, each small enough to read alone: ``snapshot`` (watermarks and where
+    each partition starts), ``read_batch``, ``build`` (records to documents or dead letters),
+    ``write``, ``dead_letter``, ``commit`` (only what was written), ``stalled`` (stop?).
+    """
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        topic: str,
+        group_id: str,
+        sink: Sink,
+        to_document: RecordBuilder,
+        settings: DrainSettings | None = None,
+        lease: Lease | None = None,
+        dead_letters: DeadLetterSink | None = None,
+        partitions: Collection[int] | None = None,
+    ) -> None:
+        self.consumer = consumer
+        self.topic = topic
+        self.sink = sink
+        self.to_document = to_document
+        self.settings = settings or DrainSettings()
+        self.lease = lease
+        self.dead_letters = dead_letters
+        self.only = partitions
+        self.summary = DrainSummary(topic=topic, group_id=group_id)
+        self.pending: set[int] = set()
+        self.began = self.last_progress = time.monotonic()
+
+    def run(self) -> DrainSummary:
+        self.snapshot()
+        if self.pending:
+            progress = self.summary.partitions
+            self.consumer.assign(
+                [TopicPartition(self.topic, p, progress[p].start) for p in sorted(self.pending)]
+            )
+        next_report = self.began + self.settings.progress_every
+        while self.pending:
+            batch = self.build(self.read_batch())
+            self.write(batch)
+            self.dead_letter(batch)
+            self.commit(batch)
+            if self.stalled():
+                break
+            if time.monotonic() >= next_report:
+                _log_progress(self.summary, self.began)
+                next_report = time.monotonic() + self.settings.progress_every
+        return self.finish()
+
+    def snapshot(self) -> None:
+        """The stopping line (high watermarks now) and each partition's committed start."""
+        watermarks = high_watermarks(self.consumer, self.topic, self.settings.metadata_timeout)
+        if self.only is not None:
+            missing = set(self.only) - set(watermarks)
+            if missing:
+                raise TopicNotFoundError(f"topic {self.topic!r} has no partition {sorted(missing)}")
+            watermarks = {p: watermarks[p] for p in sorted(self.only)}
+        committed = committed_offsets(
+            self.consumer, [TopicPartition(self.topic, p) for p in watermarks], self.settings.metadata_timeout
+        )
+        self.summary.partitions = start_offsets(committed, watermarks)
+        self.pending = {p for p, progress in self.summary.partitions.items() if not progress.done}
+        log.info(
+            "Draining %s for group %s to %s",
+            self.topic,
+            self.summary.group_id,
+            ", ".join(f"p{p}: {v.start}->{v.end}" for p, v in self.summary.partitions.items()),
+        )
+        if not self.pending:
+            log.info("Nothing to drain: every partition is at its high watermark")
+
+    def read_batch(self) -> list[Message]:
+        # Ask for no more than is left below the snapshot: consume() returns as soon as it has
+        # them, instead of waiting out poll_timeout for a batch that cannot fill.
+        progress = self.summary.partitions
+        left = sum(progress[p].end - progress[p].committed for p in self.pending)
+        wanted = max(1, min(self.settings.batch_size, left))
+        return self.consumer.consume(num_messages=wanted, timeout=self.settings.poll_timeout)
+
+    def build(self, messages: list[Message]) -> Batch:
+        """Documents (the later offset wins for one ``_id``) and dead letters of the snapshot's records."""
+        batch = Batch()
+        for message in messages:
+            if message.error() is not None:
+                raise KafkaException(message.error())
+            partition, offset = message.partition(), message.offset()
+            progress = self.summary.partitions[partition]
+            if offset >= progress.end:
+                continue  # after the snapshot: left for the next run, never committed here
+            batch.next_offsets[partition] = offset + 1
+            progress.records += 1
+            batch.records += 1
+            try:
+                document = self.to_document(message)
+            except BadRecordError as err:
+                if self.dead_letters is None:
+                    raise
+                batch.dead.append(DeadLetter(message, err.code, str(err), "decode"))
+                continue
+            # Python dicts keep the first insertion position, which an unordered write ignores.
+            batch.documents[document.identity] = document
+        self.summary.records += batch.records
+        self.summary.skipped += batch.records - len(batch.documents) - len(batch.dead)
+        return batch
+
+    def write(self, batch: Batch) -> None:
+        if not batch.documents:
+            return
+        result = self.sink.write(list(batch.documents.values()))
+        self.summary.loaded += result.written - len(result.rejected)
+        self.summary.batches += 1
+        for document, reason in result.rejected:
+            if self.dead_letters is None:
+                raise BadRecordError("rejected", f"record {document.id!r}: {reason}")
+            batch.dead.append(DeadLetter(document.message, "rejected", reason, "write"))
+
+    def dead_letter(self, batch: Batch) -> None:
+        if not batch.dead:
+            return
+        # Written before the commit: a crash here re-reads the batch and rewrites the same
+        # dead-letter documents (their _id is topic:partition:offset).
+        assert self.dead_letters is not None  # build() and write() raise without a dead-letter sink
+        self.dead_letters.write(batch.dead)
+        self.summary.dead_letters += len(batch.dead)
+        reasons = self.summary.dead_letter_reasons
+        for letter in batch.dead:
+            reasons[letter.code] = reasons.get(letter.code, 0) + 1
+
+    def commit(self, batch: Batch) -> None:
+        """Commit what was written, and pause the partitions that reached their snapshot."""
+        progress = self.summary.partitions
+        offsets = dict(batch.next_offsets)
+        # A position at the snapshot is done even when what moved it was not data (transaction
+        # markers): commit that position too.
+        for tp in self.consumer.position([TopicPartition(self.topic, p) for p in self.pending]):
+            if tp.offset >= progress[tp.partition].end:
+                offsets[tp.partition] = progress[tp.partition].end
+        if offsets:
+            if self.lease is not None:
+                self.lease.renew()
+            _commit(self.consumer, self.topic, offsets)
+            for partition, offset in offsets.items():
+                progress[partition].committed = offset
+            self.last_progress = time.monotonic()
+        done = {p for p in self.pending if progress[p].done}
+        if done:
+            self.consumer.pause([TopicPartition(self.topic, p) for p in done])
+            self.pending -= done
+
+    def stalled(self) -> bool:
+        """True when a partition stayed below its snapshot for ``stall_timeout`` (an open transaction)."""
+        if not self.pending or time.monotonic() - self.last_progress <= self.settings.stall_timeout:
+            return False
+        progress = self.summary.partitions
+        self.summary.stalled = {p: progress[p].committed for p in sorted(self.pending)}
+        log.warning(
+            "Stopping with partitions below their snapshot after %.0fs without progress "
+            "(an open transaction?): %s",
+            self.settings.stall_timeout,
+            ", ".join(
+                f"p{p} at offset {progress[p].committed} of {progress[p].end}" for p in sorted(self.pending)
+            ),
+        )
+        return True
+
+    def finish(self) -> DrainSummary:
+        summary = self.summary
+        summary.seconds = round(time.monotonic() - self.began, 3)
+        log.info(
+            "Drained %s records from %s in %.2fs (%.0f records/s): %s loaded, %s superseded in-batch, "
+            "%s dead letters",
+            summary.records,
+            self.topic,
+            summary.seconds,
+            summary.records_per_second,
+            summary.loaded,
+            summary.skipped,
+            summary.dead_letters,
+        )
+        return summary
+
+
 def drain_to_watermark(
     consumer: Consumer,
     topic: str,
     group_id: str,
     sink: Sink,
-    to_document: Callable[[Message], tuple[Any, dict[str, Any]]],
+    to_document: RecordBuilder,
     settings: DrainSettings | None = None,
     lease: Lease | None = None,
     dead_letters: DeadLetterSink | None = None,
@@ -227,139 +408,9 @@ def drain_to_watermark(
     without a dead-letter sink the first such record fails the drain. ``partitions`` limits the
     drain to those partitions (one mapped task per partition). The caller closes the consumer.
     """
-    settings = settings or DrainSettings()
-    began = time.monotonic()
-    summary = DrainSummary(topic=topic, group_id=group_id)
-    watermarks = high_watermarks(consumer, topic, settings.metadata_timeout)
-    if partitions is not None:
-        missing = set(partitions) - set(watermarks)
-        if missing:
-            raise TopicNotFoundError(f"topic {topic!r} has no partition {sorted(missing)}")
-        watermarks = {p: watermarks[p] for p in sorted(partitions)}
-    committed = committed_offsets(
-        consumer, [TopicPartition(topic, p) for p in watermarks], settings.metadata_timeout
-    )
-    for tp in committed:
-        if tp.error is not None:
-            raise KafkaException(tp.error)
-        low, high = watermarks[tp.partition]
-        # No commit yet (negative offset) or one below a deleted segment: start at the earliest.
-        start = tp.offset if tp.offset >= low else low
-        summary.partitions[tp.partition] = PartitionProgress(start=start, end=high, committed=start)
-    pending = {p for p, progress in summary.partitions.items() if not progress.done}
-    log.info(
-        "Draining %s for group %s to %s",
-        topic,
-        group_id,
-        ", ".join(f"p{p}: {v.start}->{v.end}" for p, v in summary.partitions.items()),
-    )
-    if not pending:
-        summary.seconds = round(time.monotonic() - began, 3)
-        log.info("Nothing to drain: every partition is at its high watermark")
-        return summary
-
-    consumer.assign([TopicPartition(topic, p, summary.partitions[p].start) for p in sorted(pending)])
-    last_progress = time.monotonic()
-    next_report = began + settings.progress_every
-    while pending:
-        # Ask for no more than is left below the snapshot: consume() returns as soon as it has
-        # them, instead of waiting out poll_timeout for a batch that cannot fill.
-        left = sum(summary.partitions[p].end - summary.partitions[p].committed for p in pending)
-        wanted = max(1, min(settings.batch_size, left))
-        messages = consumer.consume(num_messages=wanted, timeout=settings.poll_timeout)
-        documents: dict[Any, dict[str, Any]] = {}
-        sources: dict[Any, Message] = {}
-        dead: list[DeadLetter] = []
-        next_offsets: dict[int, int] = {}
-        in_snapshot = 0
-        for message in messages:
-            if message.error() is not None:
-                raise KafkaException(message.error())
-            partition, offset = message.partition(), message.offset()
-            progress = summary.partitions[partition]
-            if offset >= progress.end:
-                continue  # after the snapshot: left for the next run, never committed here
-            next_offsets[partition] = offset + 1
-            progress.records += 1
-            in_snapshot += 1
-            try:
-                _id, document = to_document(message)
-            except BadRecordError as err:
-                if dead_letters is None:
-                    raise
-                dead.append(DeadLetter(message, err.code, str(err), "decode"))
-                continue
-            # The later offset wins within a batch; Python dicts keep the first insertion
-            # position, which does not matter to an unordered bulk write.
-            documents[_id] = document
-            sources[_id] = message
-        summary.records += in_snapshot
-        summary.skipped += in_snapshot - len(documents) - len(dead)
-        if documents:
-            result = sink.write(documents)
-            summary.loaded += result.written - len(result.rejected)
-            summary.batches += 1
-            for _id, reason in result.rejected.items():
-                if dead_letters is None:
-                    raise BadRecordError("rejected", f"record {_id!r}: {reason}")
-                dead.append(DeadLetter(sources[_id], "rejected", reason, "write"))
-        if dead:
-            # Written before the commit: a crash here re-reads the batch and rewrites the same
-            # dead-letter documents (their _id is topic:partition:offset).
-            dead_letters.write(dead)
-            summary.dead_letters += len(dead)
-            for letter in dead:
-                summary.dead_letter_reasons[letter.code] = summary.dead_letter_reasons.get(letter.code, 0) + 1
-
-        # Partitions whose position reached the snapshot are done, even when the records that
-        # moved it were not data (transaction markers): commit that position too.
-        positions = consumer.position([TopicPartition(topic, p) for p in pending])
-        for tp in positions:
-            progress = summary.partitions[tp.partition]
-            if tp.offset >= progress.end:
-                next_offsets[tp.partition] = progress.end
-        if next_offsets:
-            if lease is not None:
-                lease.renew()
-            _commit(consumer, topic, next_offsets)
-            for partition, offset in next_offsets.items():
-                summary.partitions[partition].committed = offset
-            last_progress = time.monotonic()
-        done = {p for p in pending if summary.partitions[p].done}
-        if done:
-            consumer.pause([TopicPartition(topic, p) for p in done])
-            pending -= done
-
-        now = time.monotonic()
-        if pending and now - last_progress > settings.stall_timeout:
-            summary.stalled = {p: summary.partitions[p].committed for p in sorted(pending)}
-            log.warning(
-                "Stopping with partitions below their snapshot after %.0fs without progress "
-                "(an open transaction?): %s",
-                settings.stall_timeout,
-                ", ".join(
-                    f"p{p} at offset {summary.partitions[p].committed} of {summary.partitions[p].end}"
-                    for p in sorted(pending)
-                ),
-            )
-            break
-        if now >= next_report:
-            _log_progress(summary, began)
-            next_report = now + settings.progress_every
-
-    summary.seconds = round(time.monotonic() - began, 3)
-    log.info(
-        "Drained %s records from %s in %.2fs (%.0f records/s): %s loaded, %s superseded in-batch, "
-        "%s dead letters",
-        summary.records,
-        topic,
-        summary.seconds,
-        summary.records_per_second,
-        summary.loaded,
-        summary.skipped,
-        summary.dead_letters,
-    )
-    return summary
+    return Drain(
+        consumer, topic, group_id, sink, to_document, settings, lease, dead_letters, partitions
+    ).run()
 
 
 def _log_progress(summary: DrainSummary, began: float) -> None:

@@ -16,12 +16,13 @@ from pymongo.errors import ConfigurationError, ConnectionFailure, OperationFailu
 
 from kafka_mongo_etl.audit import AUDIT_COLLECTION, write_audit
 from kafka_mongo_etl.clients import EtlConsumerHook, EtlProducerHook, admin_client, kafka_errors
-from kafka_mongo_etl.drain import DrainSettings, DrainSummary, drain_to_watermark, json_document
+from kafka_mongo_etl.drain import DrainSettings, DrainSummary, drain_to_watermark
 from kafka_mongo_etl.errors import ConnectionProblem, DeadLetterLimitError
 from kafka_mongo_etl.ids import id_function
 from kafka_mongo_etl.lease import DrainLease
 from kafka_mongo_etl.mongo_sink import MongoDeadLetterSink, MongoSink
 from kafka_mongo_etl.produce import ensure_topic, produce_batch
+from kafka_mongo_etl.records import json_document
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import bson
 import pytest
 from confluent_kafka import Message
 
-from kafka_mongo_etl.drain import BadRecordError, json_document
 from kafka_mongo_etl.ids import batch_id, id_function, record_key
+from kafka_mongo_etl.records import BadRecordError, json_document
 from kafka_mongo_etl.tasks import DeadLetterPolicy, default_group_id
 
 
@@ -35,9 +36,9 @@ def test_id_strategies() -> None:
 
 def test_json_document_keeps_the_value_and_where_it_came_from() -> None:
     to_document = json_document(id_function("key"))
-    _id, doc = to_document(message(b'{"num": 1, "_id": "ignored"}'))
-    assert _id == "k"
-    assert doc == {"num": 1, "_kafka": {"partition": 2, "offset": 7}}
+    document = to_document(message(b'{"num": 1, "_id": "ignored"}'))
+    assert document.id == "k"
+    assert bson.decode(document.body.raw) == {"_id": "k", "num": 1, "_kafka": {"partition": 2, "offset": 7}}
 
 
 @pytest.mark.parametrize(
@@ -60,7 +61,7 @@ def test_json_document_refuses_what_cannot_be_a_document(value, key, code) -> No
 def test_over_16_mib_is_refused_and_under_is_not() -> None:
     to_document = json_document(id_function("key"))
     just_under = json.dumps({"blob": "x" * (16 * 1024 * 1024 - 64 * 1024)}).encode()
-    assert to_document(message(just_under))[0] == "k"
+    assert to_document(message(just_under)).id == "k"
     over = json.dumps({"blob": "x" * (16 * 1024 * 1024)}).encode()
     with pytest.raises(BadRecordError) as err:
         to_document(message(over))
