@@ -7,10 +7,15 @@ MongoDB ``_id`` derived from them makes the second copy overwrite the first.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
-ID_STRATEGIES = ("key", "coordinates", "field")
+ID_STRATEGIES = ("key", "coordinates", "field", "fields")
+# A business-key field becomes a field name inside the _id document, where MongoDB refuses
+# $-prefixed names and its docs refuse dotted ones; NUL is never a BSON name.
+ID_FIELD_NAME_PATTERN = r"^[^$.\x00][^.\x00]*$"
+MAX_ID_FIELDS = 16
 
 
 def batch_id(dag_id: str, run_id: str) -> str:
@@ -25,31 +30,82 @@ def record_key(batch: str, num: int) -> str:
 IdFunction = Callable[[Any, dict[str, Any]], Any]
 
 
-def id_function(strategy: str, field: str | None = None) -> IdFunction:
-    """How a record becomes a document ``_id``.
+def id_function(strategy: str, field: str | None = None, fields: Sequence[str] | None = None) -> IdFunction:
+    """How a record becomes a document ``_id``; raises ``ValueError`` for settings that cannot work.
 
     ``key``: the record key (UTF-8); ``coordinates``: ``topic:partition:offset`` (idempotent for
-    redelivery of the same record, not for a re-sent batch); ``field``: a field of the value.
+    redelivery of the same record, not for a re-sent batch); ``field``: one field of the value,
+    whatever its type (a string, a number, an embedded document); ``fields``: a business key over
+    several value fields, the ``_id`` an embedded document ``{field: value, ...}`` in the order
+    given. The functions raise ``ValueError`` for a record they cannot make an ``_id`` from (the
+    record path turns it into a dead letter): no key, a missing id field, or one that is null
+    (a null ``_id`` would make every such record the same document).
     """
     if strategy == "key":
-
-        def by_key(message: Any, _value: dict[str, Any]) -> Any:
-            key = message.key()
-            if key is None:
-                raise ValueError("record has no key; use id_strategy 'coordinates' or 'field'")
-            return key.decode("utf-8")
-
-        return by_key
+        return _by_key
     if strategy == "coordinates":
-        return lambda message, _value: f"{message.topic()}:{message.partition()}:{message.offset()}"
+        return _by_coordinates
     if strategy == "field":
         if not field:
             raise ValueError("id_strategy 'field' needs id_field, the value field to use as _id")
-
-        def by_field(_message: Any, value: dict[str, Any]) -> Any:
-            if field not in value:
-                raise ValueError(f"record value has no field {field!r} for the _id")
-            return value[field]
-
-        return by_field
+        return _by_field(field)
+    if strategy == "fields":
+        return _by_fields(check_id_fields(fields))
     raise ValueError(f"unknown id_strategy {strategy!r}; choose one of {', '.join(ID_STRATEGIES)}")
+
+
+def check_id_fields(fields: Sequence[str] | None) -> tuple[str, ...]:
+    """``id_fields`` for ``id_strategy=fields``: 1 to 16 distinct names MongoDB allows in an ``_id``."""
+    if not fields or isinstance(fields, str):
+        raise ValueError(
+            "id_strategy 'fields' needs id_fields, a list of the value fields that make the _id "
+            '(for example ["region", "order_id"])'
+        )
+    names = tuple(fields)
+    if len(names) > MAX_ID_FIELDS:
+        raise ValueError(f"id_fields has {len(names)} fields; use at most {MAX_ID_FIELDS}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"id_fields {list(names)} names a field twice")
+    bad = [name for name in names if not isinstance(name, str) or not re.match(ID_FIELD_NAME_PATTERN, name)]
+    if bad:
+        raise ValueError(
+            f"id_fields {bad} cannot be field names in an _id document: use non-empty names "
+            "without '.', NUL or a leading '$'"
+        )
+    return names
+
+
+def _by_key(message: Any, _value: dict[str, Any]) -> Any:
+    key = message.key()
+    if key is None:
+        raise ValueError("record has no key; use id_strategy 'coordinates', 'field' or 'fields'")
+    return key.decode("utf-8")
+
+
+def _by_coordinates(message: Any, _value: dict[str, Any]) -> Any:
+    return f"{message.topic()}:{message.partition()}:{message.offset()}"
+
+
+def _by_field(field: str) -> IdFunction:
+    def by_field(_message: Any, value: dict[str, Any]) -> Any:
+        found = value.get(field)
+        if found is None:
+            missing = "is null" if field in value else "is missing"
+            raise ValueError(f"the _id field {field!r} {missing} in the record's value")
+        return found
+
+    return by_field
+
+
+def _by_fields(fields: tuple[str, ...]) -> IdFunction:
+    # An embedded document rather than a joined string: it keeps each part's type (1 and "1"
+    # stay apart), needs no separator that a value could contain ("a|b" + "c" vs "a" + "b|c"),
+    # and stays queryable as _id.<field>. MongoDB compares embedded _ids field by field in
+    # order, and the order is always id_fields' order, so one record always gets one _id.
+    def by_fields(_message: Any, value: dict[str, Any]) -> Any:
+        absent = [field for field in fields if value.get(field) is None]
+        if absent:
+            raise ValueError(f"the _id fields {absent} are missing or null in the record's value")
+        return {field: value[field] for field in fields}
+
+    return by_fields

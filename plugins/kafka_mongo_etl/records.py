@@ -4,24 +4,70 @@
 Nothing else leaves this module for a record: the drain turns a ``BadRecordError`` into a dead
 letter and loads everything else. The document is encoded to BSON here, once, so its size is
 known exactly and the sink sends the bytes as they are.
+
+The rules a document must pass are MongoDB's own (5.0 and later), applied here because the
+local MongoDB-wire server is more permissive than MongoDB and because a BSON encoding error
+inside the driver's bulk write is not a per-document error:
+
+- it encodes to BSON: integers within int64, strings and names without lone surrogates (JSON
+  allows ``"\\ud800"``, UTF-8 does not), names without NUL;
+- it is at most 16 MiB, ``_id`` and ``_kafka`` included (``MAX_DOCUMENT_BYTES``);
+- it nests at most 100 levels (``MAX_NESTING``);
+- no top-level field name starts with ``$``, and no name has 255 or more dot-separated parts;
+- its ``_id`` is not an array, and an embedded-document ``_id`` has no ``$``-prefixed or dotted
+  field names at any level.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
 import bson
+from bson.errors import InvalidDocument
 from bson.raw_bson import RawBSONDocument
 from confluent_kafka import Message
 
 from kafka_mongo_etl.errors import EtlError
 from kafka_mongo_etl.ids import IdFunction
 
-# MongoDB refuses documents over 16 MiB (BSON, _id and _kafka included).
+# MongoDB refuses documents over 16 MiB (BSON, _id and _kafka included): BSONObjMaxUserSize.
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+# "MongoDB supports no more than 100 levels of nesting for BSON documents. Each object or array
+# adds a level" (docs: MongoDB Limits and Thresholds, "Nested Depth for BSON Documents"); the
+# document itself is the first level, so {"a": 1} is 1 level and {"a": {"b": 1}} is 2. mongod
+# itself refuses only past its maxBSONDepth (200) minus 20, i.e. 180 levels (bson_depth.h,
+# ops/insert.cpp validateDepth, update/storage_validation.cpp); the documented 100 is the limit
+# every MongoDB deployment and tool supports, so it is the one kept here.
+MAX_NESTING = 100
+# "Limit the number of words separated by periods in field names to less than 255. If you
+# attempt to use more, MongoDB returns an error." (docs: Field Names with Periods).
+MAX_NAME_PARTS = 254
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Names and values quoted in a reason are cut to this many characters (a reason is stored in the
+# dead letter, which must stay small) and quoted with repr(), which escapes NUL and surrogates.
+_QUOTE_CHARS = 40
+# No valid int64 literal is longer than this ("-9223372036854775808"): longer ones are refused
+# before int() runs (Python refuses more than 4,300 digits with a ValueError of its own).
+_INT64_DIGITS = 20
+
+# What a dead letter's ``code`` can be for a record that could not become a document.
+BAD_RECORD_CODES = {
+    "tombstone": "the record has no value",
+    "not_utf8": "the value is not UTF-8",
+    "not_json": "the value is not JSON",
+    "not_object": "the value is JSON but not an object",
+    "number_out_of_range": "a number BSON cannot hold: an integer beyond int64, a finite one beyond double",
+    "invalid_string": "a string or field name has a lone surrogate escape, which UTF-8 cannot encode",
+    "invalid_field": "a field name MongoDB refuses (top-level $-prefixed, NUL, 255 or more dotted parts)",
+    "too_deep": f"the document nests more than {MAX_NESTING} levels",
+    "no_id": "the record has nothing to make its _id from (no key, no or null id field)",
+    "invalid_id": "the _id is an array, or an embedded document with $-prefixed or dotted names",
+    "too_large": "the document is over MongoDB's 16 MiB limit",
+}
 
 
 class BadRecordError(EtlError):
@@ -65,53 +111,222 @@ def where(message: Message) -> str:
     return f"{message.topic()}[{message.partition()}]@{message.offset()}"
 
 
+def quote(text: str) -> str:
+    """A name or value for a reason: short, and encodable whatever it holds."""
+    return repr(text if len(text) <= _QUOTE_CHARS else text[:_QUOTE_CHARS] + "…")
+
+
 def id_identity(value: Any) -> Hashable:
-    """What MongoDB compares when it decides two ``_id``s are the same: type and value."""
-    return bson.encode({"_id": value})
+    """What MongoDB's ``_id`` index compares: equal exactly when MongoDB sees the same ``_id``.
+
+    Numbers compare by value across int, long and double (``1`` and ``1.0`` are one ``_id``;
+    NaN equals NaN), but a boolean is never a number (``True`` is not ``1``); embedded documents
+    compare field by field, in order; strings by their code points (the collection's simple
+    binary collation). Python's own equality merges ``True`` with ``1``, keeps NaN apart from
+    NaN and ignores the order of a dict's fields, and raw BSON bytes keep ``1`` apart from
+    ``1.0``: none of them is what MongoDB does.
+    """
+    if type(value) is str:
+        return value  # the common case; every other identity is a tuple, never equal to a str
+    return _canonical(value)
+
+
+def _canonical(value: Any) -> Hashable:
+    if value is None:
+        return ("null",)
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, int | float):
+        # Python compares int and float exactly (2**53 + 1 != 2.0**53), as MongoDB does.
+        return ("nan",) if value != value else ("number", value)
+    if isinstance(value, str):
+        return ("string", value)
+    if isinstance(value, dict):
+        return ("object", tuple((name, _canonical(item)) for name, item in value.items()))
+    if isinstance(value, list | tuple):
+        return ("array", tuple(_canonical(item) for item in value))
+    # Other BSON types (no JSON value becomes one): by type and bytes.
+    return ("bson", bson.encode({"": value}))
+
+
+class _OutOfRange(Exception):
+    """Raised from inside json.loads by the number hooks; not a ValueError, so not 'not JSON'."""
+
+
+def _json_int(literal: str) -> int:
+    if len(literal) > _INT64_DIGITS:
+        raise _OutOfRange(literal)
+    number = int(literal)
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise _OutOfRange(literal)
+    return number
+
+
+def _json_float(literal: str) -> float:
+    number = float(literal)
+    if math.isinf(number):  # a finite literal beyond double (1e400); Infinity itself is a constant
+        raise _OutOfRange(literal)
+    return number
+
+
+# One decoder for every record: json.loads with hooks would build a new one per call.
+_DECODER = json.JSONDecoder(parse_int=_json_int, parse_float=_json_float)
+_CONTAINERS = (dict, list)
+
+
+def decode_json(message: Message) -> dict[str, Any]:
+    """The record's value as a JSON object, or ``BadRecordError``."""
+    raw = message.value()
+    if raw is None:
+        raise BadRecordError("tombstone", f"record {where(message)} has no value (a tombstone)")
+    # Decoded here, not by json.loads: that would also take UTF-16 and UTF-32 by their BOM.
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BadRecordError("not_utf8", f"record {where(message)} is not UTF-8: {err}") from None
+    try:
+        # Duplicate names keep the last value, as JSON.parse does. NaN and Infinity (which
+        # Python's json.dumps writes by default) are read as the doubles MongoDB stores.
+        value = _DECODER.decode(text)
+    except _OutOfRange as err:
+        raise BadRecordError(
+            "number_out_of_range",
+            f"record {where(message)} has the number {quote(str(err))}, which BSON cannot hold "
+            "(integers are int64, other numbers double)",
+        ) from None
+    except RecursionError:
+        raise _too_deep(message) from None
+    except ValueError as err:
+        raise BadRecordError("not_json", f"record {where(message)} is not JSON: {err}") from None
+    if not isinstance(value, dict):
+        kind = type(value).__name__
+        raise BadRecordError("not_object", f"record {where(message)} is JSON but not an object ({kind})")
+    return value
+
+
+def check_fields(value: dict[str, Any], message: Message) -> None:
+    """The value's nesting and field names by MongoDB's rules (see the module's docstring).
+
+    ``value`` holds the document's top-level fields (``_id`` and ``_kafka`` aside).
+    """
+    nested = []
+    for key, child in value.items():
+        if key[:1] == "$" or "\x00" in key or len(key) >= MAX_NAME_PARTS:
+            _check_name(key, message, top_level=True)
+        if isinstance(child, _CONTAINERS):
+            nested.append(child)
+    for child in nested:
+        _check_tree(child, 2, message, in_id=False)
+
+
+def check_id(_id: Any, message: Message) -> None:
+    """An ``_id`` MongoDB stores: not an array (nor regex or undefined, which JSON cannot make);
+    an embedded document without ``$``-prefixed or dotted names at any level."""
+    if isinstance(_id, list):
+        raise BadRecordError("invalid_id", f"record {where(message)}: an _id cannot be an array")
+    if isinstance(_id, dict):
+        _check_tree(_id, 2, message, in_id=True)
+
+
+def _check_name(key: str, message: Message, top_level: bool = False, in_id: bool = False) -> None:
+    if in_id and (key[:1] == "$" or "." in key):
+        # storageValidIdField / BSONObj::storageValidEmbedded refuse $-prefixed names (the DBRef
+        # form {$ref, $id} aside, which is refused here too); the docs add dotted names ("cannot
+        # be used as a subfield in an _id document").
+        raise BadRecordError(
+            "invalid_id",
+            f"record {where(message)}: an embedded-document _id cannot have the field name {quote(key)}",
+        )
+    if top_level and key[:1] == "$":
+        # MongoDB 5.0+ inserts take them, but a replacement (write_mode=replace of an existing
+        # _id) refuses top-level $-prefixed names (update/storage_validation.cpp): one rule for
+        # both write modes, so switching modes never turns loadable records into refused ones.
+        # Nested $-prefixed names are stored by both since 5.0.
+        raise BadRecordError(
+            "invalid_field",
+            f"record {where(message)} has a top-level field name starting with $: {quote(key)}",
+        )
+    if "\x00" in key:
+        raise BadRecordError(
+            "invalid_field", f"record {where(message)} has a NUL in the field name {quote(key)}"
+        )
+    if key.count(".") >= MAX_NAME_PARTS:
+        raise BadRecordError(
+            "invalid_field",
+            f"record {where(message)} has a field name of more than {MAX_NAME_PARTS} dot-separated parts "
+            f"({quote(key)})",
+        )
+
+
+def _check_tree(root: dict[str, Any] | list[Any], depth: int, message: Message, in_id: bool) -> None:
+    """Names and nesting below a top-level field; ``depth`` is ``root``'s level (2)."""
+    stack = [(root, depth)]
+    while stack:
+        container, depth = stack.pop()
+        if isinstance(container, dict):
+            for key in container:
+                if in_id or "\x00" in key or len(key) >= MAX_NAME_PARTS:
+                    _check_name(key, message, in_id=in_id)
+            children: Any = container.values()
+        else:
+            children = container
+        for child in children:
+            if isinstance(child, _CONTAINERS):
+                if depth == MAX_NESTING:
+                    raise _too_deep(message)
+                stack.append((child, depth + 1))
+
+
+def _too_deep(message: Message) -> BadRecordError:
+    return BadRecordError(
+        "too_deep", f"record {where(message)} nests deeper than MongoDB's limit of {MAX_NESTING} levels"
+    )
+
+
+def encode(document: dict[str, Any], message: Message) -> RawBSONDocument:
+    """The document's BSON, at most ``MAX_DOCUMENT_BYTES``."""
+    try:
+        raw = bson.encode(document)
+    except UnicodeEncodeError as err:
+        raise BadRecordError(
+            "invalid_string",
+            f"record {where(message)} has a string or field name that UTF-8 cannot encode ({err.reason}: "
+            f"{quote(str(err.object[max(0, err.start - 10) : err.end + 10]))})",
+        ) from None
+    except OverflowError:
+        raise BadRecordError(
+            "number_out_of_range", f"record {where(message)} has an integer beyond int64"
+        ) from None
+    except InvalidDocument as err:
+        raise BadRecordError(
+            "invalid_field", f"record {where(message)} cannot be encoded to BSON: {err}"
+        ) from None
+    if len(raw) > MAX_DOCUMENT_BYTES:
+        raise BadRecordError(
+            "too_large",
+            f"record {where(message)} makes a {len(raw)}-byte document, over MongoDB's 16 MiB limit",
+        )
+    return RawBSONDocument(raw)
 
 
 def json_document(id_for: IdFunction) -> RecordBuilder:
-    """Turn a record whose value is a JSON object into a ``Document``."""
+    """Turn a record whose value is a JSON object into a ``Document``.
+
+    The value's own ``_id`` is dropped (the id strategy makes the ``_id``), and ``_kafka`` is set
+    to the record's partition and offset (a value's own ``_kafka`` is overwritten).
+    """
 
     def to_document(message: Message) -> Document:
-        raw = message.value()
-        if raw is None:
-            raise BadRecordError("tombstone", f"record {where(message)} has no value (a tombstone)")
-        # Decoded here, not by json.loads: that would also take UTF-16 and UTF-32 by their BOM.
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise BadRecordError("not_utf8", f"record {where(message)} is not UTF-8: {err}") from None
-        try:
-            value = json.loads(text)
-        except ValueError as err:
-            raise BadRecordError("not_json", f"record {where(message)} is not JSON: {err}") from None
-        if not isinstance(value, dict):
-            kind = type(value).__name__
-            raise BadRecordError("not_object", f"record {where(message)} is JSON but not an object ({kind})")
-        dollar = [key for key in value if key.startswith("$")]
-        if dollar:
-            raise BadRecordError(
-                "invalid_field",
-                f"record {where(message)} has top-level field names starting with $: {dollar[:3]}",
-            )
+        value = decode_json(message)
         try:
             _id = id_for(message, value)
         except (ValueError, UnicodeDecodeError) as err:
             raise BadRecordError("no_id", f"record {where(message)}: {err}") from None
+        check_id(_id, message)
         value.pop("_id", None)
-        document = {
-            "_id": _id,
-            **value,
-            "_kafka": {"partition": message.partition(), "offset": message.offset()},
-        }
-        body = RawBSONDocument(bson.encode(document))
-        size = len(body.raw)
-        if size > MAX_DOCUMENT_BYTES:
-            raise BadRecordError(
-                "too_large",
-                f"record {where(message)} makes a {size}-byte document, over MongoDB's 16 MiB limit",
-            )
-        return Document(id=_id, identity=id_identity(_id), body=body, message=message)
+        check_fields(value, message)
+        partition, offset = message.partition(), message.offset()
+        document = {"_id": _id, **value, "_kafka": {"partition": partition, "offset": offset}}
+        return Document(id=_id, identity=id_identity(_id), body=encode(document, message), message=message)
 
     return to_document

@@ -1,4 +1,5 @@
-"""Pure logic: ids, record decoding, the dead-letter policy."""
+"""Pure logic: record decoding by MongoDB's rules, _id identity, where a drain starts, the
+dead-letter policy."""
 
 from __future__ import annotations
 
@@ -6,10 +7,19 @@ import json
 
 import bson
 import pytest
-from confluent_kafka import Message
+from confluent_kafka import KafkaError, Message, TopicPartition
 
+from kafka_mongo_etl.drain import start_offsets
+from kafka_mongo_etl.errors import OffsetAboveWatermarkError, RetentionGapError
 from kafka_mongo_etl.ids import batch_id, id_function, record_key
-from kafka_mongo_etl.records import BadRecordError, json_document
+from kafka_mongo_etl.records import (
+    BAD_RECORD_CODES,
+    MAX_DOCUMENT_BYTES,
+    MAX_NESTING,
+    BadRecordError,
+    id_identity,
+    json_document,
+)
 from kafka_mongo_etl.tasks import DeadLetterPolicy, default_group_id
 
 
@@ -86,3 +96,284 @@ def test_utf16_json_is_not_taken_for_utf8() -> None:
     with pytest.raises(BadRecordError) as err:
         json_document(id_function("key"))(message(utf16))
     assert err.value.code == "not_utf8"
+
+
+def refused(value: bytes | None, key: bytes | None = b"k", strategy: str = "key", **ids) -> BadRecordError:
+    with pytest.raises(BadRecordError) as err:
+        json_document(id_function(strategy, **ids))(message(value, key=key))
+    assert "t[2]@7" in str(err.value)
+    assert err.value.code in BAD_RECORD_CODES
+    return err.value
+
+
+def loaded(value: bytes, key: bytes | None = b"k", strategy: str = "key", **ids) -> dict:
+    document = json_document(id_function(strategy, **ids))(message(value, key=key))
+    return bson.decode(document.body.raw)
+
+
+def nested(levels: int, leaf: str = "1", container: str = "object") -> bytes:
+    """A JSON object of ``levels`` levels of nesting, counted as MongoDB does (the document is 1)."""
+    text = leaf
+    for _ in range(levels - 1):
+        text = f'{{"a": {text}}}' if container == "object" else f"[{text}]"
+    return f'{{"a": {text}}}'.encode() if levels > 1 else b'{"a": 1}'
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        # The four records of issue 10 that were valid UTF-8 JSON objects and wedged the pipeline.
+        (b'{"num": 9223372036854775808}', "number_out_of_range"),
+        (b'{"num": "\\ud800"}', "invalid_string"),
+        (b'{"a\\u0000b": 1}', "invalid_field"),
+        (nested(MAX_NESTING + 1), "too_deep"),
+        # And their relatives.
+        (b'{"num": -9223372036854775809}', "number_out_of_range"),
+        (b'{"num": ' + b"7" * 5000 + b"}", "number_out_of_range"),
+        (b'{"num": 1e400}', "number_out_of_range"),
+        (b'{"num": -1.5e309}', "number_out_of_range"),
+        (b'{"\\udfff": 1}', "invalid_string"),
+        (b'{"a": {"b\\u0000": 1}}', "invalid_field"),
+        (b'{"a": [{"\\u0000": 1}]}', "invalid_field"),
+        (b"[" * 5000 + b"]" * 5000, "too_deep"),
+        (b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}", "too_deep"),
+        (nested(MAX_NESTING + 1, container="array"), "too_deep"),
+        (b'{"num": 1, "$set": {"num": 2}}', "invalid_field"),
+        (json.dumps({"." * 254: 1}).encode(), "invalid_field"),
+        (b"", "not_json"),
+        (b"{} {}", "not_json"),
+        (b'"\\ud800"', "not_object"),
+        (b"\xed\xa0\x80", "not_utf8"),  # a surrogate written as UTF-8 bytes
+    ],
+    ids=lambda v: v[:40] if isinstance(v, bytes) else v,
+)
+def test_records_mongodb_would_refuse_are_bad_records(value: bytes, code: str) -> None:
+    assert refused(value).code == code
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"num": 9223372036854775807, "low": -9223372036854775808}',
+        b'{"tiny": 1e-400, "big": 1.7976931348623157e308, "neg_zero": -0.0}',
+        b'{"nan": NaN, "inf": Infinity, "minus": -Infinity}',
+        b'{"a": {"$inc": 1, "$id": 2}, "b": [{"$ref": "x"}]}',  # nested $-names: stored since 5.0
+        b'{"price.usd": 1, "a": {"b.c": 2}}',  # dotted names: stored since 5.0
+        json.dumps({"." * 253: 1}).encode(),  # 254 parts: the most MongoDB takes
+        b'{"": 1, "a": {"": 2}}',
+        b'{"s": "nul \\u0000 inside a string is fine", "emoji": "\\ud83d\\ude00"}',
+        nested(MAX_NESTING),
+        nested(MAX_NESTING - 1, leaf="{}"),
+        nested(MAX_NESTING, container="array"),
+    ],
+    ids=lambda v: v[:40],
+)
+def test_records_mongodb_takes_are_loaded_as_they_are(value: bytes) -> None:
+    document = loaded(value)
+    expected = {"_id": "k", **json.loads(value), "_kafka": {"partition": 2, "offset": 7}}
+    assert bson.encode(document) == bson.encode(expected)
+
+
+def test_nesting_is_counted_as_mongodb_counts_it() -> None:
+    assert nested(1) == b'{"a": 1}'
+    assert nested(2) == b'{"a": {"a": 1}}'
+    loaded(nested(MAX_NESTING))
+    # An empty container at the last level is a level too.
+    assert refused(nested(MAX_NESTING, leaf="[]")).code == "too_deep"
+
+
+def test_duplicate_names_keep_the_last_value() -> None:
+    assert loaded(b'{"num": 1, "num": 2}')["num"] == 2
+
+
+def test_the_value_s_own_id_and_kafka_fields_give_way() -> None:
+    document = loaded(b'{"_kafka": "mine", "_id": "theirs", "num": 1}')
+    assert list(document) == ["_id", "_kafka", "num"]
+    assert document["_id"] == "k" and document["_kafka"] == {"partition": 2, "offset": 7}
+
+
+def test_a_large_key_counts_towards_16_mib() -> None:
+    # The issue's case: neither the key nor the value is over the limit alone.
+    half = 8 * 1024 * 1024
+    err = refused(json.dumps({"blob": "x" * half}).encode(), key=b"k" * half)
+    assert err.code == "too_large" and "16 MiB" in str(err)
+
+
+def test_16_mib_is_exact_with_id_and_kafka_included() -> None:
+    frame = len(bson.encode({"_id": "k", "blob": "", "_kafka": {"partition": 2, "offset": 7}}))
+    fits = json.dumps({"blob": "x" * (MAX_DOCUMENT_BYTES - frame)}).encode()
+    document = json_document(id_function("key"))(message(fits))
+    assert len(document.body.raw) == MAX_DOCUMENT_BYTES
+    over = json.dumps({"blob": "x" * (MAX_DOCUMENT_BYTES - frame + 1)}).encode()
+    assert f"{MAX_DOCUMENT_BYTES + 1}-byte document" in str(refused(over))
+
+
+def test_reasons_are_short_and_always_storable() -> None:
+    for value in (
+        b'{"' + b"\\ud800" * 10_000 + b'": 1}',
+        b'{"$' + b"x" * 1_000_000 + b'": 1}',
+        b'{"n": ' + b"9" * 100_000 + b"}",
+    ):
+        reason = str(refused(value))
+        assert len(reason) < 600
+        bson.encode({"reason": reason})
+
+
+@pytest.mark.parametrize(
+    ("value", "code", "words"),
+    [
+        (b'{"id": [1, 2]}', "invalid_id", "cannot be an array"),
+        (b'{"id": {"$gt": 1}}', "invalid_id", "'$gt'"),
+        (b'{"id": {"a": {"$ref": "x", "$id": 1}}}', "invalid_id", "'$ref'"),
+        (b'{"id": {"a.b": 1}}', "invalid_id", "'a.b'"),
+        (b'{"id": {"a": [{"b.c": 1}]}}', "invalid_id", "'b.c'"),
+        (b'{"id": null}', "no_id", "is null"),
+        (b'{"other": 1}', "no_id", "is missing"),
+        (b'{"id": {"a\\u0000": 1}}', "invalid_field", "NUL"),
+    ],
+)
+def test_field_ids_mongodb_refuses_are_bad_records(value: bytes, code: str, words: str) -> None:
+    err = refused(value, strategy="field", field="id")
+    assert err.code == code and words in str(err)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"id": {"region": "eu", "n": 1}}',
+        b'{"id": {"a": [1, {"b": 2}]}}',
+        b'{"id": 7.5}',
+        b'{"id": true}',
+        b'{"id": ""}',
+    ],
+)
+def test_field_ids_of_any_type_mongodb_takes_are_kept(value: bytes) -> None:
+    document = loaded(value, strategy="field", field="id")
+    assert document["_id"] == json.loads(value)["id"]
+    assert document["id"] == document["_id"]
+
+
+def test_business_key_ids_are_embedded_documents_in_id_fields_order() -> None:
+    document = loaded(
+        b'{"order": 7, "region": "eu", "num": 1}', strategy="fields", fields=["region", "order"]
+    )
+    assert list(document["_id"].items()) == [("region", "eu"), ("order", 7)]
+    assert refused(b'{"order": 7}', strategy="fields", fields=["region", "order"]).code == "no_id"
+
+
+def test_a_business_key_id_nests_one_level_deeper_than_its_fields() -> None:
+    # {"id": X} is within the limit as a value; the _id {"id": X} holds X one level deeper.
+    inner = nested(MAX_NESTING - 1).decode()
+    value = f'{{"id": {inner}}}'.encode()
+    loaded(value, strategy="field", field="id")
+    assert refused(value, strategy="fields", fields=["id"]).code == "too_deep"
+    inner = nested(MAX_NESTING - 2).decode()
+    loaded(f'{{"id": {inner}}}'.encode(), strategy="fields", fields=["id"])
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (1, 1.0),
+        (0, -0.0),
+        (2**62, float(2**62)),
+        (float("nan"), float("nan")),
+        ({"a": 1}, {"a": 1.0}),
+        ({"a": [1, {"b": 2}]}, {"a": [1.0, {"b": 2.0}]}),
+        ("x", "x"),
+        (None, None),
+    ],
+    ids=repr,
+)
+def test_ids_mongodb_takes_for_one_have_one_identity(a, b) -> None:
+    assert id_identity(a) == id_identity(b)
+    assert hash(id_identity(a)) == hash(id_identity(b))
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (True, 1),
+        (False, 0),
+        (False, None),
+        ("1", 1),
+        ("null", None),
+        (2**53 + 1, float(2**53)),  # int64 and double compare exactly, not as doubles
+        ({"a": 1, "b": 2}, {"b": 2, "a": 1}),  # embedded documents compare field order
+        ({"a": 1}, {"b": 1}),
+        ({"a": True}, {"a": 1}),
+        ({"a": [1]}, {"a": 1}),
+        ({"a": {"b": 1}}, {"a": [1]}),
+        ({}, []),
+        ("a", ("string", "a")),
+    ],
+    ids=repr,
+)
+def test_ids_mongodb_keeps_apart_have_different_identities(a, b) -> None:
+    assert id_identity(a) != id_identity(b)
+
+
+def test_a_batch_keeps_the_later_of_two_records_mongodb_takes_for_one_id() -> None:
+    to_document = json_document(id_function("field", "id"))
+    batch = {}
+    for offset, value in enumerate(
+        [b'{"id": 1, "v": "a"}', b'{"id": true, "v": "b"}', b'{"id": 1.0, "v": "c"}']
+    ):
+        document = to_document(message(value, offset=offset))
+        batch[document.identity] = document
+    assert sorted(bson.decode(d.body.raw)["v"] for d in batch.values()) == ["b", "c"]
+
+
+def committed(*offsets: int) -> list[TopicPartition]:
+    return [TopicPartition("t", p, offset) for p, offset in enumerate(offsets)]
+
+
+def test_a_drain_starts_at_the_committed_offset_or_the_earliest_without_one() -> None:
+    progress = start_offsets(committed(5, -1001, 10), {0: (0, 9), 1: (3, 8), 2: (10, 10)})
+    assert [(p.start, p.end, p.committed, p.lost) for p in progress.values()] == [
+        (5, 9, 5, 0),
+        (3, 8, 3, 0),
+        (10, 10, 10, 0),
+    ]
+    assert progress[2].done and not progress[0].done
+
+
+def test_a_committed_offset_below_the_low_watermark_fails_by_default_naming_what_was_lost() -> None:
+    watermarks = {0: (20, 30), 1: (0, 5), 2: (7, 9)}
+    with pytest.raises(RetentionGapError) as err:
+        start_offsets(committed(10, 5, 4), watermarks)
+    message = str(err.value)
+    assert "partition 0: 10 records (offsets 10..19)" in message
+    assert "partition 2: 3 records (offsets 4..6)" in message
+    assert "partition 1" not in message and "on_retention_gap='skip'" in message
+    from airflow.sdk.exceptions import AirflowFailException
+
+    assert isinstance(err.value, AirflowFailException)
+
+
+def test_skip_starts_at_the_low_watermark_and_counts_the_loss() -> None:
+    progress = start_offsets(committed(10, 5), {0: (20, 30), 1: (0, 5)}, on_retention_gap="skip")
+    assert (progress[0].start, progress[0].committed, progress[0].lost) == (20, 20, 10)
+    assert (progress[1].start, progress[1].lost) == (5, 0) and progress[1].done
+
+
+def test_a_committed_offset_above_the_high_watermark_fails_saying_how_to_reset() -> None:
+    with pytest.raises(OffsetAboveWatermarkError) as err:
+        start_offsets(committed(3, 50), {0: (0, 9), 1: (0, 40)}, on_retention_gap="skip", group_id="g1")
+    message = str(err.value)
+    assert "partition 1: committed 50, high watermark 40" in message
+    assert "--group g1 --topic t:1 --reset-offsets" in message
+
+
+def test_unknown_gap_policy_and_group_errors_are_raised() -> None:
+    with pytest.raises(ValueError, match="on_retention_gap 'ignore'; choose one of fail, skip"):
+        start_offsets(committed(0), {0: (0, 1)}, on_retention_gap="ignore")
+
+    class Refused:
+        topic, partition, offset = "t", 0, 0
+        error = KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED)
+
+    from confluent_kafka import KafkaException
+
+    with pytest.raises(KafkaException, match="Group authorization failed"):
+        start_offsets([Refused()], {0: (0, 1)})
