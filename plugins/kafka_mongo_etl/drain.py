@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from kafka_mongo_etl.errors import TopicNotFoundError
+from kafka_mongo_etl.errors import OffsetAboveWatermarkError, RetentionGapError, TopicNotFoundError
 from kafka_mongo_etl.metadata import topic_metadata
 from kafka_mongo_etl.records import BadRecordError, DeadLetter, Document, RecordBuilder, json_document
 from kafka_mongo_etl.write_models import WriteResult
@@ -56,6 +56,10 @@ class DrainSettings:
     stall_timeout: float = 30.0
     metadata_timeout: float = 15.0
     progress_every: float = 10.0
+    # A committed offset below the low watermark (records deleted by retention before they were
+    # loaded): "fail" the drain before it reads anything, or "skip" to the earliest record left
+    # and count what was lost (``DrainSummary.lost_to_retention``).
+    on_retention_gap: str = "fail"
 
 
 @dataclass
@@ -64,6 +68,9 @@ class PartitionProgress:
     end: int
     committed: int
     records: int = 0
+    # Offsets between the group's committed offset and the low watermark, deleted by retention
+    # before they were loaded (only with on_retention_gap="skip"; "fail" stops the drain).
+    lost: int = 0
 
     @property
     def done(self) -> bool:
@@ -88,11 +95,17 @@ class DrainSummary:
     def records_per_second(self) -> float:
         return round(self.records / self.seconds, 1) if self.seconds > 0 else 0.0
 
+    @property
+    def lost_to_retention(self) -> dict[int, int]:
+        """``{partition: records}`` deleted by retention before they were loaded (skipped)."""
+        return {p: progress.lost for p, progress in self.partitions.items() if progress.lost}
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["partitions"] = {str(p): asdict(v) for p, v in self.partitions.items()}
         data["stalled"] = {str(p): offset for p, offset in self.stalled.items()}
         data["records_per_second"] = self.records_per_second
+        data["lost_to_retention"] = {str(p): lost for p, lost in self.lost_to_retention.items()}
         return data
 
 
@@ -190,18 +203,62 @@ class Batch:
     records: int = 0
 
 
+RETENTION_GAP_POLICIES = ("fail", "skip")
+
+
 def start_offsets(
-    committed: Sequence[TopicPartition], watermarks: dict[int, tuple[int, int]]
+    committed: Sequence[TopicPartition],
+    watermarks: dict[int, tuple[int, int]],
+    on_retention_gap: str = "fail",
+    group_id: str = "<group>",
 ) -> dict[int, PartitionProgress]:
-    """Where each partition's drain starts (the group's committed offset) and ends (the snapshot)."""
+    """Where each partition's drain starts (the group's committed offset) and ends (the snapshot).
+
+    A group with no commit yet starts at the low watermark. A committed offset below it means
+    records were deleted by retention before this group loaded them: ``RetentionGapError``
+    (not retried), or with ``on_retention_gap="skip"`` a warning, a start at the low watermark
+    and the count in ``PartitionProgress.lost``. A committed offset above the high watermark
+    means the log was truncated below what the group has read: ``OffsetAboveWatermarkError``.
+    """
+    if on_retention_gap not in RETENTION_GAP_POLICIES:
+        raise ValueError(
+            f"unknown on_retention_gap {on_retention_gap!r}; choose one of "
+            f"{', '.join(RETENTION_GAP_POLICIES)}"
+        )
     progress = {}
+    gaps: dict[int, tuple[int, int]] = {}
+    above: dict[int, tuple[int, int]] = {}
+    topic = ""
     for tp in committed:
         if tp.error is not None:
             raise KafkaException(tp.error)
+        topic = tp.topic
         low, high = watermarks[tp.partition]
-        # No commit yet (negative offset) or one below a deleted segment: start at the earliest.
-        start = tp.offset if tp.offset >= low else low
-        progress[tp.partition] = PartitionProgress(start=start, end=high, committed=start)
+        # A negative offset is "no commit yet" (OFFSET_INVALID).
+        start = low if tp.offset < 0 else tp.offset
+        if 0 <= tp.offset < low:
+            gaps[tp.partition] = (tp.offset, low)
+            start = low
+        elif tp.offset > high:
+            above[tp.partition] = (tp.offset, high)
+        progress[tp.partition] = PartitionProgress(
+            start=start, end=high, committed=start, lost=start - tp.offset if tp.partition in gaps else 0
+        )
+    if above:
+        raise OffsetAboveWatermarkError(topic, group_id, above)
+    if gaps:
+        lost = "; ".join(
+            f"partition {p}: {low - offset} records (offsets {offset}..{low - 1})"
+            for p, (offset, low) in sorted(gaps.items())
+        )
+        if on_retention_gap == "fail":
+            raise RetentionGapError(topic, lost)
+        log.warning(
+            "Records of %s were deleted by retention before they were loaded, skipped as "
+            "on_retention_gap=skip asks: %s",
+            topic,
+            lost,
+        )
     return progress
 
 
@@ -268,7 +325,9 @@ class Drain:
         committed = committed_offsets(
             self.consumer, [TopicPartition(self.topic, p) for p in watermarks], self.settings.metadata_timeout
         )
-        self.summary.partitions = start_offsets(committed, watermarks)
+        self.summary.partitions = start_offsets(
+            committed, watermarks, self.settings.on_retention_gap, self.summary.group_id
+        )
         self.pending = {p for p, progress in self.summary.partitions.items() if not progress.done}
         log.info(
             "Draining %s for group %s to %s",

@@ -43,3 +43,47 @@ class DeadLetterLimitError(AirflowFailException):
     Not retried: the offsets of the dead letters are committed (they are safe in the
     dead-letter collection), so a retry would find nothing and hide the problem.
     """
+
+
+class RetentionGapError(AirflowFailException):
+    """Records were deleted by the topic's retention before the consumer group loaded them.
+
+    Not retried: a retry finds the same gap. Nothing was read or committed.
+    """
+
+    def __init__(self, topic: str, lost: str) -> None:
+        super().__init__(
+            f"records of topic {topic!r} were deleted by retention before this consumer group loaded "
+            f"them ({lost}): the committed offsets are below the partitions' low watermarks. Nothing was "
+            "loaded or committed. To accept the loss and go on from the earliest records left, run "
+            "with on_retention_gap='skip' (the run's summary and audit count what was lost); to keep it "
+            "from happening, run more often than the topic's retention.ms, or raise it."
+        )
+
+
+class OffsetAboveWatermarkError(AirflowFailException):
+    """The group's committed offset is past the end of the partition: the log was truncated.
+
+    Not retried: someone must decide where the group goes on from.
+    """
+
+    def __init__(self, topic: str, group_id: str, above: dict[int, tuple[int, int]]) -> None:
+        where = "; ".join(
+            f"partition {p}: committed {offset}, high watermark {high}"
+            for p, (offset, high) in sorted(above.items())
+        )
+        partitions = ",".join(str(p) for p in sorted(above))
+        super().__init__(
+            f"consumer group {group_id!r} has committed offsets for topic {topic!r} above the partitions' "
+            f"high watermarks ({where}): the log was truncated below what the group had read (the "
+            "topic was deleted and created again under the same name, or an unclean leader election "
+            "lost records). Records written there from now on would be skipped, so nothing was read. "
+            "Check what MongoDB holds, then reset the group, for example "
+            f"kafka-consumer-groups.sh --bootstrap-server <broker> --group {group_id} "
+            f"--topic {topic}:{partitions} --reset-offsets --to-earliest --execute (a re-read is safe "
+            "with key or field ids: every write is keyed by _id)."
+        )
+
+
+class ParamsRefusedError(AirflowFailException):
+    """The run's params cannot work together; raised before anything is produced, not retried."""

@@ -4,6 +4,7 @@ run the job, close what was opened, return a small summary for XCom."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,6 +78,10 @@ class ConsumeJob:
     group_id: str | None = None
     id_strategy: str = "key"
     id_field: str | None = None
+    # The value fields of a business-key _id (id_strategy="fields").
+    id_fields: tuple[str, ...] | None = None
+    # A committed offset below the low watermark: "fail" (default) or "skip" (count the loss).
+    on_retention_gap: str = "fail"
     lease_wait: float = 600.0
     drain: DrainSettings = DrainSettings()
     dead_letter_policy: DeadLetterPolicy = DeadLetterPolicy()
@@ -144,7 +149,7 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
     Raises ``DeadLetterLimitError`` (not retried) when the run's dead letters break the policy,
     after everything was written and committed.
     """
-    to_document = json_document(id_function(job.id_strategy, job.id_field))
+    to_document = json_document(id_function(job.id_strategy, job.id_field, job.id_fields))
     client, address = _mongo_client(job.mongo_conn_id)
     database = client[job.mongo_db]
     audit = {
@@ -201,7 +206,7 @@ def _drain_under_lease(job: ConsumeJob, database: Database, to_document: Any) ->
             job.consumer_group,
             MongoSink(database[job.mongo_collection], job.write_mode),
             to_document,
-            job.drain,
+            dataclasses.replace(job.drain, on_retention_gap=job.on_retention_gap),
             lease,
             MongoDeadLetterSink(database[job.dead_letter_collection], job.run_id, job.consumer_group),
             job.partitions,
