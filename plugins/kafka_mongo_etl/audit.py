@@ -11,6 +11,10 @@ AUDIT_COLLECTION = "etl_runs"
 
 
 def write_audit(collection: Collection, batch: str, fields: dict[str, Any]) -> None:
-    """Upsert the run's audit document (a retried task overwrites its own, never adds one)."""
+    """Write the run's audit document: the latest try's fields, and only them.
+
+    A retried task replaces its own document (never adds one), so a try that succeeds after a
+    failed one leaves no stale ``error`` behind.
+    """
     document = {**fields, "updated_at": dt.datetime.now(dt.UTC)}
-    collection.update_one({"_id": batch}, {"$set": document}, upsert=True)
+    collection.replace_one({"_id": batch}, document, upsert=True)

@@ -38,13 +38,19 @@ CONSUMER_TUNING: dict[str, Any] = {
     "fetch.wait.max.ms": 100,
     # Enough prefetch to keep the drain busy; 100,000 grew peak memory with the topic's size.
     "queued.min.messages": 10_000,
-    "isolation.level": "read_committed",
 }
-# Offsets are committed by hand, only after MongoDB acknowledged the write.
+# What the drain's guarantees rest on; a connection's extra cannot change them.
 CONSUMER_REQUIRED: dict[str, Any] = {
+    # Offsets are committed by hand, only after MongoDB acknowledged the write.
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
-    "auto.offset.reset": "earliest",
+    # Records of aborted (or still open) transactions are never loaded.
+    "isolation.level": "read_committed",
+    # The drain assigns every partition an explicit start offset (drain.start_offsets, which
+    # handles a committed offset outside the log). A fetch position that falls out of range
+    # later (retention deleting records during the drain) must fail the drain rather than jump
+    # silently past the deleted records: its retry then meets them in start_offsets.
+    "auto.offset.reset": "error",
     "enable.partition.eof": False,
 }
 
