@@ -9,7 +9,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv up down status logs run test lint fmt clean lock check-tools browser chaos bench
+.PHONY: help venv up down status logs run test lint fmt clean lock check-tools browser chaos bench fuzz
 
 help:  ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -50,6 +50,10 @@ chaos: check-tools $(STAMP)  ## SIGKILL the tasks at each kill point, retry, che
 
 bench: check-tools $(STAMP)  ## Benchmarks on their own broker, server and Airflow (N=20000 REPS=3 AIRFLOW=1)
 	$(PY) -m bench --n $(or $(N),20000) --airflow $(or $(AIRFLOW),1) $(if $(REPS),--reps $(REPS))
+
+fuzz: $(STAMP)  ## The record path's property tests with many more generated records (EXAMPLES=50000)
+	RECORD_PATH_PROFILE=fuzz FUZZ_EXAMPLES=$(or $(EXAMPLES),50000) $(PY) -m pytest \
+		tests/unit/test_record_path_properties.py -q -o timeout=0 --hypothesis-show-statistics
 
 lint: $(STAMP)  ## ruff check and format check
 	$(VENV)/bin/ruff check .

@@ -44,6 +44,13 @@ TOPIC_PATTERN = r"^(?!\.{1,2}$)[a-zA-Z0-9._-]{1,249}$"
 # collection names do not start with "system." and contain no "$" or NUL.
 MONGO_DB_PATTERN = r'^[^/\\. "$*<>:|?]{1,63}$'
 MONGO_COLLECTION_PATTERN = r"^(?!system\.)[^$\x00]{1,200}$"
+MAX_COUNT = 10_000_000
+# {"num": n} must fit MongoDB's int64 for every n up to start + count - 1, whatever the count.
+MAX_START = 2**63 - MAX_COUNT
+# A business-key field is a field name inside the _id document: not empty, no "." or NUL, not
+# starting with "$" (kafka_mongo_etl.ids.ID_FIELD_NAME_PATTERN; the DAG file imports no ETL code).
+ID_FIELD_NAME_PATTERN = r"^[^$.\x00][^.\x00]*$"
+MAX_ID_FIELDS = 16
 
 
 def _params() -> dict[str, Param]:
@@ -53,7 +60,7 @@ def _params() -> dict[str, Param]:
             500,
             type="integer",
             minimum=1,
-            maximum=10_000_000,
+            maximum=MAX_COUNT,
             title="Records to produce",
             description="How many numbered records this run produces (1 … 10,000,000).",
         ),
@@ -61,8 +68,12 @@ def _params() -> dict[str, Param]:
             0,
             type="integer",
             minimum=0,
+            maximum=MAX_START,
             title="First number",
-            description='The first record is {"num": start}; the last is start + count − 1.',
+            description=(
+                'The first record is {"num": start}; the last is start + count − 1, which must fit '
+                "int64 (start ≤ 2^63 − 10,000,000)."
+            ),
         ),
         "topic": Param(
             "testnum",
@@ -122,14 +133,31 @@ def _params() -> dict[str, Param]:
             ),
             section="Kafka topic and consumer",
         ),
+        "on_retention_gap": Param(
+            "fail",
+            type="string",
+            enum=["fail", "skip"],
+            values_display={
+                "fail": "Fail, loading nothing (the default)",
+                "skip": "Skip the deleted records, count them in the audit, and go on",
+            },
+            title="Records deleted by retention before they were loaded",
+            description=(
+                "When the group's committed offset is below the earliest record still on the topic, "
+                "the records between were lost to retention. Fail says so and loads nothing; skip "
+                "loads from the earliest record left and records how many were lost per partition."
+            ),
+            section="Kafka topic and consumer",
+        ),
         "id_strategy": Param(
             "key",
             type="string",
-            enum=["key", "coordinates", "field"],
+            enum=["key", "coordinates", "field", "fields"],
             values_display={
                 "key": "Record key (exactly once across re-sent batches)",
                 "coordinates": "topic:partition:offset",
                 "field": "A field of the value",
+                "fields": "Several fields of the value (a business key)",
             },
             title="Document _id",
             description=(
@@ -141,8 +169,27 @@ def _params() -> dict[str, Param]:
         "id_field": Param(
             None,
             type=["null", "string"],
+            minLength=1,
             title="_id field (only when Document _id is 'A field of the value')",
-            description="The value field used as _id.",
+            description=(
+                "The value field used as _id; required with that strategy (the run fails before "
+                "producing without it). A record without the field, or with null, is a dead letter."
+            ),
+            section="Document _id",
+        ),
+        "id_fields": Param(
+            None,
+            type=["null", "array"],
+            items={"type": "string", "pattern": ID_FIELD_NAME_PATTERN},
+            minItems=1,
+            maxItems=MAX_ID_FIELDS,
+            uniqueItems=True,
+            **{"$comment": "Use 1 to 16 distinct field names without '.', NUL or a leading '$'."},
+            title="_id fields (only when Document _id is 'Several fields of the value')",
+            description=(
+                'The value fields of a business key, in order: the _id is {"<field>": value, …}. '
+                "Required with that strategy. 1–16 names without '.' or a leading '$'."
+            ),
             section="Document _id",
         ),
         "write_mode": Param(
