@@ -119,6 +119,9 @@ def _runs_table(runs: Sequence[RunRow]) -> str:
     for run in runs:
         error = f' title="{escape(run.error)}"' if run.error else ""
         stalled = ' <span class="state state-unknown">stalled</span>' if run.stalled else ""
+        if run.lost_to_retention:
+            lost = _number(run.lost_to_retention)
+            stalled += f' <span class="state state-failed lost">{lost} lost to retention</span>'
         rows.append(
             f'<tr class="run" data-run-id="{escape(run.run_id)}">'
             f'<td><a class="run-link" target="_top" href="../{escape(run.run_path)}">'

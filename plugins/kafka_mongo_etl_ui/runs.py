@@ -120,6 +120,8 @@ class RunRow:
     error: str | None = None
     stalled: bool = False
     dead_letter_reasons: tuple[tuple[str, int], ...] = ()
+    # Records deleted by retention before they were loaded (skipped with on_retention_gap=skip).
+    lost_to_retention: int = 0
 
     @classmethod
     def from_audit(cls, document: dict[str, Any]) -> RunRow:
@@ -140,6 +142,7 @@ class RunRow:
             error=str(document["error"]) if document.get("error") else None,
             stalled=bool(document.get("stalled")),
             dead_letter_reasons=_reason_counts(document.get("dead_letter_reasons")),
+            lost_to_retention=sum(count for _, count in _reason_counts(document.get("lost_to_retention"))),
         )
 
     @property

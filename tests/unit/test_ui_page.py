@@ -99,6 +99,16 @@ def test_a_stalled_run_is_marked() -> None:
     assert RunRow.from_audit(audit(1, stalled={"2": 41})).stalled
 
 
+def test_records_lost_to_retention_are_counted_and_shown() -> None:
+    row = RunRow.from_audit(audit(1, lost_to_retention={"0": 10, "2": 3}))
+    assert row.lost_to_retention == 13
+    assert RunRow.from_audit(audit(2)).lost_to_retention == 0
+    from kafka_mongo_etl_ui.page import _runs_table
+
+    assert "13 lost to retention" in _runs_table([row])
+    assert "lost to retention" not in _runs_table([RunRow.from_audit(audit(2))])
+
+
 @pytest.mark.parametrize(
     ("text", "target"),
     [
