@@ -22,11 +22,16 @@ stay for the next run. It writes unordered bulk upserts keyed by `_id` (default:
 key) and commits offsets synchronously, only after MongoDB acknowledged the write. It records
 the run in `<mongo_db>.etl_runs`.
 
-**Dead letters.** A record that cannot become a document (not UTF-8, not JSON, not an object,
-a tombstone, over 16 MiB, or refused by MongoDB) is kept with its raw bytes, headers and reason
+**Dead letters.** A record that cannot become a document by MongoDB's rules (not UTF-8, not
+JSON, not an object, a tombstone, a number beyond int64 or double, a lone surrogate, a refused
+field name, more than 100 levels of nesting, an `_id` MongoDB refuses, over 16 MiB with `_id`
+and `_kafka`, or refused by MongoDB at the write) is kept with its raw bytes, headers and reason
 in `<mongo_collection>_dlq` before its offset is committed; good records still load. By default
 any dead letter fails the run once everything else is loaded (`max_dead_letters`), without a
 retry, so that it is seen.
+
+**Gaps.** Records deleted by retention before they were loaded fail the run by default, naming
+how many per partition (`on_retention_gap=skip` loads on and counts them in the audit).
 
 **Guarantees.** Nothing is lost: an offset is committed only after its record is in MongoDB.
 Nothing is doubled: a retry, a cleared run or a repeated backfill date re-sends the same keys,

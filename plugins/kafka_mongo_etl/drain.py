@@ -234,16 +234,14 @@ def start_offsets(
             raise KafkaException(tp.error)
         topic = tp.topic
         low, high = watermarks[tp.partition]
-        # A negative offset is "no commit yet" (OFFSET_INVALID).
-        start = low if tp.offset < 0 else tp.offset
+        # A negative offset is "no commit yet" (OFFSET_INVALID): start at the earliest record.
+        start, lost = (low, 0) if tp.offset < 0 else (tp.offset, 0)
         if 0 <= tp.offset < low:
             gaps[tp.partition] = (tp.offset, low)
-            start = low
+            start, lost = low, low - tp.offset
         elif tp.offset > high:
             above[tp.partition] = (tp.offset, high)
-        progress[tp.partition] = PartitionProgress(
-            start=start, end=high, committed=start, lost=start - tp.offset if tp.partition in gaps else 0
-        )
+        progress[tp.partition] = PartitionProgress(start=start, end=high, committed=start, lost=lost)
     if above:
         raise OffsetAboveWatermarkError(topic, group_id, above)
     if gaps:
