@@ -157,16 +157,23 @@ class WriteModel:
 
     Subclasses say how a document is inserted (``insert``), how it is written when its ``_id``
     may exist (``rewrite``), and which documents they cannot write at all (``unwritable``).
+
+    After a batch in which most ``_id``s existed (a re-read, a re-sent batch) the next batch
+    most likely holds existing ``_id``s too: it skips the insert step and goes straight to
+    ``rewrite``, until a batch finds mostly new ``_id``s again. Both ways end in the same state.
     """
 
     name: ClassVar[str]
     # True when an insert refused as a duplicate on the _id index needs no second write.
     skip_existing: ClassVar[bool] = False
 
-    def insert(self, document: Document, at: dt.datetime) -> InsertOne:
+    def __init__(self) -> None:
+        self.rewrite_next = False
+
+    def insert(self, document: Document, at: dt.datetime) -> InsertOne | DeleteOne:
         return InsertOne(document.body)
 
-    def rewrite(self, document: Document, at: dt.datetime) -> ReplaceOne | UpdateOne:
+    def rewrite(self, document: Document, at: dt.datetime) -> ReplaceOne | UpdateOne | DeleteOne:
         raise NotImplementedError
 
     def unwritable(self, document: Document) -> str | None:
@@ -178,38 +185,35 @@ class WriteModel:
         rejected = [(doc, why) for doc in documents if (why := self.unwritable(doc)) is not None]
         unwritable = {id(doc) for doc, _ in rejected}
         batch = [doc for doc in documents if id(doc) not in unwritable]
-        first = bulk_write(collection, [self.first_request(doc, at) for doc in batch], "insert")
-        again, existing, refused = self.sort_refused(batch, first.refused)
+        if self.rewrite_next:
+            first, again, existing = Outcome({}, []), batch, 0
+        else:
+            first = bulk_write(collection, [self.insert(doc, at) for doc in batch], "insert")
+            again, existing = self.sort_refused(batch, first.refused)
         second = self.write_again(collection, again, at)
-        rejected += refused + [(again[index], refusal(error)) for index, error in second.refused]
+        rejected += [(again[index], refusal(error)) for index, error in second.refused]
+        self.rewrite_next = not self.skip_existing and 2 * second.count("nMatched") > len(batch)
         return WriteResult(
             written=len(documents),
             inserted=first.count("nInserted") + second.count("nUpserted"),
             replaced=existing + second.count("nMatched"),
             rejected=rejected,
-            deleted=first.count("nRemoved"),
+            deleted=first.count("nRemoved") + second.count("nRemoved"),
         )
-
-    def first_request(self, document: Document, at: dt.datetime) -> InsertOne | DeleteOne:
-        return self.insert(document, at)
 
     def sort_refused(
         self, batch: list[Document], refused: list[tuple[int, dict[str, Any]]]
-    ) -> tuple[list[Document], int, list[tuple[Document, str]]]:
-        """What the first write refused: the documents to write again, how many are known to
-        exist (skipped by ``insert``), and the refusals that are final (a tombstone's delete)."""
+    ) -> tuple[list[Document], int]:
+        """The documents the insert refused to write again, and how many are known to exist
+        (``insert`` keeps those: a duplicate on the ``_id`` index, by the server's keyPattern)."""
         again: list[Document] = []
         existing = 0
-        final: list[tuple[Document, str]] = []
         for index, error in refused:
-            document = batch[index]
-            if document.body is None:
-                final.append((document, refusal(error)))
-            elif self.skip_existing and is_id_duplicate(error):
+            if self.skip_existing and is_id_duplicate(error):
                 existing += 1
             else:
-                again.append(document)
-        return again, existing, final
+                again.append(batch[index])
+        return again, existing
 
     def write_again(self, collection: Collection, again: list[Document], at: dt.datetime) -> Outcome:
         """Step 2: the model's upsert for what the insert refused; a duplicate on ``_id`` here
@@ -294,10 +298,11 @@ class DeleteOnTombstoneModel(ReplaceModel):
 
     name: ClassVar[str] = "delete_on_tombstone"
 
-    def first_request(self, document: Document, at: dt.datetime) -> InsertOne | DeleteOne:
-        if document.body is None:
-            return DeleteOne({"_id": document.id})
-        return self.insert(document, at)
+    def insert(self, document: Document, at: dt.datetime) -> InsertOne | DeleteOne:
+        return DeleteOne({"_id": document.id}) if document.body is None else super().insert(document, at)
+
+    def rewrite(self, document: Document, at: dt.datetime) -> ReplaceOne | DeleteOne:
+        return DeleteOne({"_id": document.id}) if document.body is None else super().rewrite(document, at)
 
 
 def _fields(document: Document, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -113,18 +113,24 @@ def test_a_first_load_in_replace_mode_is_inserts_only(job, mongo_client, request
     assert {t for r in requests_sent for t in r} == {InsertOne}
 
 
-def test_a_reread_in_replace_mode_replaces_exactly_what_exists(job, mongo_client, requests_sent) -> None:
-    produce(job, 300, partitions=1)
+def test_a_reread_in_replace_mode_replaces_what_exists_and_goes_back_to_inserts(
+    job, mongo_client, requests_sent
+) -> None:
+    produce(job, 200, partitions=1)
     run_consume(job)
+    produce(job, 200, partitions=1, batch="test/later")
     requests_sent.clear()
-    assert run_consume(reread(job))["loaded"] == 300
-    assert mongo_client[job.mongo_db]["testnum"].count_documents({}) == 300
-    # Each batch: the inserts, all refused as existing, then one replacement per document.
-    inserts, replaces = requests_sent[::2], requests_sent[1::2]
-    assert [set(r) for r in inserts] == [{InsertOne}] * len(inserts)
-    assert [set(r) for r in replaces] == [{ReplaceOne}] * len(inserts)
-    assert [len(r) for r in inserts] == [len(r) for r in replaces]
-    assert sum(len(r) for r in replaces) == 300
+    # From the start: 200 records stored already, then 200 new ones, in batches of 100.
+    result = run_consume(reread(job))
+    assert (result["records"], result["loaded"]) == (400, 400)
+    collection = mongo_client[job.mongo_db]["testnum"]
+    assert ids_in(collection) == expected_ids(job.batch, 200) | expected_ids("test/later", 200)
+    # The first batch's inserts all collide, so its documents are replaced and the next batches
+    # go straight to replacing; a batch of new _ids (upserted) sends the drain back to inserts.
+    kinds = [set(r) for r in requests_sent]
+    assert kinds[0] == {InsertOne} and kinds[1] == {ReplaceOne}
+    assert kinds[-1] == {InsertOne} and {ReplaceOne} in kinds[2:-1]
+    assert sum(len(r) for r, kind in zip(requests_sent, kinds, strict=True) if kind == {ReplaceOne}) >= 200
 
 
 def test_existing_ids_with_other_content_get_the_latest_version(job, mongo_client) -> None:
