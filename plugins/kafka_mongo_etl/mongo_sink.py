@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from bson import Binary
 from pymongo import ReplaceOne
 from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError
 
 from kafka_mongo_etl.records import DeadLetter, Document
 from kafka_mongo_etl.write_models import WRITE_MODES, WriteFailedError, WriteResult, write_model
@@ -88,4 +89,14 @@ class MongoDeadLetterSink:
             }
             _id = f"{message.topic()}:{message.partition()}:{message.offset()}"
             requests.append(ReplaceOne({"_id": _id}, document, upsert=True))
-        self.collection.bulk_write(requests, ordered=False)
+        try:
+            self.collection.bulk_write(requests, ordered=False)
+        except BulkWriteError as err:
+            # A dead letter the server refuses (or cannot confirm) is not kept: nothing may be committed.
+            errors = err.details.get("writeErrors", []) + err.details.get("writeConcernErrors", [])
+            raise WriteFailedError(
+                f"MongoDB did not keep {len(dead_letters)} dead letters in {self.collection.full_name} "
+                f"(code {errors[0].get('code') if errors else '?'}: "
+                f"{errors[0].get('errmsg') if errors else err}); nothing of this batch is committed "
+                "and the task's retry writes it again"
+            ) from err
