@@ -84,6 +84,8 @@ class DrainSummary:
     partitions: dict[int, PartitionProgress] = field(default_factory=dict)
     records: int = 0
     loaded: int = 0
+    # Documents deleted by tombstones (write_mode delete_on_tombstone); counted in loaded too.
+    deleted: int = 0
     skipped: int = 0
     batches: int = 0
     seconds: float = 0.0
@@ -375,6 +377,7 @@ class Drain:
             return
         result = self.sink.write(list(batch.documents.values()))
         self.summary.loaded += result.written - len(result.rejected)
+        self.summary.deleted += result.deleted
         self.summary.batches += 1
         for document, reason in result.rejected:
             if self.dead_letters is None:

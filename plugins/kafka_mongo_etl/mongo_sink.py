@@ -8,11 +8,12 @@ from collections.abc import Sequence
 from bson import Binary
 from pymongo import ReplaceOne
 from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError
 
 from kafka_mongo_etl.records import DeadLetter, Document
-from kafka_mongo_etl.write_models import WRITE_MODES, WriteResult, write_model
+from kafka_mongo_etl.write_models import WRITE_MODES, WriteFailedError, WriteResult, write_model
 
-__all__ = ["WRITE_MODES", "MongoDeadLetterSink", "MongoSink", "WriteResult"]
+__all__ = ["WRITE_MODES", "MongoDeadLetterSink", "MongoSink", "WriteFailedError", "WriteResult"]
 
 # A dead letter keeps at most this much of the record's value (and says how long it was).
 MAX_STORED_VALUE_BYTES = 1024 * 1024
@@ -21,11 +22,17 @@ MAX_STORED_VALUE_BYTES = 1024 * 1024
 class MongoSink:
     """Writes documents to one collection with the named write model (``write_models``).
 
-    ``write`` returns only after MongoDB acknowledged every document it did not refuse; it
-    raises on anything else.
+    ``write`` returns only after MongoDB acknowledged every document it did not refuse, under
+    the collection's write concern; it raises ``WriteFailedError`` on anything else.
     """
 
     def __init__(self, collection: Collection, mode: str = "replace") -> None:
+        if not collection.write_concern.acknowledged:
+            raise ValueError(
+                f"the write concern of {collection.full_name} is {collection.write_concern.document} "
+                "(unacknowledged): the drain commits offsets only after MongoDB acknowledged the "
+                "write, so it cannot load with w=0; remove 'w' from the MongoDB connection's extra"
+            )
         self.collection = collection
         self.mode = mode
         self.model = write_model(mode)
@@ -82,4 +89,14 @@ class MongoDeadLetterSink:
             }
             _id = f"{message.topic()}:{message.partition()}:{message.offset()}"
             requests.append(ReplaceOne({"_id": _id}, document, upsert=True))
-        self.collection.bulk_write(requests, ordered=False)
+        try:
+            self.collection.bulk_write(requests, ordered=False)
+        except BulkWriteError as err:
+            # A dead letter the server refuses (or cannot confirm) is not kept: nothing may be committed.
+            errors = err.details.get("writeErrors", []) + err.details.get("writeConcernErrors", [])
+            raise WriteFailedError(
+                f"MongoDB did not keep {len(dead_letters)} dead letters in {self.collection.full_name} "
+                f"(code {errors[0].get('code') if errors else '?'}: "
+                f"{errors[0].get('errmsg') if errors else err}); nothing of this batch is committed "
+                "and the task's retry writes it again"
+            ) from err

@@ -24,6 +24,7 @@ from kafka_mongo_etl.lease import DrainLease
 from kafka_mongo_etl.mongo_sink import MongoDeadLetterSink, MongoSink
 from kafka_mongo_etl.produce import ensure_topic, produce_batch
 from kafka_mongo_etl.records import json_document
+from kafka_mongo_etl.write_models import record_builder
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,8 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
     Raises ``DeadLetterLimitError`` (not retried) when the run's dead letters break the policy,
     after everything was written and committed.
     """
-    to_document = json_document(id_function(job.id_strategy, job.id_field, job.id_fields))
+    id_for = id_function(job.id_strategy, job.id_field, job.id_fields)
+    to_document = record_builder(job.write_mode, json_document(id_for), id_for, job.id_strategy)
     client, address = _mongo_client(job.mongo_conn_id)
     database = client[job.mongo_db]
     audit = {

@@ -239,3 +239,18 @@ def test_records_keyed_like_the_project_are_unaffected(job, mongo_client) -> Non
     ids = {d["_id"] for d in mongo_client[job.mongo_db].testnum.find({}, {"_id": 1})}
     assert ids == {record_key(job.batch, n) for n in range(100)}
     assert "testnum_dlq" not in mongo_client[job.mongo_db].list_collection_names()
+
+
+def test_a_dead_letter_mongodb_refuses_fails_the_run_and_commits_nothing(
+    job, kafka_broker, mongo_client, committed_offsets
+) -> None:
+    from kafka_mongo_etl.write_models import WriteFailedError
+
+    bootstrap = kafka_broker.bootstrap_servers
+    db = mongo_client[job.mongo_db]
+    db.create_collection("testnum_dlq", validator={"$jsonSchema": {"required": ["never_there"]}})
+    create_topic(bootstrap, job.topic)
+    send(bootstrap, job.topic, [(b"good", b'{"num": 1}', None), (b"bad", b"not json", None)])
+    with pytest.raises(WriteFailedError, match=r"did not keep 1 dead letters in .*testnum_dlq \(code 121"):
+        run_consume(job)
+    assert committed_offsets(job.topic, job.consumer_group)[0] < 0
