@@ -200,15 +200,18 @@ def _params() -> dict[str, Param]:
         "write_mode": Param(
             "replace",
             type="string",
-            enum=["replace", "insert"],
+            enum=["replace", "insert", "update", "delete_on_tombstone"],
             values_display={
-                "replace": "Replace (upsert; the latest version of a record wins)",
-                "insert": "Insert, skip existing _id (3-4x faster; for records that never change)",
+                "replace": "Replace (insert, replace the _ids that exist; the latest version wins)",
+                "insert": "Insert, keep existing _ids (for records that never change)",
+                "update": "Update ($set the record's fields; keeps fields a new version lacks; timestamps)",
+                "delete_on_tombstone": "Replace, and a tombstone deletes its key's document (id: key)",
             },
             title="Write mode",
             description=(
-                "Both load each record exactly once. Insert keeps the first version of an _id, so "
-                "use it only when a record with a given _id never changes."
+                "Every mode loads each record exactly once. Insert keeps the first version of an _id, so "
+                "use it only when a record with a given _id never changes; delete_on_tombstone needs "
+                "Document _id 'Record key'."
             ),
             section="Document _id",
         ),
