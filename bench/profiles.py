@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
-from pathlib import Path
 
 from pyinstrument import Profiler
 
-log = logging.getLogger(__name__)
+from bench import REPO
 
-PROFILES = Path(__file__).resolve().parent / "profiles"
+PROFILES = REPO / "bench" / "profiles"
 
 
-def profile(name: str, work: Callable[[], object], title: str) -> Path:
-    """Run ``work`` once under pyinstrument; write the call tree to ``bench/profiles/<name>.txt``."""
+def profile(name: str, work: Callable[[], object]) -> str:
+    """Run ``work`` once under pyinstrument; write its call tree to ``bench/profiles/<name>.txt``."""
     profiler = Profiler(interval=0.001)
     profiler.start()
     try:
@@ -23,7 +21,5 @@ def profile(name: str, work: Callable[[], object], title: str) -> Path:
         profiler.stop()
     PROFILES.mkdir(exist_ok=True)
     path = PROFILES / f"{name}.txt"
-    text = profiler.output_text(unicode=False, color=False, show_all=False, short_mode=False)
-    path.write_text(f"# {title}\n{text}")
-    log.info("Wrote the profile of %s to %s", name, path)
-    return path
+    path.write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+    return str(path.relative_to(REPO))
