@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -20,7 +21,6 @@ from confluent_kafka import Producer
 
 from bench import REPO, SECTIONS, load, memory, produce, report
 from bench.load import LoadContender, LoadTarget
-from bench.profiles import profile
 from bench.services import BenchServices
 from bench.timing import alternate
 from bench.topics import create_topic, records_on, unique
@@ -82,6 +82,19 @@ def fill_topic(bootstrap_servers: str, prefix: str, count: int, partitions: int 
     return topic
 
 
+def profile(name: str, work: Callable[[], object]) -> str:
+    """Run ``work`` once under pyinstrument; write its call tree to ``bench/profiles/<name>.txt``."""
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.001)
+    with profiler:
+        work()
+    path = REPO / "bench" / "profiles" / f"{name}.txt"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(profiler.output_text(unicode=False, color=False))
+    return str(path.relative_to(REPO))
+
+
 def _git(*args: str) -> str:
     try:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
@@ -119,15 +132,17 @@ def run(services: BenchServices, options: Options) -> dict[str, Any]:
     began = time.monotonic()
     bs, n, uri, sections = services.bootstrap_servers, options.n, services.mongo_uri, options.sections
     results: dict[str, Any] = {"meta": _meta(options)}
+
+    def drains(topic: str, count: int) -> Callable[[LoadContender], Any]:
+        return lambda contender: load.measure(contender, LoadTarget(bs, uri, topic, count))
+
     log.info("Filling the shared topic (%s records)", n)
     topic = fill_topic(bs, "bench_drain", n)
     if options.warm_up:
         log.info("Warm-up: every contender once on %s records", SMALL)
         small = fill_topic(bs, "bench_small", SMALL)
-        for contender in produce.CONTENDERS:
-            produce.measure(bs, SMALL, contender)
-        for contender in load_contenders(tutorial_cap=10.0):
-            load.measure(contender, LoadTarget(bs, uri, small, SMALL))
+        alternate(produce.CONTENDERS, 1, partial(produce.measure, bs, SMALL))
+        alternate(load_contenders(tutorial_cap=10.0), 1, drains(small, SMALL))
     if "profile" in sections:
         log.info("Profiling our produce and our drain (%s records)", n)
         produce_topic = create_topic(bs, unique("bench_profile"), produce.PARTITIONS)
@@ -139,10 +154,7 @@ def run(services: BenchServices, options: Options) -> dict[str, Any]:
         for key, size in (("produce", n), ("produce_10n", 10 * n)):
             results[key] = alternate(produce.CONTENDERS, options.reps, partial(produce.measure, bs, size))
     if "load" in sections:
-        contenders = load_contenders(options.tutorial_cap)
-        results["load"] = alternate(
-            contenders, options.reps, lambda c: load.measure(c, LoadTarget(bs, uri, topic, n))
-        )
+        results["load"] = alternate(load_contenders(options.tutorial_cap), options.reps, drains(topic, n))
     if "memory" in sections:
         log.info("Peak RSS of our consume at %s and %s records (subprocesses)", n, 10 * n)
         results["memory"] = {
@@ -156,4 +168,5 @@ def run(services: BenchServices, options: Options) -> dict[str, Any]:
         results["airflow"] = airflow_runs.run(services, options.whole_runs)
     results["ratios"] = report.ratios(results)
     results["meta"]["duration_seconds"] = round(time.monotonic() - began, 1)
+    results["meta"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return results

@@ -108,9 +108,17 @@ def _rates_table(sections: dict[str, dict[str, Any]]) -> str:
 
 def _sections(results: dict[str, Any]) -> dict[str, str]:
     """The template's fields that depend on which sections ran."""
-    fields = dict.fromkeys(("load", "produce", "memory", "airflow"), "(not run in this benchmark)")
+    fields = dict.fromkeys(
+        ("load", "produce", "memory", "airflow", "tutorial"), "(not run in this benchmark)"
+    )
     if results.get("load"):
         fields["load"] = _rates_table({"": results["load"]})
+        tutorial = results["load"]["tutorial"]
+        rates = [
+            f"{r:,} records in {s:.0f} s"
+            for r, s in zip(tutorial["records"], tutorial["seconds"], strict=True)
+        ]
+        fields["tutorial"] = ", ".join(rates)
     if results.get("produce"):
         sections = {", N": results["produce"], ", 10 x N": results["produce_10n"]}
         fields["produce"] = _rates_table(sections)
@@ -150,6 +158,7 @@ def markdown(results: dict[str, Any]) -> str:
         reps=meta["reps"],
         cpus=meta["cpus"],
         load_average=meta["load_average_at_start"],
+        load_average_end=meta.get("load_average_at_end", "not recorded"),
         minutes=_fmt(meta.get("duration_seconds", 0) / 60, 1),
         versions=", ".join(f"{name} {version}" for name, version in versions.items()),
         cap=f"{meta['tutorial_cap_seconds']:g}",
