@@ -48,8 +48,8 @@ test: check-tools $(STAMP)  ## Run all tests (starts its own broker and server o
 chaos: check-tools $(STAMP)  ## SIGKILL the tasks at each kill point, retry, check the _id set (TRIALS=20 SEED=)
 	$(PY) -m chaos --trials $(or $(TRIALS),20) $(if $(SEED),--seed $(SEED)) --results .artifacts/chaos/results.json
 
-bench: check-tools $(STAMP)  ## Benchmarks on their own broker, server and Airflow (N=20000 REPS=3 AIRFLOW=1)
-	$(PY) -m bench --n $(or $(N),20000) --airflow $(or $(AIRFLOW),1) $(if $(REPS),--reps $(REPS))
+bench: check-tools $(STAMP)  ## Benchmarks on their own broker, server and Airflow (N=20000 REPS=3 AIRFLOW=1 TUTORIAL_CAP=60)
+	$(PY) -m bench --n $(or $(N),20000) --airflow $(or $(AIRFLOW),1) $(if $(REPS),--reps $(REPS)) $(if $(TUTORIAL_CAP),--tutorial-cap $(TUTORIAL_CAP))
 
 fuzz: $(STAMP)  ## The record path's property tests with many more generated records (EXAMPLES=50000)
 	RECORD_PATH_PROFILE=fuzz FUZZ_EXAMPLES=$(or $(EXAMPLES),50000) $(PY) -m pytest \

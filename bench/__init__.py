@@ -4,5 +4,8 @@ server and the same data, in one run, alternating contenders, medians and ratios
 A benchmark reports; it never passes or fails on speed.
 """
 
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
 # The parts of a run, in the order they run; ``--sections`` picks a subset.
-SECTIONS = ("profile", "produce", "load", "fixed", "partitions", "write_model", "memory", "airflow")
+SECTIONS = ("profile", "produce", "load", "memory", "airflow")

@@ -1,7 +1,7 @@
 """``python -m bench``: run the benchmarks on a broker and a Mongo-wire server of their own.
 
-Writes bench/results.json, bench/results.png and BENCHMARKS.md (and bench/profiles/*.txt).
-``--report-only`` rebuilds the chart and BENCHMARKS.md from an existing results.json.
+Writes bench/results.json, bench/results.png, BENCHMARKS.md and bench/profiles/*.txt;
+``--report-only`` rebuilds the ratios, the chart and BENCHMARKS.md from an existing results.json.
 """
 
 from __future__ import annotations
@@ -24,42 +24,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--n", type=int, default=20_000, help="records per contender (default 20000)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of every contender (default 3)")
-    parser.add_argument(
-        "--tutorial-n",
-        type=int,
-        default=5_000,
-        help="records for the tutorial consumer's alternating runs, at most N (default 5000); "
-        "when smaller than N it also runs once on all N",
-    )
-    parser.add_argument(
-        "--provider-poll-timeout",
-        type=float,
-        default=5.0,
-        help="ConsumeFromTopicOperator's poll_timeout in seconds (its default is 60)",
-    )
+    parser.add_argument("--tutorial-cap", type=float, default=60.0, help="a tutorial run's most seconds (60)")
     parser.add_argument("--airflow", type=int, choices=(0, 1), default=1, help="1: include the Airflow runs")
-    parser.add_argument("--airflow-reps", type=int, default=3, help="Airflow runs per partition shape")
-    parser.add_argument("--whole-runs", type=int, default=3, help="whole 500-record DAG runs")
-    parser.add_argument(
-        "--sections",
-        default=",".join(SECTIONS),
-        help=f"comma-separated subset of {','.join(SECTIONS)}",
-    )
+    parser.add_argument("--whole-runs", type=int, default=3, help="whole 500-record DAG runs (default 3)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"a subset of {','.join(SECTIONS)}")
     parser.add_argument("--results", type=Path, default=report.RESULTS)
-    parser.add_argument("--chart", type=Path, default=report.CHART)
-    parser.add_argument("--markdown", type=Path, default=report.MARKDOWN)
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir of the services")
     parser.add_argument("--report-only", action="store_true", help="redraw from --results")
     args = parser.parse_args(argv)
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
-    unknown = sections - set(SECTIONS)
-    if unknown:
-        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
-    if not args.airflow:
-        sections.discard("airflow")
-    args.sections = frozenset(sections)
-    if args.n < 1 or args.reps < 1:
-        parser.error("--n and --reps must be at least 1")
+    if sections - set(SECTIONS):
+        parser.error(f"unknown sections: {', '.join(sorted(sections - set(SECTIONS)))}")
+    args.sections = frozenset(sections - (set() if args.airflow else {"airflow"}))
+    if args.n < 1 or args.reps < 1 or args.tutorial_cap <= 0:
+        parser.error("--n and --reps must be at least 1, --tutorial-cap above 0")
     return args
 
 
@@ -67,14 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.report_only:
-        from bench.ratios import ratios
-
         results = json.loads(args.results.read_text())
-        # Derived figures only: the measurements are not touched.
-        results["ratios"] = ratios(results)
-        report.write_json(results, args.results)
+        results["ratios"] = report.ratios(results)  # derived figures only; measurements untouched
     else:
-        with bench_services(keep=args.keep) as services:
+        with bench_services() as services:
             # bench_services pointed AIRFLOW_HOME at the bench's own home; importing airflow now reads
             # it and puts plugins/ on sys.path (as in every Airflow process), so the ETL and the
             # harness that uses it can only be imported from here on.
@@ -87,17 +60,15 @@ def main(argv: list[str] | None = None) -> None:
             options = harness.Options(
                 n=args.n,
                 reps=args.reps,
-                tutorial_n=args.tutorial_n,
-                provider_poll_timeout=args.provider_poll_timeout,
-                airflow_reps=args.airflow_reps,
+                tutorial_cap=args.tutorial_cap,
                 whole_runs=args.whole_runs,
                 sections=args.sections,
             )
             results = harness.run(services, options)
-        report.write_json(results, args.results)
-    report.write_chart(results, args.chart)
-    report.write_markdown(results, args.markdown)
-    log.info("Wrote %s, %s and %s", args.results, args.chart, args.markdown)
+    report.write_json(results, args.results)
+    report.write_chart(results)
+    report.write_markdown(results)
+    log.info("Wrote %s, %s and %s", args.results, report.CHART, report.MARKDOWN)
     log.info("Ratios: %s", json.dumps(results["ratios"]))
 
 

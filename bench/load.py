@@ -1,18 +1,25 @@
 """Drain-and-load contenders: the same topic into a fresh collection with a fresh consumer group
-each time, timed from client creation to the last write (and commit) and the clients' close."""
+each time, timed from client creation to the last write (and commit) and the clients' close.
+
+To measure a variant of our drain (a new ``DrainSettings`` field, a write mode), add a contender
+to ``harness.load_contenders`` that calls ``ours`` with the ``ConsumeJob`` fields it changes, e.g.
+``partial(load.ours, drain=DrainSettings(...))``.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 from pymongo import MongoClient, ReplaceOne
+from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
 from bench.timing import Sample
@@ -28,6 +35,7 @@ log = logging.getLogger(__name__)
 DB = "bench"
 BATCH = 5_000  # ours' default DrainSettings.batch_size; every batching contender uses it
 DUPLICATE_KEY = 11000
+Write = Callable[[list[Message]], None]
 
 
 @dataclass
@@ -44,16 +52,20 @@ class LoadTarget:
 
 @dataclass(frozen=True)
 class LoadContender:
+    """``run`` returns at least ``{"records": records read}``; ``prepare`` runs before the clock,
+    with another consumer group, into the same collection."""
+
     name: str
     label: str
-    run: Callable[[LoadTarget], dict[str, Any]]  # returns detail; must load target.expected records
+    run: Callable[[LoadTarget], dict[str, Any]]
     writes: bool = True
+    prepare: Callable[[LoadTarget], Any] | None = None
 
 
-def ours(target: LoadTarget, kafka_conn_id: str = "kafka_default") -> dict[str, Any]:
-    """The consume task's code: ``run_consume`` (hooks, lease, drain, upserts, audit)."""
+def ours(target: LoadTarget, **job_fields: Any) -> dict[str, Any]:
+    """The consume task's code: ``run_consume`` (hooks, lease, drain, default write mode, audit)."""
     job = ConsumeJob(
-        kafka_conn_id=kafka_conn_id,
+        kafka_conn_id="kafka_default",
         mongo_conn_id="mongo_default",
         topic=target.topic,
         mongo_db=DB,
@@ -61,9 +73,9 @@ def ours(target: LoadTarget, kafka_conn_id: str = "kafka_default") -> dict[str, 
         batch=f"bench/{target.collection}",
         run_id=target.collection,
         group_id=target.group,
+        **job_fields,
     )
-    result = run_consume(job)
-    return {"records": result["records"], "batches": result["batches"]}
+    return {"records": run_consume(job)["records"]}
 
 
 class NullSink:
@@ -77,190 +89,107 @@ def ours_null_sink(target: LoadTarget) -> dict[str, Any]:
     """Our drain (decode, build documents, commit offsets) with the write left out."""
     consumer = EtlConsumerHook(target.topic, target.group, "kafka_default").get_conn
     try:
-        summary = drain_to_watermark(
-            consumer, target.topic, target.group, NullSink(), json_document(id_function("key"))
-        )
+        to_document = json_document(id_function("key"))
+        summary = drain_to_watermark(consumer, target.topic, target.group, NullSink(), to_document)
     finally:
         consumer.close()
-    return {"records": summary.records, "batches": summary.batches}
+    return {"records": summary.records}
 
 
-def _raw_consumer(target: LoadTarget) -> tuple[Consumer, int]:
-    """A consumer assigned to every partition from the beginning, and how many records to read."""
+def _raw_loop(target: LoadTarget, write: Write) -> dict[str, Any]:
+    """What an expert writes in an afternoon: assign every partition from the beginning, read
+    the watermarks once, consume batches of at most what is left, write, commit synchronously."""
     consumer = Consumer(
         {
             "bootstrap.servers": target.bootstrap_servers,
             "group.id": target.group,
             "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 100,
             "queued.min.messages": 100_000,
         }
     )
-    metadata = consumer.list_topics(target.topic, timeout=30)
-    partitions = sorted(metadata.topics[target.topic].partitions)
-    remaining = 0
-    for partition in partitions:
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(target.topic, partition), timeout=30, cached=False
-        )
-        remaining += high - low
-    consumer.assign([TopicPartition(target.topic, p, OFFSET_BEGINNING) for p in partitions])
-    return consumer, remaining
-
-
-def _raw_loop(target: LoadTarget, write: Callable[[list[Message]], None]) -> dict[str, Any]:
-    """Consume in batches of ``BATCH`` (never asking for more than is left), write, commit."""
-    consumer, remaining = _raw_consumer(target)
-    batches = records = 0
     try:
+        partitions = consumer.list_topics(target.topic, timeout=30).topics[target.topic].partitions
+        tps = [TopicPartition(target.topic, p) for p in sorted(partitions)]
+        total = sum(
+            h - low for low, h in (consumer.get_watermark_offsets(tp, 30, cached=False) for tp in tps)
+        )
+        consumer.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in tps])
+        remaining = total
         while remaining > 0:
             messages = consumer.consume(num_messages=min(BATCH, remaining), timeout=1.0)
-            if not messages:
-                continue
             offsets: dict[int, int] = {}
             for message in messages:
                 if message.error() is not None:
                     raise KafkaException(message.error())
                 offsets[message.partition()] = message.offset() + 1
-            write(messages)
-            consumer.commit(
-                offsets=[TopicPartition(target.topic, p, o) for p, o in offsets.items()],
-                asynchronous=False,
-            )
-            remaining -= len(messages)
-            records += len(messages)
-            batches += 1
+            if messages:
+                write(messages)
+                commit = [TopicPartition(target.topic, p, o) for p, o in offsets.items()]
+                consumer.commit(offsets=commit, asynchronous=False)
+                remaining -= len(messages)
     finally:
         consumer.close()
-    return {"records": records, "batches": batches}
+    return {"records": total}
 
 
 def _document(message: Message) -> dict[str, Any]:
     """Ours' document for a record: the JSON value, ``_kafka`` coordinates, ``_id`` = the key."""
     value = json.loads(message.value())
-    value.pop("_id", None)
+    value["_id"] = message.key().decode()
     value["_kafka"] = {"partition": message.partition(), "offset": message.offset()}
     return value
 
 
-def raw_upsert(target: LoadTarget) -> dict[str, Any]:
-    """Raw confluent-kafka + pymongo with ours' write semantics: unordered ReplaceOne upserts."""
-    client: MongoClient = MongoClient(target.mongo_uri)
-    collection = client[DB][target.collection]
+def upserts(collection: Collection) -> Write:
+    """Ours' default write semantics: unordered ``ReplaceOne`` upserts, the latest version wins."""
 
     def write(messages: list[Message]) -> None:
-        documents = {message.key().decode(): _document(message) for message in messages}
-        collection.bulk_write(
-            [ReplaceOne({"_id": _id}, doc, upsert=True) for _id, doc in documents.items()], ordered=False
-        )
+        documents = {doc.pop("_id"): doc for doc in map(_document, messages)}
+        requests = [ReplaceOne({"_id": _id}, doc, upsert=True) for _id, doc in documents.items()]
+        collection.bulk_write(requests, ordered=False)
 
-    try:
-        return _raw_loop(target, write)
-    finally:
-        client.close()
+    return write
 
 
-def insert_skipping_duplicates(collection, documents: list[dict[str, Any]]) -> int:
+def inserts(collection: Collection) -> Write:
     """``insert_many(ordered=False)``; duplicate ``_id`` errors (11000) are records already there."""
-    try:
-        return len(collection.insert_many(documents, ordered=False).inserted_ids)
-    except BulkWriteError as err:
-        others = [e for e in err.details["writeErrors"] if e["code"] != DUPLICATE_KEY]
-        if others:
-            raise
-        return err.details["nInserted"]
-
-
-def raw_insert(target: LoadTarget) -> dict[str, Any]:
-    """The same raw loop with plain unordered ``insert_many`` that skips duplicate ``_id``s."""
-    client: MongoClient = MongoClient(target.mongo_uri)
-    collection = client[DB][target.collection]
 
     def write(messages: list[Message]) -> None:
-        documents = [{"_id": message.key().decode(), **_document(message)} for message in messages]
-        insert_skipping_duplicates(collection, documents)
+        try:
+            collection.insert_many([_document(m) for m in messages], ordered=False)
+        except BulkWriteError as err:
+            if any(e["code"] != DUPLICATE_KEY for e in err.details["writeErrors"]):
+                raise
+
+    return write
+
+
+def raw(target: LoadTarget, write_model: Callable[[Collection], Write], concurrent: bool = False) -> dict:
+    """The raw loop with ``write_model``; ``concurrent``: each batch is split by partition and
+    the parts are written at the same time, one thread each (the commit waits for all)."""
+    client: MongoClient = MongoClient(target.mongo_uri)
+    write = write_model(client[DB][target.collection])
+    pool = ThreadPoolExecutor(max_workers=16) if concurrent else None
+
+    def one_write_per_partition(messages: list[Message]) -> None:
+        parts: dict[int, list[Message]] = defaultdict(list)
+        for message in messages:
+            parts[message.partition()].append(message)
+        for future in [pool.submit(write, part) for part in parts.values()]:
+            future.result()
 
     try:
-        return _raw_loop(target, write)
+        return _raw_loop(target, one_write_per_partition if pool else write)
     finally:
+        if pool:
+            pool.shutdown()
         client.close()
 
 
-@dataclass
-class BatchClock:
-    """When the provider operator's last batch finished: what comes after is its idle wait."""
-
-    last_batch_end: float = 0.0
-    batches: int = 0
-    records: int = 0
-
-
-def write_batch_through_mongo_hook(
-    messages: list[Message], *, hook: Any, db: str, collection: str, clock: BatchClock
-) -> None:
-    """``apply_function_batch`` for the operator: the same documents and upserts as ours."""
-    documents = [{"_id": message.key().decode(), **_document(message)} for message in messages]
-    hook.replace_many(collection, documents, mongo_db=db, upsert=True, ordered=False)
-    clock.batches += 1
-    clock.records += len(messages)
-    clock.last_batch_end = time.perf_counter()
-
-
-def provider_operator(target: LoadTarget, poll_timeout: float) -> dict[str, Any]:
-    """``ConsumeFromTopicOperator`` done well: batches through ``MongoHook``, manual commits.
-
-    Run outside a DAG with ``execute(context={})``. Its consumer subscribes (a group join) and it
-    ends only after ``consume`` returned nothing for ``poll_timeout`` seconds: that idle wait is
-    part of its cost and reported separately.
-    """
-    from airflow.providers.apache.kafka.operators.consume import ConsumeFromTopicOperator
-    from airflow.providers.mongo.hooks.mongo import MongoHook
-
-    began = time.perf_counter()
-    conn_id = f"bench_provider_{target.group}"
-    os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(
-        {
-            "conn_type": "kafka",
-            "extra": {
-                "bootstrap.servers": target.bootstrap_servers,
-                "group.id": target.group,
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            },
-        }
-    )
-    clock = BatchClock()
-    hook = MongoHook(mongo_conn_id="mongo_default")
-    try:
-        consume_from_topic = ConsumeFromTopicOperator(
-            task_id="consume_from_topic",
-            topics=[target.topic],
-            kafka_config_id=conn_id,
-            apply_function_batch=write_batch_through_mongo_hook,
-            apply_function_kwargs={"hook": hook, "db": DB, "collection": target.collection, "clock": clock},
-            commit_cadence="end_of_batch",
-            max_batch_size=BATCH,
-            poll_timeout=poll_timeout,
-        )
-        consume_from_topic.execute(context={})
-    finally:
-        hook.close()
-        del os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"]
-    ended = time.perf_counter()
-    return {
-        "records": clock.records,
-        "batches": clock.batches,
-        "idle_seconds": round(ended - clock.last_batch_end, 4) if clock.batches else None,
-        "seconds_without_idle": round(clock.last_batch_end - began, 4) if clock.batches else None,
-    }
-
-
-def tutorial(target: LoadTarget) -> dict[str, Any]:
-    """The tutorial's consumer: kafka-python, auto-commit, ``insert_one`` per message.
-
-    It loops forever by design; the harness stops it once it has consumed ``target.expected``.
-    """
+def tutorial(target: LoadTarget, cap_seconds: float) -> dict[str, Any]:
+    """The tutorial's consumer: kafka-python, auto-commit, ``insert_one`` per message. It loops
+    forever by design: stopped after ``target.expected`` records or ``cap_seconds``."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
@@ -270,35 +199,40 @@ def tutorial(target: LoadTarget) -> dict[str, Any]:
         enable_auto_commit=True,
         group_id=target.group,
         value_deserializer=lambda raw: json.loads(raw.decode("utf-8")),
+        # A guard, never reached when the topic holds the records it should.
+        consumer_timeout_ms=int(1000 * max(cap_seconds, 10.0)),
     )
     client: MongoClient = MongoClient(target.mongo_uri)
     collection = client[DB][target.collection]
+    deadline = time.monotonic() + cap_seconds
     consumed = 0
     try:
         for message in consumer:
             collection.insert_one(message.value)
             consumed += 1
-            if consumed >= target.expected:
+            if consumed >= target.expected or time.monotonic() >= deadline:
                 break
     finally:
         consumer.close()
         client.close()
-    return {"records": consumed}
+    return {"records": consumed, "capped_at_seconds": cap_seconds if consumed < target.expected else None}
 
 
 def measure(contender: LoadContender, target: LoadTarget) -> Sample:
     """One timed run; the documents that landed are counted after the clock stops, then dropped."""
+    if contender.prepare:
+        contender.prepare(replace(target, group=unique("bench_prepare")))
     began = time.perf_counter()
     detail = contender.run(target)
     seconds = time.perf_counter() - began
-    client: MongoClient = MongoClient(target.mongo_uri)
-    try:
-        if contender.writes:
+    if contender.writes:
+        client: MongoClient = MongoClient(target.mongo_uri)
+        try:
             detail["in_mongo"] = client[DB][target.collection].count_documents({})
             client[DB].drop_collection(target.collection)
-        landed = detail["in_mongo"] if contender.writes else detail["records"]
-    finally:
-        client.close()
-    if landed != target.expected:
-        log.error("%s loaded %s records, expected %s", contender.name, landed, target.expected)
-    return Sample(seconds, target.expected, detail)
+        finally:
+            client.close()
+    expected = detail["records"] if detail.get("capped_at_seconds") else target.expected
+    if detail["records"] != expected or detail.get("in_mongo", expected) != expected:
+        log.error("%s: %s, expected %s records", contender.name, detail, expected)
+    return Sample(seconds, detail["records"], detail)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from bench.timing import Sample, timed
+from bench.timing import Sample
 from bench.topics import create_topic, records_on, unique
 from kafka_mongo_etl.clients import EtlProducerHook
 from kafka_mongo_etl.produce import produce_batch
@@ -33,18 +34,10 @@ def ours(_bootstrap_servers: str, topic: str, count: int) -> None:
     produce_batch(producer, topic, unique("bench/batch"), 0, count)
 
 
-class UndeliveredError(RuntimeError):
-    pass
-
-
 def raw_confluent(bootstrap_servers: str, topic: str, count: int) -> None:
-    """A raw confluent-kafka loop tuned by hand, with the same delivery guarantee as ours.
-
-    Idempotent, ``acks=all``, lz4, large batches; the topic's metadata fetched before the first
-    record (so the idempotent producer does not hold the first batch while it looks it up);
-    delivery reports only for failures (no Python callback per record), ``poll`` only when the
-    local queue is full, one ``flush``.
-    """
+    """A raw confluent-kafka loop tuned by hand, with the same delivery guarantee as ours:
+    idempotent, ``acks=all``, lz4, large batches, the topic's metadata fetched first, delivery
+    reports for failures only, ``poll`` only when the local queue is full, one ``flush``."""
     failures: list[KafkaError] = []
 
     def on_error(err: KafkaError | None, _message: Message) -> None:
@@ -76,7 +69,7 @@ def raw_confluent(bootstrap_servers: str, topic: str, count: int) -> None:
             produce(topic, value, key)
     remaining = producer.flush(120)
     if failures or remaining:
-        raise UndeliveredError(f"{len(failures) + remaining} of {count} records not delivered")
+        raise RuntimeError(f"{len(failures) + remaining} of {count} records not delivered")
 
 
 def tutorial(bootstrap_servers: str, topic: str, count: int) -> None:
@@ -102,10 +95,12 @@ CONTENDERS = (
 )
 
 
-def measure(contender: ProduceContender, bootstrap_servers: str, count: int) -> Sample:
+def measure(bootstrap_servers: str, count: int, contender: ProduceContender) -> Sample:
     """One timed run into a fresh topic; the topic's offsets are counted after the clock stops."""
     topic = create_topic(bootstrap_servers, unique(f"bench_produce_{contender.name}"), PARTITIONS)
-    seconds, _ = timed(lambda: contender.run(bootstrap_servers, topic, count))
+    began = time.perf_counter()
+    contender.run(bootstrap_servers, topic, count)
+    seconds = time.perf_counter() - began
     landed = records_on(bootstrap_servers, topic)
     if landed != count:
         log.error("%s produced %s records, expected %s", contender.name, landed, count)

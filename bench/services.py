@@ -22,8 +22,6 @@ from devstack.process import free_port
 
 log = logging.getLogger(__name__)
 
-SMALL_PREFETCH_CONN = "kafka_small_prefetch"
-
 
 @dataclass(frozen=True)
 class BenchServices:
@@ -43,31 +41,8 @@ class BenchServices:
         return self.mongo.uri
 
 
-def prepare_airflow_env(home: AirflowHome, kafka_bootstrap: str, mongo: MongoWireServer) -> None:
-    """Point this process (and the subprocesses it starts) at ``home`` before airflow is imported.
-
-    Settings from the caller's shell must not leak in; the connections come from the home's
-    connections file (``kafka_default``, ``mongo_default``).
-    """
-    for name in [name for name in os.environ if name.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))]:
-        del os.environ[name]
-    # Airflow's log servers default to fixed ports (8793, 8794) that a running `make up` holds.
-    logging_ports = {
-        "worker_log_server_port": str(free_port()),
-        "trigger_log_server_port": str(free_port()),
-    }
-    connections = local_connections(kafka_bootstrap, mongo.host, mongo.port)
-    # The same broker with a smaller consumer prefetch: the memory section's proposed setting.
-    connections[SMALL_PREFETCH_CONN] = {
-        "conn_type": "kafka",
-        "extra": {"bootstrap.servers": kafka_bootstrap, "queued.min.messages": 10_000},
-    }
-    home.write(connections, extra={"logging": logging_ports})
-    os.environ["AIRFLOW_HOME"] = str(home.path)
-
-
 @contextmanager
-def bench_services(keep: bool = False) -> Iterator[BenchServices]:
+def bench_services() -> Iterator[BenchServices]:
     """Start a broker and a Mongo-wire server on free ports under a temp dir; stop them at the end."""
     state_dir = Path(tempfile.mkdtemp(prefix="kafka-mongo-bench-"))
     kafka = KafkaBroker(state_dir / "kafka", port=free_port(), controller_port=free_port(), heap="1g")
@@ -80,12 +55,17 @@ def bench_services(keep: bool = False) -> Iterator[BenchServices]:
         )
         kafka.start()
         mongo.start()
-        prepare_airflow_env(home, kafka.bootstrap_servers, mongo)
+        # This process and its subprocesses use the bench's home, never settings from the shell;
+        # Airflow's log servers default to ports (8793, 8794) that a running `make up` holds.
+        for name in [name for name in os.environ if name.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))]:
+            del os.environ[name]
+        ports = {"worker_log_server_port": str(free_port()), "trigger_log_server_port": str(free_port())}
+        home.write(
+            local_connections(kafka.bootstrap_servers, mongo.host, mongo.port), extra={"logging": ports}
+        )
+        os.environ["AIRFLOW_HOME"] = str(home.path)
         yield BenchServices(state_dir, kafka, mongo, home)
     finally:
         mongo.stop()
         kafka.stop()
-        if keep:
-            log.info("Bench state kept in %s", state_dir)
-        else:
-            shutil.rmtree(state_dir, ignore_errors=True)
+        shutil.rmtree(state_dir, ignore_errors=True)

@@ -8,8 +8,6 @@ import uuid
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from kafka_mongo_etl.clients import PRODUCER_REQUIRED, PRODUCER_TUNING
-
 
 def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
@@ -41,18 +39,10 @@ def records_on(bootstrap_servers: str, topic: str) -> int:
     """How many offsets the topic holds (sum of high - low watermarks over its partitions)."""
     consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": unique("bench_count")})
     try:
-        metadata = consumer.list_topics(topic, timeout=30)
-        total = 0
-        for partition in metadata.topics[topic].partitions:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=30, cached=False
-            )
-            total += high - low
-        return total
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        offsets = [
+            consumer.get_watermark_offsets(TopicPartition(topic, p), 30, cached=False) for p in partitions
+        ]
+        return sum(high - low for low, high in offsets)
     finally:
         consumer.close()
-
-
-def producer_config(bootstrap_servers: str) -> dict:
-    """What ``EtlProducerHook`` builds from a connection whose extra is only ``bootstrap.servers``."""
-    return {**PRODUCER_TUNING, "bootstrap.servers": bootstrap_servers, **PRODUCER_REQUIRED}

@@ -1,5 +1,6 @@
 """The benchmark harness end to end on a tiny N: every produce and load contender moves exactly
-the records it was given, and the results have the shape BENCHMARKS.md and results.json need.
+the records it was given, the memory probe loads them all in its own interpreter, and the
+results have the shape results.json and BENCHMARKS.md need.
 
 No timing is asserted: a benchmark reports, it does not pass or fail on speed.
 """
@@ -14,40 +15,57 @@ from bench.services import BenchServices
 N = 200
 
 
-def test_produce_and_load_contenders_move_exactly_n_records(
+def test_every_contender_moves_exactly_n_records_and_the_report_shows_the_targets(
     tmp_path, connections, kafka_broker, mongo_server, airflow_home
 ) -> None:
     services = BenchServices(tmp_path, kafka_broker, mongo_server, airflow_home)
     options = harness.Options(
-        n=N,
-        reps=1,
-        tutorial_n=N,
-        provider_poll_timeout=0.5,
-        warm_up=False,
-        sections=frozenset({"produce", "load"}),
+        n=N, reps=1, tutorial_cap=120.0, warm_up=False, sections=frozenset({"produce", "load", "memory"})
     )
 
     results = harness.run(services, options)
 
     for section, size in (("produce", N), ("produce_10n", 10 * N)):
-        assert set(results[section]) == {"ours", "raw", "tutorial", "proposed"}
+        assert set(results[section]) == {"ours", "raw", "tutorial"}
         for name, entry in results[section].items():
             assert [d["on_topic"] for d in entry["detail"]] == [size], (section, name)
-    expected_load = {"ours", "raw_upsert", "raw_insert", "provider", "tutorial", "null_sink"}
-    assert expected_load <= set(results["load"])
-    for name in expected_load - {"null_sink"}:
-        assert [d["in_mongo"] for d in results["load"][name]["detail"]] == [N], name
+    contenders = {c.name for c in harness.load_contenders(tutorial_cap=1.0)}
+    assert set(results["load"]) == contenders
+    for name in contenders - {"null_sink"}:
+        detail = results["load"][name]["detail"]
+        assert [(d["records"], d["in_mongo"]) for d in detail] == [(N, N)], name
+    assert results["load"]["tutorial"]["detail"][0]["capped_at_seconds"] is None
     assert [d["records"] for d in results["load"]["null_sink"]["detail"]] == [N]
-    assert results["load"]["provider"]["detail"][0]["idle_seconds"] is not None
-    ratios = results["ratios"]
-    for key in ("produce_vs_raw", "drain_vs_raw", "drain_vs_provider", "drain_vs_tutorial"):
-        assert ratios[key] is not None and ratios[key] > 0, key
-    assert "rss_10n_vs_n" in ratios and "write_model_insert_vs_upsert" in ratios
+    memory = results["memory"]
+    assert (memory["n"]["in_mongo"], memory["10n"]["in_mongo"]) == (N, 10 * N)
+    assert memory["10n"]["peak_rss_kb"] > memory["10n"]["rss_before_consume_kb"] > 0
 
+    ratios = results["ratios"]
+    assert set(report.TARGETS) <= set(ratios)
+    assert all(value is not None and value > 0 for value in ratios.values()), ratios
     report.write_json(results, tmp_path / "results.json")
     report.write_chart(results, tmp_path / "results.png")
     report.write_markdown(results, tmp_path / "BENCHMARKS.md")
     assert json.loads((tmp_path / "results.json").read_text())["ratios"] == ratios
     assert (tmp_path / "results.png").stat().st_size > 0
     markdown = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "drain_vs_provider" in markdown and "ConsumeFromTopicOperator" in markdown
+    for key in report.TARGETS:
+        assert f"| `{key}` | {report._fmt(ratios[key])} | " in markdown, key
+    assert "(not run in this benchmark)" in markdown  # the Airflow section
+
+
+def test_a_capped_tutorial_reports_the_records_it_moved_not_n(
+    connections, kafka_broker, mongo_server
+) -> None:
+    from bench import load
+
+    # More records than one insert_one per message can move in the cap on any server.
+    records = 20_000
+    topic = harness.fill_topic(kafka_broker.bootstrap_servers, "bench_cap", records)
+    target = load.LoadTarget(kafka_broker.bootstrap_servers, mongo_server.uri, topic, expected=records)
+    tutorial = next(c for c in harness.load_contenders(tutorial_cap=0.5) if c.name == "tutorial")
+
+    sample = load.measure(tutorial, target)
+
+    assert sample.detail["capped_at_seconds"] == 0.5
+    assert 0 < sample.records == sample.detail["in_mongo"] < records
