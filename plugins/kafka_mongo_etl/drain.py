@@ -144,7 +144,7 @@ def _watermarks(consumer: Consumer, tp: TopicPartition, deadline: float) -> tupl
             )
         except KafkaException as err:
             error = err.args[0]
-            if not error.retriable() or time.monotonic() >= deadline:
+            if not (error.retriable() or error.code() in _LEADER_MOVING) or time.monotonic() >= deadline:
                 raise
             log.info(
                 "Watermarks of %s[%s] not available yet (%s); asking again",

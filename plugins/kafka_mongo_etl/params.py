@@ -15,6 +15,7 @@ from typing import Any
 
 from kafka_mongo_etl.errors import ParamsRefusedError
 from kafka_mongo_etl.ids import id_function
+from kafka_mongo_etl.write_models import TOMBSTONE_MODES
 
 INT64_MAX = 2**63 - 1
 # MongoDB: "<database>.<collection>" at most 255 bytes; a database name under 64 bytes.
@@ -31,6 +32,12 @@ def param_problems(params: Mapping[str, Any]) -> list[str]:
         id_function(params.get("id_strategy") or "key", params.get("id_field"), params.get("id_fields"))
     except ValueError as err:
         problems.append(str(err))
+    strategy = params.get("id_strategy") or "key"
+    if params.get("write_mode") in TOMBSTONE_MODES and strategy != "key":
+        problems.append(
+            f"write_mode {params['write_mode']!r} deletes the document of a tombstone's key, so it needs "
+            f"id_strategy 'key' (not {strategy!r}): a tombstone has no value to take an _id from"
+        )
     start, count = params.get("start"), params.get("count")
     if isinstance(start, int) and isinstance(count, int) and start + count - 1 > INT64_MAX:
         problems.append(

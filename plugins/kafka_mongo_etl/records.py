@@ -99,7 +99,7 @@ class Document:
 
     id: Any
     identity: Hashable
-    body: RawBSONDocument
+    body: RawBSONDocument | None
     message: Message
 
 

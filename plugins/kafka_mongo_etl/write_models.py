@@ -321,7 +321,7 @@ def tombstones_delete(builder: RecordBuilder, id_for: IdFunction) -> RecordBuild
             _id = id_for(message, {})
         except (ValueError, UnicodeDecodeError) as err:
             raise BadRecordError("no_id", f"tombstone {where(message)}: {err}") from None
-        return Document(id=_id, identity=id_identity(_id), body=None, message=message)  # type: ignore[arg-type]
+        return Document(id=_id, identity=id_identity(_id), body=None, message=message)
 
     return to_document
 

@@ -160,6 +160,8 @@ def test_new_params_accept_what_works(dag) -> None:
         ({"start": 2**63 - 10_000_000, "count": 10_000_000}, None),
         ({"mongo_db": "d" * 63, "mongo_collection": "c" * 200}, "dead-letter namespace"),
         ({"mongo_db": "é" * 40}, "80 bytes in UTF-8"),
+        ({"write_mode": "delete_on_tombstone", "id_strategy": "coordinates"}, "needs id_strategy 'key'"),
+        ({"write_mode": "delete_on_tombstone"}, None),
     ],
     ids=str,
 )
