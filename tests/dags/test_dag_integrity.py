@@ -26,7 +26,11 @@ def dag(dagbag: DagBag):
 
 def test_dag_folder_has_no_import_errors(dagbag: DagBag) -> None:
     assert dagbag.import_errors == {}
-    assert sorted(dagbag.dag_ids) == ["kafka_to_mongo"]
+    assert sorted(dagbag.dag_ids) == [
+        "kafka_to_mongo",
+        "kafka_to_mongo_after_load",
+        "kafka_to_mongo_on_arrival",
+    ]
 
 
 def test_every_dag_survives_serialization(dagbag: DagBag) -> None:
@@ -165,3 +169,33 @@ def test_parallelism_is_one_task_by_default_and_per_partition_on_request(dag) ->
 
 def test_the_form_reads_top_down(dag) -> None:
     assert list(dag.params)[:5] == ["count", "start", "topic", "mongo_db", "mongo_collection"]
+
+
+def test_on_arrival_watches_testnum_and_shares_the_lease_of_kafka_to_mongo(dagbag: DagBag, dag) -> None:
+    from kafka_mongo_etl.arrivals import NewRecordsTrigger
+    from kafka_mongo_etl.operators import KafkaToMongoOperator
+    from kafka_mongo_etl.tasks import default_group_id
+
+    on_arrival = dagbag.dags["kafka_to_mongo_on_arrival"]
+    (watched,) = on_arrival.timetable.asset_condition.objects
+    (watcher,) = watched.watchers
+    assert isinstance(watcher.trigger, NewRecordsTrigger)
+    classpath, kwargs = watcher.trigger.serialize()
+    assert classpath == "kafka_mongo_etl.arrivals.NewRecordsTrigger"
+    assert (kwargs["topic"], kwargs["kafka_conn_id"]) == ("testnum", "kafka_default")
+    # The trigger watches the lag of the very group the drain commits for; the scheduled DAG's
+    # default group for the same target is the same, so both take the same lease.
+    assert kwargs["group_id"] == default_group_id("testnum", "testnum")
+    assert _validated(dag, {})["consumer_group"] is None  # kafka_to_mongo: the default group
+    (consume,) = on_arrival.tasks
+    assert isinstance(consume, KafkaToMongoOperator)
+    assert (consume.topic, consume.mongo_db, consume.mongo_collection) == ("testnum", "testnum", "testnum")
+    assert consume.group_id == kwargs["group_id"]
+    assert on_arrival.max_active_runs == 1
+    assert consume.retries >= 2 and consume.execution_timeout is not None
+
+
+def test_after_load_is_scheduled_on_the_collections_asset(dagbag: DagBag) -> None:
+    after_load = dagbag.dags["kafka_to_mongo_after_load"]
+    uris = [asset.uri for asset in after_load.timetable.asset_condition.objects]
+    assert uris == ["mongodb://127.0.0.1:27017/testnum/testnum"]
