@@ -199,3 +199,37 @@ def test_after_load_is_scheduled_on_the_collections_asset(dagbag: DagBag) -> Non
     after_load = dagbag.dags["kafka_to_mongo_after_load"]
     uris = [asset.uri for asset in after_load.timetable.asset_condition.objects]
     assert uris == ["mongodb://127.0.0.1:27017/testnum/testnum"]
+
+
+def test_the_operators_in_a_dag_of_someone_elses_serialize_with_their_templates_and_mappings() -> None:
+    from airflow.sdk import DAG
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from kafka_mongo_etl.operators import KafkaToMongoOperator, ProduceNumberedBatchOperator
+
+    with DAG("theirs", schedule="@daily", start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC)) as theirs:
+        produce = ProduceNumberedBatchOperator(
+            task_id="make", topic="{{ ds_nodash }}_orders", count=10, kafka_conn_id="kafka_eu"
+        )
+        whole = KafkaToMongoOperator(
+            task_id="load",
+            topic="{{ ds_nodash }}_orders",
+            mongo_db="sales",
+            mongo_collection="orders",
+            kafka_conn_id="kafka_eu",
+            mongo_conn_id="mongo_eu",
+            produced=produce.output,
+        )
+        per_partition = KafkaToMongoOperator.partial(
+            task_id="load_each", topic="orders", mongo_db="sales", mongo_collection="orders_by_partition"
+        ).expand(partitions=[[0], [1], [2]])
+        produce >> per_partition
+
+    restored = DagSerialization.from_dict(DagSerialization.to_dict(theirs))
+    assert sorted(restored.task_ids) == ["load", "load_each", "make"]
+    assert restored.get_task("load").upstream_task_ids == {"make"}
+    assert {"topic", "mongo_db", "mongo_collection", "kafka_conn_id", "mongo_conn_id"} <= set(
+        restored.get_task("load").template_fields
+    )
+    assert whole.topic == "{{ ds_nodash }}_orders" and whole.kafka_conn_id == "kafka_eu"
+    assert per_partition.expand_input.value["partitions"] == [[0], [1], [2]]
