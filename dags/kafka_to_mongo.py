@@ -43,8 +43,8 @@ and a re-read overwrites the same `_id`. One drain per topic and consumer group 
 
 **Assets.** After each successful load, `consume` records an asset event on its collection,
 `mongodb://<host>:<port>/<mongo_db>/<mongo_collection>` (through the asset alias
-`kafka_mongo_etl.loads`), and `produce` one on its topic, `kafka://<bootstrap server>/<topic>`:
-a DAG scheduled on the collection's asset runs after every load.
+`kafka_mongo_etl.loads`), and `produce` one on its topic, `kafka://<bootstrap server>/<topic>`,
+when a DAG is scheduled on that asset: that DAG then runs after every load.
 
 Connections: `kafka_default` (librdkafka settings in the extra) and `mongo_default`.
 Each run's figures, the consumer lag and the latest dead letters are on the **ETL** page in the

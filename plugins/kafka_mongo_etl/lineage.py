@@ -4,9 +4,10 @@ OpenLineage datasets.
 The topic is ``kafka://<first bootstrap server>/<topic>`` (the Kafka provider's asset scheme) and
 the collection ``mongodb://<host>:<port>/<db>/<collection>`` (the Mongo provider's). Both hosts
 come from the connections, so they are only known when a task runs: the operators declare an
-``AssetAlias`` as their outlet and attach these concrete assets to it at run time, which makes
-Airflow create the asset on first use and record an event on it after every successful load.
-OpenLineage datasets are derived from the same URIs by the providers' own converters.
+``AssetAlias`` as their outlet and attach the asset to it at run time, so that Airflow records an
+event on it after every successful load, for every asset a DAG is scheduled on (see
+``operators._emit`` for why unknown assets are left alone). OpenLineage datasets are derived
+from the same URIs by the providers' own converters.
 """
 
 from __future__ import annotations
@@ -73,9 +74,6 @@ class Lineage:
 
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
-
-    def assets(self, uris: tuple[str, ...]) -> list[Asset]:
-        return [Asset(uri=uri) for uri in uris]
 
     def openlineage(self, output_rows: int | None = None) -> Any:
         """An ``OperatorLineage``; the OpenLineage provider is imported only here."""

@@ -36,14 +36,26 @@ def _batch(context: Context, batch: str | None) -> str:
 
 
 def _emit(context: Context, outlets: Sequence[Any], uris: Sequence[str], extra: dict[str, Any]) -> None:
-    """Attach the concrete assets to every asset alias among ``outlets``: Airflow records one event
-    per asset once the task has succeeded (and creates the asset the first time)."""
+    """Record an event on each asset through every asset alias among ``outlets``.
+
+    Only assets Airflow knows get an event: one that a DAG is scheduled on or declares. The
+    alias could create an unknown one, but two tasks that create the same new asset at once
+    fail in Airflow 3.3 (a unique-key violation marks the second task failed after its work
+    was done), so an unknown asset is skipped with a note instead. An asset event matters to
+    Airflow only when a DAG is scheduled on the asset anyway, and that declares it.
+    """
+    from airflow.sdk import Asset
+    from airflow.sdk.exceptions import AirflowRuntimeError
+
     aliases = [outlet for outlet in outlets if isinstance(outlet, AssetAlias)]
-    for alias in aliases:
-        for asset in Lineage().assets(tuple(uris)):
-            context["outlet_events"][alias].add(asset, extra=extra)
-    if aliases:
-        log.info("Asset events for %s through %s", ", ".join(uris), ", ".join(a.name for a in aliases))
+    for uri in uris if aliases else ():
+        try:
+            for alias in aliases:
+                context["outlet_events"][alias].add(Asset.ref(uri=uri), extra=extra)
+        except AirflowRuntimeError:
+            log.info("No DAG declares the asset %s, so no asset event for it (schedule a DAG on it)", uri)
+            continue
+        log.info("Asset event for %s through %s", uri, ", ".join(alias.name for alias in aliases))
 
 
 class ProduceNumberedBatchOperator(BaseOperator):
