@@ -122,10 +122,11 @@ def _runs_table(runs: Sequence[RunRow]) -> str:
         if run.lost_to_retention:
             lost = _number(run.lost_to_retention)
             stalled += f' <span class="state state-failed lost">{lost} lost to retention</span>'
+        drains = f' <span class="muted drains">({run.drains} drains)</span>' if run.drains > 1 else ""
         rows.append(
             f'<tr class="run" data-run-id="{escape(run.run_id)}">'
             f'<td><a class="run-link" target="_top" href="../{escape(run.run_path)}">'
-            f"{escape(run.run_id)}</a></td>"
+            f"{escape(run.run_id)}</a>{drains}</td>"
             f"<td{error}>{_state(run.state)}{stalled}</td>"
             f'<td class="num produced">{_number(run.produced)}</td>'
             f'<td class="num loaded">{_number(run.loaded)}</td>'
