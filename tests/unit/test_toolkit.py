@@ -96,14 +96,21 @@ def test_options_reach_the_job_and_further_fields_pass_through_job_options(monke
 
     @dataclasses.dataclass(frozen=True)
     class JobWithAFieldAddedLater(tasks.ConsumeJob):
-        on_retention_gap: str = "fail"
+        added_later: str = "default"
 
     monkeypatch.setattr(tasks, "ConsumeJob", JobWithAFieldAddedLater)
     job = operator(
-        partitions=[2, 0], stall_timeout="5", max_dead_letters=None, job_options={"on_retention_gap": "skip"}
+        partitions=[2, 0],
+        stall_timeout="5",
+        max_dead_letters=None,
+        on_retention_gap="skip",
+        id_strategy="fields",
+        id_fields=["region", "order"],
+        job_options={"added_later": "given"},
     ).consume_job(CONTEXT)
     assert (job.partitions, job.drain.stall_timeout, job.dead_letter_policy.max_count) == ((2, 0), 5.0, None)
-    assert job.scope == ":0,2" and job.on_retention_gap == "skip"
+    assert job.scope == ":0,2" and job.on_retention_gap == "skip" and job.added_later == "given"
+    assert job.id_fields == ("region", "order")
 
 
 def test_job_options_that_are_not_consume_job_fields_or_shadow_an_argument_are_refused() -> None:
