@@ -6,11 +6,13 @@ import contextlib
 import os
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class StackError(RuntimeError):
@@ -50,6 +52,40 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Account:
+    """An unprivileged user to run a server as, for the servers that refuse to run as root."""
+
+    name: str
+    uid: int
+    gid: int
+
+    @classmethod
+    def named(cls, name: str) -> Account:
+        import pwd
+
+        entry = pwd.getpwnam(name)
+        return cls(name, entry.pw_uid, entry.pw_gid)
+
+    def popen_arguments(self) -> dict[str, Any]:
+        # No supplementary groups: root's would let the server read files group-owned by root.
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def first_closed_directory(self, directory: Path) -> Path | None:
+        """The first directory on the way to ``directory`` this account may not enter, or None."""
+        for path in [*reversed(directory.resolve().parents), directory.resolve()]:
+            mode = path.stat()
+            if mode.st_uid == self.uid:
+                allowed = mode.st_mode & stat.S_IXUSR
+            elif mode.st_gid == self.gid:
+                allowed = mode.st_mode & stat.S_IXGRP
+            else:
+                allowed = mode.st_mode & stat.S_IXOTH
+            if not allowed:
+                return path
+        return None
+
+
 @dataclass
 class ManagedProcess:
     """A detached process in its own session, recorded in ``pid_file``, output in ``log_file``.
@@ -81,8 +117,13 @@ class ManagedProcess:
         return self.pid() is not None
 
     def start(
-        self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        account: Account | None = None,
     ) -> int:
+        """Start ``argv`` detached; with ``account``, as that user (only root can do that)."""
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
@@ -94,6 +135,7 @@ class ManagedProcess:
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
                 start_new_session=True,
+                **(account.popen_arguments() if account else {}),
             )
         self.pid_file.write_text(f"{proc.pid}\n")
         return proc.pid
