@@ -1,5 +1,6 @@
 """Kafka -> MongoDB batch ETL: ``produce`` a numbered batch, ``consume`` the topic to its high
-watermark into MongoDB. The logic lives in ``plugins/kafka_mongo_etl``; this file is the shape."""
+watermark into MongoDB, in one task or one mapped task per partition (``drains`` plans them).
+The operators and the logic live in ``plugins/kafka_mongo_etl``; this file is the shape."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import datetime as dt
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
+
+from kafka_mongo_etl.lineage import loads_alias
+from kafka_mongo_etl.operators import KafkaToMongoOperator, ProduceNumberedBatchOperator
 
 DOC_MD = """
 ### Kafka → MongoDB, exactly once in effect
@@ -22,6 +26,10 @@ stay for the next run. It writes unordered bulk upserts keyed by `_id` (default:
 key) and commits offsets synchronously, only after MongoDB acknowledged the write. It records
 the run in `<mongo_db>.etl_runs`.
 
+With `parallelism` = *per partition*, `drains` lists the topic's partitions and `consume` is
+mapped over them: one task per partition, each under the lease of its partition, each committing
+only its own partition's offsets. The ETL page sums a run's drains into one row.
+
 **Dead letters.** A record that cannot become a document (not UTF-8, not JSON, not an object,
 a tombstone, over 16 MiB, or refused by MongoDB) is kept with its raw bytes, headers and reason
 in `<mongo_collection>_dlq` before its offset is committed; good records still load. By default
@@ -32,6 +40,11 @@ retry, so that it is seen.
 Nothing is doubled: a retry, a cleared run or a repeated backfill date re-sends the same keys,
 and a re-read overwrites the same `_id`. One drain per topic and consumer group runs at a time
 (a lease in `<mongo_db>.etl_leases`); a second one waits for it.
+
+**Assets.** After each successful load, `consume` records an asset event on its collection,
+`mongodb://<host>:<port>/<mongo_db>/<mongo_collection>` (through the asset alias
+`kafka_mongo_etl.loads`), and `produce` one on its topic, `kafka://<bootstrap server>/<topic>`:
+a DAG scheduled on the collection's asset runs after every load.
 
 Connections: `kafka_default` (librdkafka settings in the extra) and `mongo_default`.
 Each run's figures, the consumer lag and the latest dead letters are on the **ETL** page in the
@@ -119,6 +132,22 @@ def _params() -> dict[str, Param]:
             description=(
                 "How long consume waits when a partition cannot reach its snapshot (an open "
                 "transaction) before it stops and reports the partition and offset."
+            ),
+            section="Kafka topic and consumer",
+        ),
+        "parallelism": Param(
+            "one task",
+            type="string",
+            enum=["one task", "per partition"],
+            values_display={
+                "one task": "One task drains every partition",
+                "per partition": "One mapped task per partition (dynamic task mapping)",
+            },
+            title="Drains per run",
+            description=(
+                "One consume task for the whole topic, or one per partition, each under the lease of "
+                "its partition. Both load each record exactly once; per partition spreads the work "
+                "over workers. Keep one choice per topic and group (the two hold different leases)."
             ),
             section="Kafka topic and consumer",
         ),
@@ -212,50 +241,49 @@ def build_kafka_to_mongo(
         },
     )
     def kafka_to_mongo() -> None:
-        @task(execution_timeout=dt.timedelta(hours=2))
-        def produce() -> dict[str, Any]:
-            from kafka_mongo_etl.ids import batch_id
-            from kafka_mongo_etl.tasks import run_produce
+        produce = ProduceNumberedBatchOperator(
+            task_id="produce",
+            kafka_conn_id=kafka_conn_id,
+            topic="{{ params.topic }}",
+            partitions="{{ params.partitions }}",
+            start="{{ params.start }}",
+            count="{{ params.count }}",
+            execution_timeout=dt.timedelta(hours=2),
+        )
 
-            context = get_current_context()
-            params = context["params"]
-            return run_produce(
-                kafka_conn_id=kafka_conn_id,
-                topic=params["topic"],
-                partitions=params["partitions"],
-                batch=batch_id(context["dag"].dag_id, context["run_id"]),
-                start=params["start"],
-                count=params["count"],
-            )
+        @task(execution_timeout=dt.timedelta(minutes=10))
+        def drains() -> list[dict[str, Any]]:
+            """The consume options from the params, once per drain: all partitions, or one each."""
+            from kafka_mongo_etl.parallelism import PER_PARTITION, drain_scopes, topic_partitions
 
-        @task(execution_timeout=dt.timedelta(hours=4))
-        def consume(produced: dict[str, Any]) -> dict[str, Any]:
-            from kafka_mongo_etl.drain import DrainSettings
-            from kafka_mongo_etl.ids import batch_id
-            from kafka_mongo_etl.tasks import ConsumeJob, DeadLetterPolicy, run_consume
+            params = get_current_context()["params"]
+            per_partition = params["parallelism"] == PER_PARTITION
+            listed = topic_partitions(kafka_conn_id, params["topic"]) if per_partition else []
+            options = {
+                "topic": params["topic"],
+                "mongo_db": params["mongo_db"],
+                "mongo_collection": params["mongo_collection"],
+                "group_id": params["consumer_group"] or None,
+                "id_strategy": params["id_strategy"],
+                "id_field": params["id_field"],
+                "write_mode": params["write_mode"],
+                "stall_timeout": params["stall_timeout_seconds"],
+                "max_dead_letters": params["max_dead_letters"],
+                "max_dead_letter_ratio": params["max_dead_letter_ratio"],
+            }
+            return [{**options, "partitions": scope} for scope in drain_scopes(params["parallelism"], listed)]
 
-            context = get_current_context()
-            params = context["params"]
-            job = ConsumeJob(
-                kafka_conn_id=kafka_conn_id,
-                mongo_conn_id=mongo_conn_id,
-                topic=params["topic"],
-                mongo_db=params["mongo_db"],
-                mongo_collection=params["mongo_collection"],
-                batch=batch_id(context["dag"].dag_id, context["run_id"]),
-                run_id=context["run_id"],
-                group_id=params["consumer_group"] or None,
-                id_strategy=params["id_strategy"],
-                id_field=params["id_field"],
-                write_mode=params["write_mode"],
-                drain=DrainSettings(stall_timeout=float(params["stall_timeout_seconds"])),
-                dead_letter_policy=DeadLetterPolicy(
-                    max_count=params["max_dead_letters"], max_ratio=params["max_dead_letter_ratio"]
-                ),
-            )
-            return run_consume(job, produced)
-
-        consume(produce())
+        planned = drains()
+        produce >> planned
+        KafkaToMongoOperator.partial(
+            task_id="consume",
+            kafka_conn_id=kafka_conn_id,
+            mongo_conn_id=mongo_conn_id,
+            produced=produce.output,
+            outlets=[loads_alias()],
+            execution_timeout=dt.timedelta(hours=4),
+            map_index_template="{{ task.drain_label }}",
+        ).expand_kwargs(planned)
 
     return kafka_to_mongo()
 

@@ -30,11 +30,11 @@ from kafka_mongo_etl_ui.runs import (
     DEFAULT_TARGET,
     RUNS_LIMIT,
     DeadLetters,
-    RunRow,
     Target,
     dead_letters,
     known_targets,
     latest_runs,
+    run_rows,
     run_source,
 )
 
@@ -91,7 +91,7 @@ def collect_page_data(target: Target, settings: EtlPageSettings) -> PageData:
     return PageData(
         target=target,
         targets=targets,
-        runs=[RunRow.from_audit(document) for document in documents],
+        runs=run_rows(documents),
         limit=settings.runs_limit,
         source=source,
         lag=lag,

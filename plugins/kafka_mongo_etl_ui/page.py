@@ -119,10 +119,11 @@ def _runs_table(runs: Sequence[RunRow]) -> str:
     for run in runs:
         error = f' title="{escape(run.error)}"' if run.error else ""
         stalled = ' <span class="state state-unknown">stalled</span>' if run.stalled else ""
+        drains = f' <span class="muted drains">({run.drains} drains)</span>' if run.drains > 1 else ""
         rows.append(
             f'<tr class="run" data-run-id="{escape(run.run_id)}">'
             f'<td><a class="run-link" target="_top" href="../{escape(run.run_path)}">'
-            f"{escape(run.run_id)}</a></td>"
+            f"{escape(run.run_id)}</a>{drains}</td>"
             f"<td{error}>{_state(run.state)}{stalled}</td>"
             f'<td class="num produced">{_number(run.produced)}</td>'
             f'<td class="num loaded">{_number(run.loaded)}</td>'

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -120,6 +121,9 @@ class RunRow:
     error: str | None = None
     stalled: bool = False
     dead_letter_reasons: tuple[tuple[str, int], ...] = ()
+    records: int | None = None
+    # How many drains (audit documents) this row sums: more than one when consume was mapped.
+    drains: int = 1
 
     @classmethod
     def from_audit(cls, document: dict[str, Any]) -> RunRow:
@@ -140,12 +144,72 @@ class RunRow:
             error=str(document["error"]) if document.get("error") else None,
             stalled=bool(document.get("stalled")),
             dead_letter_reasons=_reason_counts(document.get("dead_letter_reasons")),
+            records=_as_int(document.get("records")),
+        )
+
+    @classmethod
+    def combine(cls, drains: Sequence[RunRow]) -> RunRow:
+        """One row for the drains of one run (mapped tasks, each with its own audit document).
+
+        Each drain's document carries the same produce summary, so ``produced`` is taken once;
+        records, documents and dead letters add up; the drains ran side by side, so the run took
+        as long as the longest, and its rate is all records over that time. The run failed if
+        any drain did.
+        """
+        if len(drains) == 1:
+            return drains[0]
+        first = drains[0]
+        states = {row.state for row in drains}
+        # A failed drain fails the run; drains that all agree give their state.
+        state = "failed" if "failed" in states else first.state if len(states) == 1 else "unknown"
+        seconds = _largest(row.seconds for row in drains)
+        records = _total(row.records for row in drains)
+        reasons: dict[str, int] = {}
+        for row in drains:
+            for code, count in row.dead_letter_reasons:
+                reasons[code] = reasons.get(code, 0) + count
+        errors = [row.error for row in drains if row.error]
+        return cls(
+            dag_id=first.dag_id,
+            run_id=first.run_id,
+            state=state,
+            produced=_largest(row.produced for row in drains),
+            loaded=_total(row.loaded for row in drains),
+            dead_letters=_total(row.dead_letters for row in drains),
+            seconds=seconds,
+            records_per_second=round(records / seconds, 1) if records is not None and seconds else None,
+            updated_at=_largest(row.updated_at for row in drains),
+            error="; ".join(errors) if errors else None,
+            stalled=any(row.stalled for row in drains),
+            dead_letter_reasons=_reason_counts(reasons),
+            records=records,
+            drains=len(drains),
         )
 
     @property
     def run_path(self) -> str:
         """The Airflow UI's page of this run, relative to the UI's base URL."""
         return f"dags/{quote(self.dag_id, safe='')}/runs/{quote(self.run_id, safe='')}"
+
+
+def _total(values: Iterable[Any]) -> Any:
+    known = [value for value in values if value is not None]
+    return sum(known) if known else None
+
+
+def _largest(values: Iterable[Any]) -> Any:
+    known = [value for value in values if value is not None]
+    return max(known) if known else None
+
+
+def run_rows(documents: Sequence[dict[str, Any]]) -> list[RunRow]:
+    """The audit documents as one row per DAG run, newest first: the drains of a run that mapped
+    ``consume`` over partitions (``<batch>:<partition>`` documents) become a single row."""
+    grouped: dict[tuple[str, str], list[RunRow]] = {}
+    for document in documents:
+        row = RunRow.from_audit(document)
+        grouped.setdefault((row.dag_id, row.run_id), []).append(row)
+    return [RunRow.combine(rows) for rows in grouped.values()]
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,42 @@ def test_dag_folder_has_no_import_errors(dagbag: DagBag) -> None:
     assert sorted(dagbag.dag_ids) == ["kafka_to_mongo"]
 
 
-def test_tasks_and_edge(dag) -> None:
-    assert sorted(dag.task_ids) == ["consume", "produce"]
-    assert dag.get_task("produce").downstream_task_ids == {"consume"}
-    assert dag.get_task("consume").upstream_task_ids == {"produce"}
+def test_every_dag_survives_serialization(dagbag: DagBag) -> None:
+    """The scheduler and the workers see the serialized DAG: mapped kwargs and aliases included."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    for dag_id, dag in dagbag.dags.items():
+        restored = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+        assert sorted(restored.task_ids) == sorted(dag.task_ids), dag_id
+
+
+def test_tasks_and_edges(dag) -> None:
+    assert sorted(dag.task_ids) == ["consume", "drains", "produce"]
+    assert dag.get_task("produce").downstream_task_ids == {"drains", "consume"}
+    assert dag.get_task("drains").downstream_task_ids == {"consume"}
+    assert dag.get_task("consume").upstream_task_ids == {"produce", "drains"}
+
+
+def test_the_tasks_are_the_packages_operators_and_consume_is_mapped_over_the_drains(dag) -> None:
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    from kafka_mongo_etl.operators import KafkaToMongoOperator, ProduceNumberedBatchOperator
+
+    produce, consume = dag.get_task("produce"), dag.get_task("consume")
+    assert isinstance(produce, ProduceNumberedBatchOperator)
+    assert isinstance(consume, MappedOperator) and consume.operator_class is KafkaToMongoOperator
+    assert consume.partial_kwargs["kafka_conn_id"] == "kafka_default"
+    assert consume.partial_kwargs["mongo_conn_id"] == "mongo_default"
+    assert produce.topic == "{{ params.topic }}" and produce.count == "{{ params.count }}"
+
+
+def test_consume_reports_its_collection_and_produce_its_topic_through_asset_aliases(dag) -> None:
+    from airflow.sdk import AssetAlias
+
+    from kafka_mongo_etl.lineage import LOADS_ALIAS, PRODUCED_ALIAS
+
+    assert dag.get_task("consume").outlets == [AssetAlias(LOADS_ALIAS)]
+    assert dag.get_task("produce").outlets == [AssetAlias(PRODUCED_ALIAS)]
 
 
 def test_schedule_retries_and_tags(dag) -> None:
@@ -122,6 +154,13 @@ def test_dag_factory_takes_connection_ids() -> None:
 def test_validation_errors_say_what_is_allowed(dag, conf: dict, words: str) -> None:
     with pytest.raises(ParamValidationError, match=words):
         _validated(dag, conf)
+
+
+def test_parallelism_is_one_task_by_default_and_per_partition_on_request(dag) -> None:
+    assert _validated(dag, {})["parallelism"] == "one task"
+    assert _validated(dag, {"parallelism": "per partition"})["parallelism"] == "per partition"
+    with pytest.raises(ParamValidationError):
+        _validated(dag, {"parallelism": "per broker"})
 
 
 def test_the_form_reads_top_down(dag) -> None:

@@ -228,7 +228,7 @@ def test_dag_runs_through_sasl_ssl_with_only_the_kafka_extra_changed(
     collection = mongo_client[mongo_db]["testnum"]
     assert collection.count_documents({}) == 200
     assert {d["_id"] for d in collection.find({}, {"_id": 1})} == {record_key(batch, n) for n in range(200)}
-    assert set(logs) == {"produce", "consume"}
+    assert set(logs) == {"produce", "drains", "consume"}
     assert any(e.startswith("Produced 200 records") for e in log_events(logs["produce"]))
     for text in logs.values():
         assert secured_broker.password not in text

@@ -153,6 +153,36 @@ def test_a_signed_in_user_sees_a_real_run_its_lag_and_its_dead_letters(
         assert f"<code>{letter['code']}</code>" in html
 
 
+def test_a_run_drained_per_partition_is_one_row_with_the_sums_of_its_drains(
+    api, token, connections, topic, mongo_db, mongo_client
+) -> None:
+    from dataclasses import replace
+
+    batch = f"kafka_to_mongo/{topic}-run-1"
+    produced = run_produce(
+        kafka_conn_id="kafka_default", topic=topic, partitions=3, batch=batch, start=0, count=45
+    )
+    job = ConsumeJob(
+        kafka_conn_id="kafka_default",
+        mongo_conn_id="mongo_default",
+        topic=topic,
+        mongo_db=mongo_db,
+        mongo_collection="testnum",
+        batch=batch,
+        run_id=f"{topic}-run-1",
+    )
+    results = [run_consume(replace(job, partitions=(p,)), produced) for p in range(3)]
+    assert sum(r["loaded"] for r in results) == 45
+
+    html = etl_page(api, token, f"{mongo_db}.testnum")
+
+    assert RUN_ROW.findall(html) == [job.run_id]
+    row = html[html.index(f'data-run-id="{job.run_id}"') :][:2000]
+    assert '<td class="num loaded">45</td>' in row and '<td class="num produced">45</td>' in row
+    assert "(3 drains)" in row
+    assert POINT.findall(html) == [job.run_id]
+
+
 def test_the_page_stays_bounded_with_ten_thousand_audit_documents(
     api, token, connections, mongo_db, mongo_client
 ) -> None:

@@ -285,3 +285,40 @@ def test_dead_letters_show_the_count_and_the_newest_reasons() -> None:
         r'<tr class="reason-count"><td><code>(\w+)</code></td><td class="num">(\d+)</td>', html
     )
     assert counts == [("not_json", "11"), ("too_large", "1")]
+
+
+def drain(n: int, partition: int, **fields) -> dict:
+    """The audit document of one mapped drain (``<batch>:<partition>``) of run ``n``."""
+    document = audit(n, **fields)
+    document["_id"] = f"{document['_id']}:{partition}"
+    document["partitions"] = {str(partition): {"start": 0, "end": 40, "committed": 40, "records": 40}}
+    return document
+
+
+def test_the_mapped_drains_of_a_run_become_one_row_that_adds_them_up() -> None:
+    from kafka_mongo_etl_ui.runs import run_rows
+
+    documents = [
+        drain(2, 0, records=40, loaded=40, seconds=4.0, dead_letters=1, dead_letter_reasons={"not_json": 1}),
+        audit(1),
+        drain(2, 1, records=30, loaded=29, seconds=3.0, dead_letters=1, dead_letter_reasons={"not_json": 1}),
+        drain(2, 2, records=30, loaded=30, seconds=5.0, dead_letters=0, state="failed", error="lease lost"),
+    ]
+
+    rows = run_rows(documents)
+
+    assert [(row.run_id, row.drains) for row in rows] == [
+        ("manual__2026-03-01T12:02:00+00:00", 3),
+        ("manual__2026-03-01T12:01:00+00:00", 1),
+    ]
+    mapped = rows[0]
+    assert (mapped.records, mapped.loaded, mapped.dead_letters) == (100, 99, 2)
+    assert mapped.produced == 102  # every drain carries the same produce summary: counted once
+    assert (mapped.seconds, mapped.records_per_second) == (5.0, 20.0)  # side by side: the longest
+    assert (mapped.state, mapped.error) == ("failed", "lease lost")
+    assert mapped.dead_letter_reasons == (("not_json", 2),)
+    assert rows[1] == RunRow.from_audit(audit(1))
+
+    html = page(runs=rows)
+    assert re.findall(r'<tr class="run" data-run-id="([^"]+)"', html) == [row.run_id for row in rows]
+    assert html.count('class="muted drains">(3 drains)') == 1

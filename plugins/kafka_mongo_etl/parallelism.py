@@ -1,0 +1,46 @@
+"""How a run splits its drain: one task for the whole topic, or one mapped task per partition.
+
+Each drain holds the lease of exactly the partitions it drains (``ConsumeJob.scope``), so the
+mapped drains of one run run side by side, while two runs' drains of the same partitions still
+take turns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from kafka_mongo_etl.errors import TopicNotFoundError
+
+ONE_TASK = "one task"
+PER_PARTITION = "per partition"
+PARALLELISM = (ONE_TASK, PER_PARTITION)
+
+
+def drain_scopes(parallelism: str, partitions: Iterable[int] = ()) -> list[list[int] | None]:
+    """The ``partitions`` argument of each drain: ``[None]`` (all) or one list per partition."""
+    if parallelism == ONE_TASK:
+        return [None]
+    if parallelism == PER_PARTITION:
+        scopes: list[list[int] | None] = [[p] for p in sorted(set(partitions))]
+        if not scopes:
+            raise ValueError("a drain per partition needs the topic's partitions; none were given")
+        return scopes
+    raise ValueError(
+        f"unknown parallelism {parallelism!r}; choose one of {', '.join(map(repr, PARALLELISM))}"
+    )
+
+
+def topic_partitions(kafka_conn_id: str, topic: str, timeout: float = 15.0) -> list[int]:
+    """The partition ids of ``topic``, read from the broker through the connection."""
+    from kafka_mongo_etl.clients import admin_client, kafka_errors
+    from kafka_mongo_etl.metadata import topic_metadata
+
+    with kafka_errors(kafka_conn_id):
+        found = topic_metadata(admin_client(kafka_conn_id), topic, timeout).topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        reason = found.error if found is not None else "no metadata"
+        raise TopicNotFoundError(
+            f"topic {topic!r} does not exist on the broker ({reason}); produce to it first or check "
+            "the topic name"
+        )
+    return sorted(found.partitions)
