@@ -26,6 +26,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -361,8 +362,6 @@ class AirflowServices:
             "worker",
             "--celery-hostname",
             self.worker_name(number),
-            "--pid",
-            str(self.state_dir / f"worker-{number}.celery.pid"),
             "--skip-serve-logs",
         ]
 
@@ -431,10 +430,9 @@ class AirflowServices:
             time.sleep(1.0)
 
     def stop(self) -> bool:
-        """Stop the workers (a warm shutdown lets running tasks finish, up to 60 s), then the components."""
-        stopped = False
-        for number in self.worker_numbers():
-            stopped |= self.worker(number).stop(timeout=60.0)
-        for name in reversed(COMPONENTS):
-            stopped |= self.component(name).stop(timeout=40.0)
-        return stopped
+        """Stop the workers (a warm shutdown lets running tasks finish, up to 60 s; they still need
+        the api-server for that), then the components; each group side by side."""
+        with ThreadPoolExecutor(max_workers=max(len(COMPONENTS), len(self.worker_numbers()), 1)) as pool:
+            workers = list(pool.map(lambda n: self.worker(n).stop(timeout=60.0), self.worker_numbers()))
+            components = list(pool.map(lambda name: self.component(name).stop(timeout=40.0), COMPONENTS))
+        return any(workers + components)

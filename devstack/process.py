@@ -44,12 +44,22 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie child still answers kill(0); reap it if it is ours.
+    # A zombie still answers kill(0): reap it if it is ours, and count it as gone either way
+    # (another process that started it, such as a test, reaps it when it gets round to it).
     with contextlib.suppress(ChildProcessError):
         waited, _ = os.waitpid(pid, os.WNOHANG)
         if waited == pid:
             return False
-    return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 @dataclass(frozen=True)
@@ -145,7 +155,7 @@ class ManagedProcess:
         pid = self.recorded_pid()
         # The leader may have died (kill -9, OOM) while the children it spawned still run in its
         # group (Airflow's scheduler and api-server holding their ports): stop them too.
-        if pid is None or (self.pid() is None and not _group_alive(pid)):
+        if pid is None or (self.pid() is None and not group_alive(pid)):
             self.pid_file.unlink(missing_ok=True)
             return False
         for sig, wait in ((first_signal, timeout), (signal.SIGKILL, 10.0)):
@@ -153,7 +163,7 @@ class ManagedProcess:
                 os.killpg(pid, sig)
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
-                if not pid_alive(pid) and not _group_alive(pid):
+                if not pid_alive(pid) and not group_alive(pid):
                     self.pid_file.unlink(missing_ok=True)
                     return True
                 time.sleep(0.1)
@@ -174,14 +184,21 @@ def _leads_group(pid: int) -> bool:
         return False
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """True while a process of group ``pgid`` runs (zombies waiting to be reaped do not count)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    import psutil
+
+    for process in psutil.process_iter():
+        with contextlib.suppress(ProcessLookupError, psutil.Error):
+            if os.getpgid(process.pid) == pgid and not _is_zombie(process.pid):
+                return True
+    return False
 
 
 def wait_until(
