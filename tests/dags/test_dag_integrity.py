@@ -26,7 +26,11 @@ def dag(dagbag: DagBag):
 
 def test_dag_folder_has_no_import_errors(dagbag: DagBag) -> None:
     assert dagbag.import_errors == {}
-    assert sorted(dagbag.dag_ids) == ["kafka_to_mongo"]
+    assert sorted(dagbag.dag_ids) == [
+        "kafka_to_mongo",
+        "kafka_to_mongo_after_load",
+        "kafka_to_mongo_on_arrival",
+    ]
 
 
 def test_every_dag_survives_serialization(dagbag: DagBag) -> None:
@@ -165,3 +169,67 @@ def test_parallelism_is_one_task_by_default_and_per_partition_on_request(dag) ->
 
 def test_the_form_reads_top_down(dag) -> None:
     assert list(dag.params)[:5] == ["count", "start", "topic", "mongo_db", "mongo_collection"]
+
+
+def test_on_arrival_watches_testnum_and_shares_the_lease_of_kafka_to_mongo(dagbag: DagBag, dag) -> None:
+    from kafka_mongo_etl.arrivals import NewRecordsTrigger
+    from kafka_mongo_etl.operators import KafkaToMongoOperator
+    from kafka_mongo_etl.tasks import default_group_id
+
+    on_arrival = dagbag.dags["kafka_to_mongo_on_arrival"]
+    (watched,) = on_arrival.timetable.asset_condition.objects
+    (watcher,) = watched.watchers
+    assert isinstance(watcher.trigger, NewRecordsTrigger)
+    classpath, kwargs = watcher.trigger.serialize()
+    assert classpath == "kafka_mongo_etl.arrivals.NewRecordsTrigger"
+    assert (kwargs["topic"], kwargs["kafka_conn_id"]) == ("testnum", "kafka_default")
+    # The trigger watches the lag of the very group the drain commits for; the scheduled DAG's
+    # default group for the same target is the same, so both take the same lease.
+    assert kwargs["group_id"] == default_group_id("testnum", "testnum")
+    assert _validated(dag, {})["consumer_group"] is None  # kafka_to_mongo: the default group
+    (consume,) = on_arrival.tasks
+    assert isinstance(consume, KafkaToMongoOperator)
+    assert (consume.topic, consume.mongo_db, consume.mongo_collection) == ("testnum", "testnum", "testnum")
+    assert consume.group_id == kwargs["group_id"]
+    assert on_arrival.max_active_runs == 1
+    assert consume.retries >= 2 and consume.execution_timeout is not None
+
+
+def test_after_load_is_scheduled_on_the_collections_asset(dagbag: DagBag) -> None:
+    after_load = dagbag.dags["kafka_to_mongo_after_load"]
+    uris = [asset.uri for asset in after_load.timetable.asset_condition.objects]
+    assert uris == ["mongodb://127.0.0.1:27017/testnum/testnum"]
+
+
+def test_the_operators_in_a_dag_of_someone_elses_serialize_with_their_templates_and_mappings() -> None:
+    from airflow.sdk import DAG
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from kafka_mongo_etl.operators import KafkaToMongoOperator, ProduceNumberedBatchOperator
+
+    with DAG("theirs", schedule="@daily", start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC)) as theirs:
+        produce = ProduceNumberedBatchOperator(
+            task_id="make", topic="{{ ds_nodash }}_orders", count=10, kafka_conn_id="kafka_eu"
+        )
+        whole = KafkaToMongoOperator(
+            task_id="load",
+            topic="{{ ds_nodash }}_orders",
+            mongo_db="sales",
+            mongo_collection="orders",
+            kafka_conn_id="kafka_eu",
+            mongo_conn_id="mongo_eu",
+            produced=produce.output,
+        )
+        per_partition = KafkaToMongoOperator.partial(
+            task_id="load_each", topic="orders", mongo_db="sales", mongo_collection="orders_by_partition"
+        ).expand(partitions=[[0], [1], [2]])
+        produce >> per_partition
+
+    restored = DagSerialization.from_dict(DagSerialization.to_dict(theirs))
+    assert sorted(restored.task_ids) == ["load", "load_each", "make"]
+    assert restored.get_task("load").upstream_task_ids == {"make"}
+    assert {"topic", "mongo_db", "mongo_collection", "kafka_conn_id", "mongo_conn_id"} <= set(
+        restored.get_task("load").template_fields
+    )
+    assert whole.topic == "{{ ds_nodash }}_orders" and whole.kafka_conn_id == "kafka_eu"
+    assert per_partition.expand_input.value["partitions"] == [[0], [1], [2]]

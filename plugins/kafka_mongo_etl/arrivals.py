@@ -1,0 +1,156 @@
+"""A trigger that fires when records arrive on a topic that a consumer group has not loaded yet.
+
+It backs the ``AssetWatcher`` of the event-driven ``kafka_to_mongo_on_arrival`` DAG. Every
+``poll_interval`` seconds it compares the topic's high watermarks with the offsets the drain's
+consumer group has committed, the way the drain reads them (``get_watermark_offsets``,
+``committed``) from a consumer that is never assigned or subscribed and has auto-commit off: it
+never joins the group, never consumes, never commits, so the offsets ``consume`` relies on are
+moved by ``consume`` alone.
+
+Why not the Kafka provider's triggers: ``AwaitMessageTrigger`` consumes in a group of its own
+(from the connection's ``group.id``) and fires once per matching message, then must be
+restarted; ``KafkaSharedStreamTrigger`` fires one event per message and commits its own group's
+offsets (and refuses a connection without ``enable.auto.commit=false``); the message-queue
+trigger needs ``apache-airflow-providers-common-messaging``, which is not installed. Watching
+the lag fires once for many records and says how many wait, which is what a drain needs.
+
+Coalescing: an event is fired only when some partition holds records the group has not
+committed *and* its high watermark moved past the one in the previous event. So a burst of
+records makes one event per poll at most, a quiet topic none, and records that arrive while a
+drain runs (past its snapshot) make the next event, hence the next run. After a restart of the
+triggerer the first poll fires if anything waits, so nothing is left behind by a lost event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicLag:
+    """Per partition: the high watermark and how many records below it the group has not committed."""
+
+    high: dict[int, int]
+    pending: dict[int, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.pending.values())
+
+    def moved_past(self, previous: dict[int, int]) -> bool:
+        """Whether a partition with pending records has a higher watermark than in ``previous``."""
+        return any(self.high[p] > previous.get(p, -1) for p, count in self.pending.items() if count > 0)
+
+
+def topic_lag(consumer: Any, topic: str, timeout: float) -> TopicLag:
+    """The lag on ``topic`` of ``consumer``'s group, read without joining the group or committing.
+
+    ``consumer`` is never assigned or subscribed, and has auto-commit off: ``committed()`` only
+    asks the group coordinator for the offsets, ``get_watermark_offsets`` the partition leaders.
+    """
+    from confluent_kafka import TopicPartition
+
+    from kafka_mongo_etl.metadata import topic_metadata
+
+    found = topic_metadata(consumer, topic, timeout).topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        return TopicLag(high={}, pending={})  # no topic yet: nothing has arrived
+    partitions = [TopicPartition(topic, p) for p in sorted(found.partitions)]
+    watermarks = {
+        tp.partition: consumer.get_watermark_offsets(tp, timeout=timeout, cached=False) for tp in partitions
+    }
+    committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=timeout)}
+    # No commit yet (a negative offset) or one below the log start: the drain starts at the earliest.
+    pending = {p: max(0, high - max(committed.get(p, -1), low)) for p, (low, high) in watermarks.items()}
+    return TopicLag(high={p: high for p, (_, high) in watermarks.items()}, pending=pending)
+
+
+class NewRecordsTrigger(BaseEventTrigger):
+    """Fire when ``topic`` holds records that ``group_id`` has not committed, and more than before.
+
+    :param topic: the topic to watch.
+    :param group_id: the consumer group of the drain the event starts (its lag is what is watched).
+    :param kafka_conn_id: the Kafka connection.
+    :param poll_interval: seconds between two looks at the lag; the longest an arrival waits.
+    :param timeout: seconds each request to the broker may take.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        group_id: str,
+        kafka_conn_id: str = "kafka_default",
+        poll_interval: float = 5.0,
+        timeout: float = 15.0,
+    ) -> None:
+        super().__init__()
+        self.topic = topic
+        self.group_id = group_id
+        self.kafka_conn_id = kafka_conn_id
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+        self._consumer: Any = None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "topic": self.topic,
+                "group_id": self.group_id,
+                "kafka_conn_id": self.kafka_conn_id,
+                "poll_interval": self.poll_interval,
+                "timeout": self.timeout,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from asgiref.sync import sync_to_async
+        from confluent_kafka import KafkaException
+
+        from kafka_mongo_etl.clients import EtlConsumerHook
+
+        hook = EtlConsumerHook(self.topic, self.group_id, self.kafka_conn_id)
+        self._consumer = await sync_to_async(lambda: hook.get_conn)()
+        lag_now = sync_to_async(topic_lag)
+        fired: dict[int, int] = {}
+        log.info("Watching %s for records group %s has not loaded", self.topic, self.group_id)
+        try:
+            while True:
+                try:
+                    lag = await lag_now(self._consumer, self.topic, self.timeout)
+                except KafkaException as err:
+                    # A watcher outlives broker restarts: say so, and look again at the next poll.
+                    log.warning("Could not read the lag of %s (%s); trying again", self.topic, err)
+                    await asyncio.sleep(self.poll_interval)
+                    continue
+                if lag.total and lag.moved_past(fired):
+                    fired = dict(lag.high)
+                    log.info("%s records wait on %s for group %s", lag.total, self.topic, self.group_id)
+                    yield TriggerEvent(
+                        {
+                            "topic": self.topic,
+                            "group_id": self.group_id,
+                            "pending": lag.total,
+                            "high_watermarks": {str(p): h for p, h in sorted(lag.high.items())},
+                        }
+                    )
+                await asyncio.sleep(self.poll_interval)
+        finally:
+            await self.cleanup()
+
+    async def cleanup(self) -> None:
+        """Close the consumer (it holds no assignment, and auto-commit is off: nothing is committed)."""
+        from asgiref.sync import sync_to_async
+
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await sync_to_async(consumer.close)()
