@@ -23,7 +23,7 @@ from devstack.airflow import (
 from devstack.kafka import KafkaBroker, require_java_and_maven
 from devstack.mongo import MongoWireServer
 from devstack.postgres import PostgresServer
-from devstack.process import ManagedProcess, StackError
+from devstack.process import ManagedProcess, StackError, memory_mb
 from devstack.redis import RedisServer
 from devstack.run import report, trigger_and_wait
 
@@ -305,7 +305,8 @@ class LocalStack:
 
 
 def _process_row(name: str, process: ManagedProcess, healthy: Callable[[], bool]) -> tuple[str, str, bool]:
-    """``(name, state, up)`` for one process: healthy, running but not answering, crashed, or not running."""
+    """``(name, state, up)`` for one process: healthy (with the memory it and its children use),
+    running but not answering, crashed, or not running."""
     pid = process.pid()
     if pid is None:
         state = (
@@ -314,7 +315,8 @@ def _process_row(name: str, process: ManagedProcess, healthy: Callable[[], bool]
             else "not running"
         )
     elif healthy():
-        state = f"healthy (pid {pid})"
+        memory = memory_mb(pid)
+        state = f"healthy (pid {pid}, {memory:.0f} MB)" if memory is not None else f"healthy (pid {pid})"
     else:
         state = f"running but not answering (pid {pid}); see {process.log_file}"
     return name, state, pid is not None

@@ -53,6 +53,25 @@ def pid_alive(pid: int) -> bool:
     return not _is_zombie(pid)
 
 
+def memory_mb(pid: int) -> float | None:
+    """Memory of ``pid`` and all its descendants, in MB: the sum of their proportional set sizes
+    (shared pages split among the processes sharing them), what a container's memory limit sees.
+    RSS where the system reports no PSS; None when the process is gone or not readable."""
+    import psutil
+
+    try:
+        leader = psutil.Process(pid)
+        processes = [leader, *leader.children(recursive=True)]
+    except psutil.Error:
+        return None
+    total = 0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            info = process.memory_full_info()
+            total += getattr(info, "pss", info.rss)
+    return total / 2**20
+
+
 def _is_zombie(pid: int) -> bool:
     import psutil
 

@@ -333,7 +333,9 @@ def test_status_lists_each_worker_and_down_stops_them_all_by_pid(celery_stack: C
     pids = {f"worker-{n}": services.worker(n).pid() for n in range(1, WORKERS + 1)}
     for worker, pid in pids.items():
         number = int(worker.rsplit("-", 1)[1])
-        assert rows[worker] == f"healthy (pid {pid}), Celery node {services.worker_name(number)}"
+        assert re.fullmatch(
+            rf"healthy \(pid {pid}, \d+ MB\), Celery node {services.worker_name(number)}", rows[worker]
+        )
     for name in ("redis", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor"):
         assert rows[name].startswith("healthy (pid "), rows
     assert "airflow-triggerer" in rows
