@@ -3,7 +3,11 @@
 PostgreSQL refuses to run as root. Run as a normal user, the server runs as that user. Run as root
 (as CI does), ``initdb`` and the server run as the unprivileged account ``nobody``, which then owns
 the data directory and nothing else: no account is created and no permission outside the data
-directory is changed (the wheel's own Python layer does both, so it is not used).
+directory is changed (the wheel's own Python layer does both — ``useradd``, and ``chmod go+rx`` on
+every parent directory up to ``/`` — so it is not used). Where ``nobody`` cannot enter a directory
+on the way to the binaries or the data (a checkout under ``/root``), the programs run through
+``setpriv`` with the single capability CAP_DAC_READ_SEARCH: they may read and traverse what root
+can, and write only what ``nobody`` owns, its data directory.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -120,6 +125,7 @@ class PostgresServer:
             self._check_owner(account)
         else:
             self._initdb(account)
+        prefix, run_as = self._launcher(account)
         settings = {
             "listen_addresses": self.host,
             # TCP only: the default socket directory (/var/run/postgresql) may not exist or be ours.
@@ -129,10 +135,10 @@ class PostgresServer:
         }
         if not self.durable:
             settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
-        argv = [str(postgres_bin_dir() / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
+        argv = [*prefix, str(postgres_bin_dir() / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
         for name, value in settings.items():
             argv += ["-c", f"{name}={value}"]
-        self.process.start(argv, env=_server_env(), cwd=self.state_dir, account=account)
+        self.process.start(argv, env=_server_env(), cwd=self.state_dir, account=run_as)
         self.wait_ready(timeout)
         self.create_database(self.database)
         return True
@@ -149,10 +155,13 @@ class PostgresServer:
         password_file.write_text(self.password())
         password_file.chmod(0o600)
         if account is not None:
-            self._give_to(account, password_file)
+            for path in (self.data_dir, password_file):
+                os.chown(path, account.uid, account.gid)
+        prefix, run_as = self._launcher(account)
         try:
             result = subprocess.run(
                 [
+                    *prefix,
                     str(postgres_bin_dir() / "initdb"),
                     "-D",
                     str(self.data_dir),
@@ -170,7 +179,7 @@ class PostgresServer:
                 text=True,
                 timeout=120,
                 check=False,
-                **(account.popen_arguments() if account else {}),
+                **(run_as.popen_arguments() if run_as else {}),
             )
         finally:
             password_file.unlink(missing_ok=True)
@@ -178,19 +187,37 @@ class PostgresServer:
             output = result.stdout[-2000:] + result.stderr[-2000:]
             raise StackError(f"initdb failed in {self.data_dir}:\n{output}")
 
-    def _give_to(self, account: Account, password_file: Path) -> None:
-        """Hand the data directory (and initdb's password file) to ``account``; check it can reach both
-        them and the binaries, and say which directory to open if not."""
-        for needed in (self.data_dir.parent, postgres_bin_dir()):
-            closed = account.first_closed_directory(needed)
-            if closed is not None:
-                raise StackError(
-                    f"PostgreSQL refuses to run as root, so it runs as {account.name!r}, which may not "
-                    f"enter {closed}. Allow it (chmod o+x {closed}), put the state elsewhere "
-                    "(STATE_DIR=...), or run make as a normal user"
-                )
-        os.chown(self.data_dir, account.uid, account.gid)
-        os.chown(password_file, account.uid, account.gid)
+    def _launcher(self, account: Account | None) -> tuple[list[str], Account | None]:
+        """How to start a server program: ``(argv prefix, account to start it as)``."""
+        if account is None:
+            return [], None
+        closed = [
+            directory
+            for directory in (
+                account.first_closed_directory(self.data_dir),
+                account.first_closed_directory(postgres_bin_dir()),
+            )
+            if directory is not None
+        ]
+        if not closed:
+            return [], account
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            raise StackError(
+                f"PostgreSQL refuses to run as root, so it runs as {account.name!r}, which may not enter "
+                f"{closed[0]}, and there is no setpriv (util-linux) to let it read through. Allow it "
+                f"(chmod o+x {closed[0]}), put the state elsewhere (STATE_DIR=...), or run make as a "
+                "normal user"
+            )
+        return [
+            setpriv,
+            f"--reuid={account.uid}",
+            f"--regid={account.gid}",
+            "--clear-groups",
+            "--inh-caps=+dac_read_search",
+            "--ambient-caps=+dac_read_search",
+            "--",
+        ], None
 
     def _check_owner(self, account: Account | None) -> None:
         owner = self.data_dir.stat().st_uid

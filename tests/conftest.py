@@ -74,8 +74,8 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
 def postgres_server() -> Iterator[PostgresServer]:
     """A PostgreSQL cluster for the session; each Airflow home takes a database of its own.
 
-    Not under pytest's tmp_path: that is private (0700), and run as root the server runs as
-    'nobody', which must be able to enter its state directory.
+    Not under pytest's tmp_path, which is private (0700): run as root, the server runs as 'nobody',
+    and in a directory 'nobody' can enter it needs no capability to reach its data.
     """
     state = Path(tempfile.mkdtemp(prefix="kafka-to-mongo-postgres-"))
     state.chmod(0o755)

@@ -439,6 +439,8 @@ def test_postgres_runs_unprivileged_keeps_its_data_and_a_second_start_is_a_no_op
         # PostgreSQL refuses root; run as root (CI), the server runs as 'nobody'.
         expected = Account.named("nobody").uid if os.geteuid() == 0 else os.geteuid()
         assert psutil.Process(pid).uids().effective == expected != 0
+        # Its state directory is open to it: no capability at all.
+        assert _effective_capabilities(pid) == 0
         assert server.data_dir.stat().st_uid == expected
         assert oct(server.password_file.stat().st_mode & 0o777) == "0o600"
         with psycopg.connect(server.dsn()) as connection:
@@ -469,12 +471,46 @@ def test_postgres_refuses_a_taken_port(taken_port: int, postgres_state: Path) ->
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="only root can run the server as another user")
 
 
+def _effective_capabilities(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^CapEff:\s*([0-9a-f]+)$", status, re.M)[1], 16)
+
+
+CAP_DAC_READ_SEARCH = 1 << 2
+
+
 @root_only
-def test_as_root_postgres_says_which_directory_nobody_cannot_enter(tmp_path: Path) -> None:
-    # pytest's own base directory is private (0700): the server's account cannot pass it.
-    server = PostgresServer(tmp_path / "postgres", port=_free_ports(1)[0])
+def test_as_root_postgres_reads_through_a_directory_nobody_cannot_enter(tmp_path: Path) -> None:
+    """pytest's base directory is private (0700), like /root for a checkout there: the server runs
+    as 'nobody' with CAP_DAC_READ_SEARCH only, so it can reach its data but write nothing else."""
+    import psutil
+
     private = next(p for p in reversed(tmp_path.parents) if not p.stat().st_mode & 0o001)
-    with pytest.raises(StackError, match=rf"runs as 'nobody', which may not enter {private}\. "):
+    server = PostgresServer(tmp_path / "postgres", port=_free_ports(1)[0], durable=False)
+    try:
+        assert server.start() is True
+        pid = server.process.pid()
+        assert pid is not None
+        assert psutil.Process(pid).uids().effective == Account.named("nobody").uid
+        assert _effective_capabilities(pid) == CAP_DAC_READ_SEARCH
+        assert server.ready()
+        assert not private.stat().st_mode & 0o001  # nothing was opened up
+    finally:
+        server.stop()
+
+
+@root_only
+def test_as_root_without_setpriv_postgres_says_which_directory_to_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import devstack.postgres
+
+    monkeypatch.setattr(devstack.postgres.shutil, "which", lambda name: None)
+    private = next(p for p in reversed(tmp_path.parents) if not p.stat().st_mode & 0o001)
+    server = PostgresServer(tmp_path / "postgres", port=_free_ports(1)[0])
+    with pytest.raises(
+        StackError, match=rf"runs as 'nobody', which may not enter {private}, and there is no setpriv"
+    ):
         server.start()
     assert not server.process.pid_file.exists()
 
