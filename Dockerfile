@@ -1,18 +1,28 @@
-# The Airflow image that docker-compose.yaml runs: the official image plus this project's locked
-# dependencies. DAGs and plugins are not baked in; the compose file mounts dags/ and plugins/.
-FROM apache/airflow:3.3.2-python3.11
+# The Airflow image that docker-compose.yaml runs. DAGs and plugins are not baked in; the compose file
+# mounts dags/ and plugins/.
+#
+# The base is the official *slim* image, for what it brings besides Python packages: the `airflow` user
+# (uid 50000, gid 0) that owns the compose file's volumes, the entrypoint (waits for the database and the
+# broker, runs `airflow <command>`), /clean-logs for the log groomer, dumb-init. The Python packages are
+# the runtime lock alone, in a virtualenv that sees none of the image's own: installing the lock over the
+# full image's preinstalled providers broke them (they need python-dateutil<3 and protobuf<7, the lock
+# pins newer), and pip said so and exited 0.
+FROM apache/airflow:slim-3.3.2-python3.11
 
-# Installed at build time as the image's default `airflow` user (into its user site), the way the image
-# docs describe extending it; not through _PIP_ADDITIONAL_REQUIREMENTS, which reinstalls on every start.
-# requirements.txt is the full runtime lock of the local stack and pins apache-airflow==3.3.2, the same
-# version as the base image. docker/requirements-compose.txt adds what only this deployment needs (the
-# Celery provider and the Postgres driver), resolved together with the lock so it moves no pin in it.
-COPY --chown=airflow:0 requirements.txt docker/requirements-compose.txt /opt/airflow/requirements/
-RUN pip install --no-cache-dir \
-        -r /opt/airflow/requirements/requirements.txt \
-        -r /opt/airflow/requirements/requirements-compose.txt \
-    && python -c 'from importlib.metadata import version as v; \
+ENV VIRTUAL_ENV=/home/airflow/venv
+COPY --chown=airflow:0 requirements.txt /home/airflow/requirements.txt
+# --no-deps: the lock is the whole dependency set (uv resolved it), nothing else may come in. `pip check`
+# then fails this build if any installed package's requirement is not met by the lock. The base image
+# sets PIP_USER=true, which a virtualenv refuses. The last line fails the build on a version mix-up.
+RUN python -m venv "${VIRTUAL_ENV}" \
+    && PIP_USER=false "${VIRTUAL_ENV}/bin/pip" install --no-cache-dir --no-deps \
+        -r /home/airflow/requirements.txt \
+    && PIP_USER=false "${VIRTUAL_ENV}/bin/pip" check \
+    && "${VIRTUAL_ENV}/bin/python" -c 'from importlib.metadata import version as v; \
 assert v("apache-airflow") == v("apache-airflow-core") == "3.3.2", v("apache-airflow")'
+# Every `airflow`, `celery` and `python` the entrypoint, the healthchecks and the services run is the
+# virtualenv's.
+ENV PATH="${VIRTUAL_ENV}/bin:${PATH}"
 
 # The compose file mounts named volumes on these (task logs; the SimpleAuthManager passwords file that
 # airflow-init writes). A new named volume takes the owner of the directory it is mounted on, so creating

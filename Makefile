@@ -27,16 +27,16 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP)  ## Create or update the virtualenv from the locks
 
-up: check-tools $(STAMP)  ## Start Kafka, the MongoDB-wire server and Airflow; run the DAG once on a fresh stack
+up: check-tools $(STAMP)  ## Start Kafka, MongoDB-wire server, PostgreSQL, Airflow; WORKERS=N: Celery, Redis, N workers
 	$(PY) -m devstack up
 
 run: $(STAMP)  ## Trigger kafka_to_mongo once, wait, and report it (CONF='{"count": 1000}')
 	$(PY) -m devstack run --conf '$(or $(CONF),{})'
 
-down:  ## Stop what `make up` started (data stays)
+down:  ## Stop what `make up` started, every worker included (data stays)
 	@if [ -x $(PY) ]; then $(PY) -m devstack down; else echo "nothing to stop (no virtualenv)"; fi
 
-status:  ## Say which services run, which crashed and where their logs are
+status:  ## Say which services (and Celery workers) run, which crashed and where their logs are
 	@$(PY) -m devstack status
 
 logs:  ## Show the end of every service log (LINES=40)

@@ -7,13 +7,24 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from devstack.airflow import AirflowHome, AirflowStandalone, local_connections
+from devstack.airflow import (
+    COMPONENTS,
+    HEALTH_NAMES,
+    AirflowHome,
+    AirflowServices,
+    AirflowStandalone,
+    CelerySettings,
+    local_connections,
+)
 from devstack.kafka import KafkaBroker, require_java_and_maven
 from devstack.mongo import MongoWireServer
-from devstack.process import StackError
+from devstack.postgres import PostgresServer
+from devstack.process import ManagedProcess, StackError, memory_mb
+from devstack.redis import RedisServer
 from devstack.run import report, trigger_and_wait
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,19 +41,38 @@ def _port(name: str, default: int) -> int:
     return port
 
 
+def _workers(raw: str | None) -> int | None:
+    """WORKERS: unset or empty means "whatever runs now" (None); else a count of Celery workers."""
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        workers = int(raw)
+    except ValueError:
+        raise StackError(f"WORKERS={raw!r} is not a number of Celery workers") from None
+    if not 0 <= workers <= 16:
+        raise StackError(f"WORKERS={workers}: give 0 (the LocalExecutor) to 16 Celery workers")
+    return workers
+
+
 @dataclass
 class LocalStack:
-    """The three services of ``make up``, with their state under ``state_dir``."""
+    """The services of ``make up``, with their state under ``state_dir``.
+
+    Airflow keeps its metadata in PostgreSQL. With ``workers`` 0 it runs ``airflow standalone`` (the
+    LocalExecutor); with N > 0 the CeleryExecutor: Redis, the components one by one, N workers.
+    """
 
     state_dir: Path
     kafka: KafkaBroker
     mongo: MongoWireServer
-    airflow: AirflowStandalone
+    postgres: PostgresServer
+    redis: RedisServer
+    home: AirflowHome
+    requested_workers: int | None = None
 
     @classmethod
     def from_env(cls) -> LocalStack:
         state_dir = Path(os.environ.get("STATE_DIR", REPO / ".state")).resolve()
-        home = AirflowHome(state_dir / "airflow", api_port=_port("AIRFLOW_PORT", 8080))
         return cls(
             state_dir=state_dir,
             kafka=KafkaBroker(
@@ -51,16 +81,70 @@ class LocalStack:
                 controller_port=_port("KAFKA_CONTROLLER_PORT", 9093),
             ),
             mongo=MongoWireServer(state_dir / "mongo", port=_port("MONGO_PORT", 27017)),
-            airflow=AirflowStandalone(home, state_dir / "airflow"),
+            postgres=PostgresServer(state_dir / "postgres", port=_port("POSTGRES_PORT", 5432)),
+            redis=RedisServer(state_dir / "redis", port=_port("REDIS_PORT", 6379)),
+            home=AirflowHome(state_dir / "airflow", api_port=_port("AIRFLOW_PORT", 8080)),
+            requested_workers=_workers(os.environ.get("WORKERS")),
         )
 
-    def write_airflow_home(self) -> None:
-        if not self.airflow.home.write(
+    @property
+    def standalone(self) -> AirflowStandalone:
+        return AirflowStandalone(self.home, self.state_dir / "airflow")
+
+    def services(self, workers: int) -> AirflowServices:
+        """The Celery-mode processes; their home knows the broker, so workers can be pinged."""
+        home = replace(self.home, database_url=self.postgres.url(), celery=self.celery_settings())
+        return AirflowServices(home, self.state_dir / "airflow", workers=workers)
+
+    def celery_mode(self) -> bool:
+        """True when Celery-mode processes run or left pid files (a crash), so up, down and status
+        deal with them rather than with airflow standalone."""
+        processes = AirflowServices(self.home, self.state_dir / "airflow").processes
+        return any(process.pid_file.exists() for process in processes)
+
+    def celery_settings(self) -> CelerySettings:
+        return CelerySettings(
+            broker_url=self.redis.url(0),
+            # "db+" and a SQLAlchemy URL that names its driver: Celery keeps task results in PostgreSQL.
+            result_backend="db+" + self.postgres.url(),
+        )
+
+    def running_workers(self) -> int:
+        """How many Celery workers have pid files (0: the stack is not in Celery mode)."""
+        return len(AirflowServices(self.home, self.state_dir / "airflow").worker_numbers())
+
+    def workers(self) -> int:
+        """The worker count ``up`` aims at: WORKERS, else what runs now, else 0 (the LocalExecutor).
+
+        Switching executors needs a restart of every Airflow process: refuse it while they run.
+        """
+        celery_runs = self.celery_mode()
+        if self.requested_workers is None:
+            return self.running_workers() if celery_runs else 0
+        if self.requested_workers == 0 and celery_runs:
+            raise StackError(
+                f"Airflow runs the CeleryExecutor with {self.running_workers()} workers; to go back to "
+                "the LocalExecutor, make down first, then make up (without WORKERS)"
+            )
+        if self.requested_workers > 0 and self.standalone.process.running():
+            raise StackError(
+                "Airflow runs the LocalExecutor (airflow standalone); to switch to the CeleryExecutor, "
+                f"make down first, then make up WORKERS={self.requested_workers}"
+            )
+        return self.requested_workers
+
+    def airflow(self, workers: int) -> AirflowStandalone | AirflowServices:
+        return self.services(workers) if workers else self.standalone
+
+    def write_airflow_home(self, workers: int) -> None:
+        self.home.database_url = self.postgres.url()
+        self.home.celery = self.celery_settings() if workers else None
+        if not self.home.write(
             local_connections(self.kafka.bootstrap_servers, self.mongo.host, self.mongo.port)
         ):
-            print(f"Connections: keeping your edits in {self.airflow.home.connections_file}")
+            print(f"Connections: keeping your edits in {self.home.connections_file}")
 
-    def check_ports(self) -> None:
+    def check_ports(self, workers: int) -> None:
         """Fail before anything starts when two settings share a port or a port we need is taken.
 
         Without this, a taken MONGO_PORT or AIRFLOW_PORT was found only after Kafka had started.
@@ -70,89 +154,144 @@ class LocalStack:
             (self.kafka.port_setting, self.kafka.port),
             (self.kafka.controller_port_setting, self.kafka.controller_port),
             (self.mongo.port_setting, self.mongo.port),
-            (self.airflow.port_setting, self.airflow.home.api_port),
+            (self.postgres.port_setting, self.postgres.port),
+            (self.redis.port_setting, self.redis.port),
+            ("AIRFLOW_PORT", self.home.api_port),
         ):
             if port in claimed:
                 raise StackError(
                     f"{claimed[port]} and {setting} are both {port}; give each service its own port"
                 )
             claimed[port] = setting
-        for service in (self.kafka, self.mongo, self.airflow):
-            if not service.process.running():
-                service.check_ports()
+        airflow = self.airflow(workers)
+        airflow_runs = (
+            airflow.running() if isinstance(airflow, AirflowServices) else airflow.process.running()
+        )
+        services: list[tuple[bool, object]] = [
+            (self.kafka.process.running(), self.kafka),
+            (self.mongo.process.running(), self.mongo),
+            (self.postgres.process.running(), self.postgres),
+            (airflow_runs, airflow),
+        ]
+        if workers:
+            services.append((self.redis.process.running(), self.redis))
+        for running, service in services:
+            if not running:
+                service.check_ports()  # type: ignore[attr-defined]
 
     def up(self) -> None:
         require_java_and_maven()
-        self.check_ports()
-        for name, service in (("Kafka", self.kafka), ("MongoDB-wire server", self.mongo)):
-            started = service.start()
-            where = getattr(service, "bootstrap_servers", None) or getattr(service, "uri", "")
+        workers = self.workers()
+        self.check_ports(workers)
+        fresh = not self.postgres.initialized()
+        services: list[tuple[str, str, Callable[[], bool]]] = [
+            ("Kafka", self.kafka.bootstrap_servers, self.kafka.start),
+            ("MongoDB-wire server", self.mongo.uri, self.mongo.start),
+            ("PostgreSQL", f"{self.postgres.host}:{self.postgres.port}", self.postgres.start),
+        ]
+        if workers:
+            services.append(("Redis", f"{self.redis.host}:{self.redis.port}", self.redis.start))
+        for name, where, start in services:
+            started = start()
             print(f"{name:22} {'started' if started else 'already running'} on {where}")
-        self.write_airflow_home()
-        fresh = not (self.airflow.home.path / "airflow.db").exists()
-        print(f"{'Airflow':22} starting (migrates the database on first start; this takes a minute)...")
-        started = self.airflow.start()
-        print(f"{'Airflow':22} {'started' if started else 'already running'} on {self.airflow.url}")
+        self.write_airflow_home(workers)
+        executor = f"CeleryExecutor, {workers} workers" if workers else "LocalExecutor"
+        print(f"{'Airflow':22} starting ({executor}; migrates the database on first start)...")
+        airflow = self.airflow(workers)
+        started = airflow.start()
+        print(f"{'Airflow':22} {'started' if started else 'already running'} on {airflow.url}")
+        if isinstance(airflow, AirflowServices):
+            for number in range(1, workers + 1):
+                print(f"{'':22} worker-{number}: Celery node {airflow.worker_name(number)}")
         print()
-        print(f"Airflow UI:   {self.airflow.url}")
-        password = self.airflow.home.admin_password()
-        print(f"Login:        admin / {password or '(see ' + str(self.airflow.home.passwords_file) + ')'}")
-        print(f"CLI:          bin/airflow dags list   (AIRFLOW_HOME={self.airflow.home.path})")
+        print(f"Airflow UI:   {airflow.url}")
+        password = self.home.admin_password()
+        print(f"Login:        admin / {password or '(see ' + str(self.home.passwords_file) + ')'}")
+        print(f"CLI:          bin/airflow dags list   (AIRFLOW_HOME={self.home.path})")
         print(f"State, logs:  {self.state_dir}   (make status, make logs, make down, make clean)")
         if fresh:
             print("\nA fresh stack: running the pipeline once (make run does this again)...")
-            self.run()
+            self.run(airflow=airflow)
 
-    def run(self, conf: dict | None = None) -> None:
+    def run(
+        self, conf: dict | None = None, airflow: AirflowStandalone | AirflowServices | None = None
+    ) -> None:
         """Trigger one DAG run with ``conf`` (defaults otherwise), wait, and report it."""
-        summary = trigger_and_wait(self.airflow, conf)
+        summary = trigger_and_wait(airflow or self.airflow(self.workers()), conf)  # type: ignore[arg-type]
         print(report(summary))
         if summary["state"] != "success":
             raise StackError(f"the run failed; its task logs are in the UI: {summary['url']}")
 
     def down(self) -> None:
+        if self.celery_mode():
+            stopped = self.services(0).stop()
+            print(f"{'Airflow':22} {'stopped' if stopped else 'was not running'} (CeleryExecutor)")
+        else:
+            print(f"{'Airflow':22} {'stopped' if self.standalone.stop() else 'was not running'}")
         for name, service in (
-            ("Airflow", self.airflow),
+            ("Redis", self.redis),
+            ("PostgreSQL", self.postgres),
             ("MongoDB-wire server", self.mongo),
             ("Kafka", self.kafka),
         ):
+            if name == "Redis" and not service.process.pid_file.exists():
+                continue  # only Celery stacks start it
             print(f"{name:22} {'stopped' if service.stop() else 'was not running'}")
 
     def status(self) -> int:
-        """Print one line per service; the exit code is 1 when any service is down."""
-        rows = []
-        for name, service, healthy in (
-            ("kafka", self.kafka, self.kafka.ready),
-            ("mongo", self.mongo, self.mongo.ready),
-            ("airflow", self.airflow, self.airflow.ready),
-        ):
-            process = service.process
-            pid = process.pid()
-            if pid is None:
-                state = (
-                    f"CRASHED (pid file left behind); see {process.log_file}"
-                    if process.pid_file.exists()
-                    else "not running"
+        """Print one line per service (and per Airflow component and worker in Celery mode).
+
+        The exit code is 1 when any service is down.
+        """
+        rows: list[tuple[str, str, bool]] = [
+            _process_row("kafka", self.kafka.process, self.kafka.ready),
+            _process_row("mongo", self.mongo.process, self.mongo.ready),
+            _process_row("postgres", self.postgres.process, self.postgres.ready),
+        ]
+        if not self.celery_mode():
+            rows.append(_process_row("airflow", self.standalone.process, self.standalone.ready))
+            health = self.standalone.health()
+        else:
+            services = self.services(self.running_workers())
+            rows.append(_process_row("redis", self.redis.process, self.redis.ready))
+            health = services.health()
+            for name in COMPONENTS:
+                wanted = HEALTH_NAMES.get(name)
+                check = (
+                    (lambda: bool(health))
+                    if wanted is None
+                    else (lambda w=wanted: health.get(w) == "healthy")
                 )
-            elif healthy():
-                state = f"healthy (pid {pid})"
-            else:
-                state = f"running but not answering (pid {pid}); see {process.log_file}"
-            rows.append((name, state, pid is not None))
+                rows.append(_process_row(f"airflow-{name}", services.component(name), check))
+            answering = services.celery_workers()
+            for number in services.worker_numbers():
+                node = services.worker_name(number)
+                name, state, up = _process_row(
+                    f"worker-{number}", services.worker(number), lambda n=node: n in answering
+                )
+                rows.append(
+                    (name, f"{state}, Celery node {node}" if state.startswith("healthy") else state, up)
+                )
+        width = max(len(name) for name, _, _ in rows) + 1
         for name, state, _ in rows:
-            print(f"{name:8} {state}")
-        health = self.airflow.health()
+            print(f"{name:{width}}{state}")
         if health:
-            print("         airflow components: " + ", ".join(f"{k}={v}" for k, v in health.items()))
+            print(" " * width + "airflow components: " + ", ".join(f"{k}={v}" for k, v in health.items()))
         return 0 if all(up for _, _, up in rows) else 1
 
     def logs(self, lines: int) -> None:
-        for path in (
+        paths = [
             self.kafka.server_log,
             self.kafka.process.log_file,
             self.mongo.process.log_file,
-            self.airflow.process.log_file,
-        ):
+            self.postgres.process.log_file,
+        ]
+        if self.celery_mode():
+            services = self.services(self.running_workers())
+            paths += [self.redis.process.log_file, *(process.log_file for process in services.processes)]
+        else:
+            paths.append(self.standalone.process.log_file)
+        for path in paths:
             print(f"==> {path} <==")
             try:
                 print("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
@@ -163,6 +302,24 @@ class LocalStack:
         self.down()
         shutil.rmtree(self.state_dir, ignore_errors=True)
         print(f"removed {self.state_dir}")
+
+
+def _process_row(name: str, process: ManagedProcess, healthy: Callable[[], bool]) -> tuple[str, str, bool]:
+    """``(name, state, up)`` for one process: healthy (with the memory it and its children use),
+    running but not answering, crashed, or not running."""
+    pid = process.pid()
+    if pid is None:
+        state = (
+            f"CRASHED (pid file left behind); see {process.log_file}"
+            if process.pid_file.exists()
+            else "not running"
+        )
+    elif healthy():
+        memory = memory_mb(pid)
+        state = f"healthy (pid {pid}, {memory:.0f} MB)" if memory is not None else f"healthy (pid {pid})"
+    else:
+        state = f"running but not answering (pid {pid}); see {process.log_file}"
+    return name, state, pid is not None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             stack.run(json.loads(args.conf))
         elif args.command == "config":
-            stack.write_airflow_home()
+            stack.write_airflow_home(stack.running_workers())
     except StackError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -6,11 +6,13 @@ import contextlib
 import os
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class StackError(RuntimeError):
@@ -42,12 +44,75 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie child still answers kill(0); reap it if it is ours.
+    # A zombie still answers kill(0): reap it if it is ours, and count it as gone either way
+    # (another process that started it, such as a test, reaps it when it gets round to it).
     with contextlib.suppress(ChildProcessError):
         waited, _ = os.waitpid(pid, os.WNOHANG)
         if waited == pid:
             return False
-    return True
+    return not _is_zombie(pid)
+
+
+def memory_mb(pid: int) -> float | None:
+    """Memory of ``pid`` and all its descendants, in MB: the sum of their proportional set sizes
+    (shared pages split among the processes sharing them), what a container's memory limit sees.
+    RSS where the system reports no PSS; None when the process is gone or not readable."""
+    import psutil
+
+    try:
+        leader = psutil.Process(pid)
+        processes = [leader, *leader.children(recursive=True)]
+    except psutil.Error:
+        return None
+    total = 0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            info = process.memory_full_info()
+            total += getattr(info, "pss", info.rss)
+    return total / 2**20
+
+
+def _is_zombie(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@dataclass(frozen=True)
+class Account:
+    """An unprivileged user to run a server as, for the servers that refuse to run as root."""
+
+    name: str
+    uid: int
+    gid: int
+
+    @classmethod
+    def named(cls, name: str) -> Account:
+        import pwd
+
+        entry = pwd.getpwnam(name)
+        return cls(name, entry.pw_uid, entry.pw_gid)
+
+    def popen_arguments(self) -> dict[str, Any]:
+        # No supplementary groups: root's would let the server read files group-owned by root.
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def first_closed_directory(self, directory: Path) -> Path | None:
+        """The first directory on the way to ``directory`` this account may not enter, or None."""
+        for path in [*reversed(directory.resolve().parents), directory.resolve()]:
+            mode = path.stat()
+            if mode.st_uid == self.uid:
+                allowed = mode.st_mode & stat.S_IXUSR
+            elif mode.st_gid == self.gid:
+                allowed = mode.st_mode & stat.S_IXGRP
+            else:
+                allowed = mode.st_mode & stat.S_IXOTH
+            if not allowed:
+                return path
+        return None
 
 
 @dataclass
@@ -81,8 +146,13 @@ class ManagedProcess:
         return self.pid() is not None
 
     def start(
-        self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        account: Account | None = None,
     ) -> int:
+        """Start ``argv`` detached; with ``account``, as that user (only root can do that)."""
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
@@ -94,6 +164,7 @@ class ManagedProcess:
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
                 start_new_session=True,
+                **(account.popen_arguments() if account else {}),
             )
         self.pid_file.write_text(f"{proc.pid}\n")
         return proc.pid
@@ -103,7 +174,7 @@ class ManagedProcess:
         pid = self.recorded_pid()
         # The leader may have died (kill -9, OOM) while the children it spawned still run in its
         # group (Airflow's scheduler and api-server holding their ports): stop them too.
-        if pid is None or (self.pid() is None and not _group_alive(pid)):
+        if pid is None or (self.pid() is None and not group_alive(pid)):
             self.pid_file.unlink(missing_ok=True)
             return False
         for sig, wait in ((first_signal, timeout), (signal.SIGKILL, 10.0)):
@@ -111,7 +182,7 @@ class ManagedProcess:
                 os.killpg(pid, sig)
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
-                if not pid_alive(pid) and not _group_alive(pid):
+                if not pid_alive(pid) and not group_alive(pid):
                     self.pid_file.unlink(missing_ok=True)
                     return True
                 time.sleep(0.1)
@@ -132,14 +203,21 @@ def _leads_group(pid: int) -> bool:
         return False
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """True while a process of group ``pgid`` runs (zombies waiting to be reaped do not count)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    import psutil
+
+    for process in psutil.process_iter():
+        with contextlib.suppress(ProcessLookupError, psutil.Error):
+            if os.getpgid(process.pid) == pgid and not _is_zombie(process.pid):
+                return True
+    return False
 
 
 def wait_until(

@@ -1,5 +1,6 @@
-"""Session-wide test environment: a throw-away AIRFLOW_HOME, a real Kafka broker and a real
-MongoDB-wire server on free ports (so a running `make up` stack is never touched).
+"""Session-wide test environment: a throw-away AIRFLOW_HOME, a real Kafka broker, a real
+MongoDB-wire server and (for the tests that run Airflow's services) a real PostgreSQL, on free
+ports (so a running `make up` stack is never touched).
 
 Every test gets its own topic, consumer group and database through the fixtures below.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ import pytest
 from devstack.airflow import AirflowHome
 from devstack.kafka import KafkaBroker
 from devstack.mongo import MongoWireServer
+from devstack.postgres import PostgresServer
 from devstack.process import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,7 +47,13 @@ def airflow_home() -> AirflowHome:
 
 @pytest.fixture(scope="session")
 def airflow_db(airflow_home: AirflowHome) -> AirflowHome:
-    """The test home's SQLite metadata database, migrated once per session."""
+    """The test home's SQLite metadata database, migrated once per session.
+
+    It stays on SQLite: its tests run Airflow in this one process (``dag.test()``, an api-server),
+    where SQLite's lock contention cannot arise; the tests of concurrent Airflow processes (the
+    Celery stack, the backfill CLI) use ``postgres_server``. Moving it would mean starting PostgreSQL
+    before any test module imports Airflow, for every test run, for about 2 s more per session.
+    """
     from airflow.utils.db import initdb
 
     initdb()
@@ -59,6 +68,24 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster for the session; each Airflow home takes a database of its own.
+
+    Not under pytest's tmp_path, which is private (0700): run as root, the server runs as 'nobody',
+    and in a directory 'nobody' can enter it needs no capability to reach its data.
+    """
+    state = Path(tempfile.mkdtemp(prefix="kafka-to-mongo-postgres-"))
+    state.chmod(0o755)
+    server = PostgresServer(state, port=free_port(), durable=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,11 @@
-"""Static checks of docker-compose.yaml, .env.example and the Dockerfile.
+"""Static checks of docker-compose.yaml, .env.example, docker/airflow.env and the Dockerfile.
 
 There is no Docker engine where these run, so nothing here starts a container. The file is loaded the
 way Compose loads it (YAML with anchors and merge keys, then ``${VAR}`` interpolation from the env file,
 then the Compose Specification's JSON schema) and the wiring the DAG depends on is asserted: service
-names, readiness ordering, listeners, connection ids, the topic and the secrets' source.
+names, readiness ordering, listeners, connection ids, the topic and the secrets' source. Then the
+findings of issue 12: one source of Airflow settings shared with the native stack, no topic
+auto-creation, an image whose packages `pip check` accepts, drivers pinned and named, memory, logs.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ ENV_EXAMPLE = REPO / ".env.example"
 DOCKERFILE = REPO / "Dockerfile"
 GITIGNORE = REPO / ".gitignore"
 REQUIREMENTS = REPO / "requirements.txt"
+SHARED_SETTINGS = REPO / "docker" / "airflow.env"
+DOCKER_DOC = REPO / "docs" / "docker.md"
 SCHEMA_FILE = Path(__file__).with_name("compose-spec.json")
 DAG_FILE = REPO / "dags" / "kafka_to_mongo.py"
 
@@ -49,6 +53,7 @@ AIRFLOW_SERVICES = {
     "airflow-worker",
     "airflow-init",
     "airflow-cli",
+    "airflow-log-groomer",
 }
 EXPECTED_SERVICES = AIRFLOW_SERVICES | {"postgres", "redis", "kafka", "kafka-init", "mongo"}
 # Run to completion on `up`; everything that needs them waits with service_completed_successfully.
@@ -210,6 +215,12 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def common_env(compose: dict[str, Any]) -> dict[str, str]:
     return environment(compose["x-airflow-common"])
+
+
+@pytest.fixture(scope="module")
+def shared_env() -> dict[str, str]:
+    """docker/airflow.env, read as Compose reads an env_file."""
+    return parse_env_file(SHARED_SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -396,7 +407,7 @@ def test_the_built_image_is_pinned_to_the_locked_airflow_version() -> None:
         assert tag and tag != "latest", f"Dockerfile: base image {base!r} is not pinned"
     locked = re.search(r"^apache-airflow==(\S+)$", REQUIREMENTS.read_text(), flags=re.MULTILINE)
     assert locked, "requirements.txt does not pin apache-airflow"
-    assert bases[-1].startswith(f"apache/airflow:{locked[1]}-"), (bases[-1], locked[1])
+    assert bases[-1].startswith(f"apache/airflow:slim-{locked[1]}-"), (bases[-1], locked[1])
 
 
 # --- Airflow ----------------------------------------------------------------------------------------
@@ -416,13 +427,15 @@ def test_airflow_services_share_one_image_and_environment(
         assert differing == set(), f"{name} lacks or overrides the common {sorted(differing)}"
 
 
-def test_airflow_runs_celery_on_redis_and_postgres_without_examples(common_env: dict[str, str]) -> None:
-    assert common_env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+def test_airflow_runs_celery_on_redis_and_postgres_without_examples(
+    common_env: dict[str, str], shared_env: dict[str, str]
+) -> None:
+    assert shared_env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert shared_env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
     assert common_env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
     assert "@redis:6379/" in common_env["AIRFLOW__CELERY__BROKER_URL"]
-    assert common_env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
-    assert common_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
-    assert common_env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "false"
+    assert common_env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg://")
+    assert common_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg://")
     assert common_env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
 
 
@@ -456,7 +469,10 @@ def test_worker_is_scalable(services: dict[str, dict[str, Any]]) -> None:
 
 
 def test_airflow_init_migrates_and_writes_the_admin_password(
-    services: dict[str, dict[str, Any]], common_env: dict[str, str], tmp_path: Path
+    services: dict[str, dict[str, Any]],
+    common_env: dict[str, str],
+    shared_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     """Run airflow-init's script with a stub `airflow`: the passwords file must hold the .env password."""
     init = services["airflow-init"]
@@ -474,6 +490,8 @@ def test_airflow_init_migrates_and_writes_the_admin_password(
     (stub_bin / "airflow").chmod(0o755)
     (stub_bin / "python").symlink_to(sys.executable)
     env = {
+        # What the container gets: its env_file, then its environment (which wins).
+        **shared_env,
         **environment(init),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp_path / passwords_file.name),
         "PATH": f"{stub_bin}{os.pathsep}{os.environ['PATH']}",
@@ -482,9 +500,7 @@ def test_airflow_init_migrates_and_writes_the_admin_password(
 
     assert calls.read_text().splitlines()[0] == "db migrate"
     written = tmp_path / passwords_file.name
-    users = [
-        entry.split(":")[0] for entry in common_env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")
-    ]
+    users = [entry.split(":")[0] for entry in env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")]
     assert json.loads(written.read_text()) == {user: env["AIRFLOW_ADMIN_PASSWORD"] for user in users}
     assert stat.S_IMODE(written.stat().st_mode) == 0o600
 
@@ -671,3 +687,203 @@ def test_env_example_marks_its_secrets_as_dev_only_placeholders() -> None:
 
 def test_env_file_is_git_ignored() -> None:
     assert "/.env" in GITIGNORE.read_text().splitlines()
+
+
+# --- One source of Airflow settings: docker/airflow.env ---------------------------------------------
+
+
+def test_every_airflow_service_reads_the_shared_settings_file(
+    raw: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    assert raw["x-airflow-common"]["env_file"] == ["docker/airflow.env"]
+    for name in sorted(AIRFLOW_SERVICES):
+        assert services[name].get("env_file") == ["docker/airflow.env"], name
+    assert (REPO / "docker/airflow.env").is_file()
+
+
+def test_the_native_stack_reads_the_same_settings_file() -> None:
+    from devstack.airflow import SHARED_SETTINGS as NATIVE_SETTINGS
+    from devstack.airflow import shared_settings
+
+    assert NATIVE_SETTINGS == SHARED_SETTINGS
+    # The same keys and values, parsed the way the native stack parses them.
+    assert {
+        f"AIRFLOW__{section.upper()}__{key.upper()}": value
+        for section, values in shared_settings().items()
+        for key, value in values.items()
+    } == parse_env_file(SHARED_SETTINGS)
+
+
+def test_nothing_in_compose_overrides_a_shared_setting(
+    services: dict[str, dict[str, Any]], shared_env: dict[str, str]
+) -> None:
+    """Compose gives `environment` precedence over `env_file`: a key in both would silently win here
+    and differ from what the native stack (and its tests) run."""
+    for name in sorted(AIRFLOW_SERVICES):
+        assert set(environment(services[name])) & set(shared_env) == set(), name
+
+
+def test_every_shared_setting_is_an_airflow_option(shared_env: dict[str, str]) -> None:
+    from airflow.configuration import conf
+
+    conf.load_providers_configuration()
+    unknown = []
+    for name in shared_env:
+        section, key = re.fullmatch(r"AIRFLOW__([A-Z0-9_]+?)__([A-Z0-9_]+)", name).groups()
+        if not conf.has_option(section.lower(), key.lower()):
+            unknown.append(name)
+    assert unknown == []
+
+
+def test_shared_settings_file_is_plain_key_value_lines() -> None:
+    """Compose and devstack parse it alike only without quotes, spaces around '=' or expansions."""
+    for number, line in enumerate(SHARED_SETTINGS.read_text().splitlines(), start=1):
+        if line and not line.startswith("#"):
+            assert re.fullmatch(r"AIRFLOW__[A-Z0-9_]+=[^\s\"'$]+", line), f"airflow.env:{number}: {line!r}"
+
+
+def test_database_urls_name_the_driver_the_native_stack_uses(
+    common_env: dict[str, str], tmp_path: Path
+) -> None:
+    from devstack.postgres import PostgresServer
+
+    native = PostgresServer(tmp_path).url().split("://")[0]
+    assert native == "postgresql+psycopg"
+    assert common_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].split("://")[0] == native
+    assert common_env["AIRFLOW__CELERY__RESULT_BACKEND"].split("://")[0] == f"db+{native}"
+
+
+# --- The image ----------------------------------------------------------------------------------------
+
+
+def locked_versions() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in REQUIREMENTS.read_text().splitlines():
+        match = re.fullmatch(r"([A-Za-z0-9._-]+)==(\S+)", line.strip())
+        if match:
+            pins[canonicalize_name(match[1])] = match[2]
+    return pins
+
+
+def test_the_lock_pins_both_postgres_drivers_and_the_celery_stack() -> None:
+    pins = locked_versions()
+    # psycopg 3 for the sync engine and the result backend; asyncpg for Airflow's async engine.
+    for package in (
+        "psycopg",
+        "psycopg-binary",
+        "asyncpg",
+        "apache-airflow-providers-celery",
+        "celery",
+        "redis",
+    ):
+        assert package in pins, package
+
+
+def test_the_lock_passes_pip_check() -> None:
+    """What `pip check` does in the image, done on the lock: every requirement of every locked package
+    (for this Python and platform, without extras) is met by the locked version of a locked package.
+    The requirements come from the packages' metadata, read from this virtualenv, which holds the same
+    versions (make venv installs the lock)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = locked_versions()
+    problems = []
+    for name, version in sorted(pins.items()):
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            problems.append(f"{name}=={version} is locked but not installed here; run make venv")
+            continue
+        if dist.version != version:
+            problems.append(f"{name}: {dist.version} installed, {version} locked; run make venv")
+            continue
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+                continue
+            needed = canonicalize_name(requirement.name)
+            if needed not in pins:
+                problems.append(f"{name} {version} requires {requirement}, which the lock lacks")
+            elif not requirement.specifier.contains(pins[needed], prereleases=True):
+                problems.append(f"{name} {version} requires {requirement}, the lock has {pins[needed]}")
+    assert problems == []
+
+
+def dockerfile_runs() -> list[str]:
+    """The Dockerfile's RUN instructions, continuation lines joined."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    return [line[4:].strip() for line in text.splitlines() if line.startswith("RUN ")]
+
+
+def test_the_image_is_the_slim_image_plus_the_lock_and_fails_unless_pip_check_passes() -> None:
+    bases = re.findall(r"^FROM\s+(\S+)", DOCKERFILE.read_text(), flags=re.MULTILINE)
+    assert bases[-1].startswith("apache/airflow:slim-"), f"{bases[-1]}: not the slim image"
+    [install] = [run for run in dockerfile_runs() if 'pip" install' in run or "pip install" in run]
+    steps = [step.strip() for step in install.split("&&")]
+    assert steps[0] == 'python -m venv "${VIRTUAL_ENV}"'
+    assert "--no-deps" in steps[1] and steps[1].endswith("-r /home/airflow/requirements.txt")
+    assert steps[2].endswith('"${VIRTUAL_ENV}/bin/pip" check')
+    # Chained with && only: a failed `pip check` fails the RUN, so the build (the version check after
+    # it is Python, where a ";" is no shell separator).
+    assert not re.search(r"\|\||;", " && ".join(steps[:3])), install
+    assert re.search(
+        r"^COPY .*\brequirements\.txt /home/airflow/requirements\.txt$", DOCKERFILE.read_text(), re.M
+    )
+    assert re.search(r'^ENV PATH="\$\{VIRTUAL_ENV\}/bin:\$\{PATH\}"$', DOCKERFILE.read_text(), re.M)
+    assert not (REPO / "docker" / "requirements-compose.txt").exists()
+
+
+# --- Kafka, memory, logs --------------------------------------------------------------------------------
+
+
+def test_the_broker_never_creates_a_topic_on_its_own(services: dict[str, dict[str, Any]]) -> None:
+    """Otherwise produce's first metadata request creates a new topic with 1 partition, before
+    ensure_topic creates it with the partitions asked for (as the local stack's broker is set)."""
+    assert environment(services["kafka"])["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    from devstack.kafka import KafkaBroker
+
+    native = KafkaBroker(Path("/nonexistent")).server_properties()
+    assert "auto.create.topics.enable=false" in native.splitlines()
+
+
+def _gigabytes(java_size: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)([mMgG])", java_size).groups()
+    return int(number) / (1024 if unit in "mM" else 1)
+
+
+def test_heaps_and_caches_are_sized_for_an_8_gb_docker(
+    services: dict[str, dict[str, Any]], shared_env: dict[str, str]
+) -> None:
+    heap = environment(services["kafka"])["KAFKA_HEAP_OPTS"]
+    assert _gigabytes(re.search(r"-Xmx(\S+)", heap)[1]) <= 0.5, heap
+    mongo = command_args(services["mongo"])
+    assert float(option_value(mongo, "--wiredTigerCacheSizeGB")) <= 0.5, mongo
+    # Each running task is a process of its own (~130 MB measured); 4 per worker keeps one under 1 GB.
+    assert int(shared_env["AIRFLOW__CELERY__WORKER_CONCURRENCY"]) <= 4
+    assert int(shared_env["AIRFLOW__API__WORKERS"]) == 1
+
+
+def test_the_docs_ask_for_8_gb_and_give_the_budget() -> None:
+    text = DOCKER_DOC.read_text()
+    assert "8 GB" in text
+    assert "about 4 GB" not in text
+    assert "## Memory" in text
+
+
+def test_a_log_groomer_trims_the_shared_logs_volume(
+    raw: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    groomer = services["airflow-log-groomer"]
+    assert command_args(groomer) == ["bash", "/clean-logs"]
+    assert "airflow-logs:/opt/airflow/logs" in groomer["volumes"]
+    env = environment(groomer)
+    assert int(env["AIRFLOW__LOG_RETENTION_DAYS"]) >= 1
+    assert int(env["AIRFLOW__LOG_CLEANUP_FREQUENCY_MINUTES"]) >= 1
+    assert groomer["restart"] == "always"
+    # The logs volume is the one every service writes its task and component logs to.
+    assert "airflow-logs" in raw["volumes"]

@@ -49,9 +49,13 @@ def wait_for_backfill(api: AirflowApi, number: int, timeout: float = 300) -> lis
 
 @pytest.mark.airflow
 def test_backfill_of_three_intervals_loads_three_batches_and_a_repeat_adds_nothing(
-    tmp_path, kafka_broker, mongo_server, topic, mongo_db, mongo_client
+    tmp_path, kafka_broker, mongo_server, postgres_server, topic, mongo_db, mongo_client
 ) -> None:
-    home = AirflowHome(tmp_path / "airflow", api_port=free_port())
+    # PostgreSQL, as make up runs it: the CLI writes while the scheduler does.
+    postgres_server.create_database("backfill_cli")
+    home = AirflowHome(
+        tmp_path / "airflow", api_port=free_port(), database_url=postgres_server.url("backfill_cli")
+    )
     home.write(local_connections(kafka_broker.bootstrap_servers, mongo_server.host, mongo_server.port))
     standalone = AirflowStandalone(home, tmp_path)
     standalone.start()

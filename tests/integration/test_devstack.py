@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,11 +24,27 @@ from pymongo import MongoClient
 
 from devstack.kafka import KafkaBroker
 from devstack.mongo import MongoWireServer
-from devstack.process import ManagedProcess, StackError, port_is_free, wait_until
+from devstack.postgres import PostgresServer
+from devstack.process import (
+    Account,
+    ManagedProcess,
+    StackError,
+    group_alive,
+    port_is_free,
+    wait_until,
+)
+from devstack.redis import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
-PORT_SETTINGS = ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "MONGO_PORT", "AIRFLOW_PORT")
+PORT_SETTINGS = (
+    "KAFKA_PORT",
+    "KAFKA_CONTROLLER_PORT",
+    "MONGO_PORT",
+    "POSTGRES_PORT",
+    "REDIS_PORT",
+    "AIRFLOW_PORT",
+)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -111,7 +128,8 @@ def test_up_refuses_a_taken_port_before_starting_anything(
     setting: str, taken_port: int, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    env = _stack_env(state, **{setting: taken_port})
+    # Redis runs only for Celery workers.
+    env = _stack_env(state, **{setting: taken_port}) | {"WORKERS": "2" if setting == "REDIS_PORT" else ""}
     try:
         result = _devstack("up", env)
         assert result.returncode == 1, result.stdout + result.stderr
@@ -160,9 +178,12 @@ def test_second_mongo_start_is_a_no_op_and_status_shows_both_services(
             MONGO_PORT=server.port,
         )
         result = _devstack("status", env)
-        assert _status(result.stdout) == {
+        # A healthy service shows the memory it and its children use (PSS), e.g. "(pid 12, 345 MB)".
+        memory = re.compile(r"(healthy \(pid \d+), \d+ MB\)")
+        assert {name: memory.sub(r"\1)", state) for name, state in _status(result.stdout).items()} == {
             "kafka": f"healthy (pid {kafka_broker.process.pid()})",
             "mongo": f"healthy (pid {pid})",
+            "postgres": "not running",
             "airflow": "not running",
         }, result.stdout + result.stderr
         assert result.returncode == 1  # Airflow is down
@@ -239,8 +260,8 @@ def test_stop_after_the_leader_crashed_stops_the_children_it_left(tmp_path: Path
         os.killpg(leader, 0)  # its children still run in its group
 
         assert process.stop() is True
-        with pytest.raises(ProcessLookupError):
-            os.killpg(leader, 0)
+        # Nothing of the group runs (exited children may wait as zombies for init to reap them).
+        assert group_alive(leader) is False
         assert not process.pid_file.exists()
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -267,6 +288,7 @@ def test_status_reports_a_crashed_mongo_with_its_log(tmp_path: Path) -> None:
         assert _status(result.stdout) == {
             "kafka": "not running",
             "mongo": f"CRASHED (pid file left behind); see {log}",
+            "postgres": "not running",
             "airflow": "not running",
         }, result.stdout + result.stderr
         assert result.returncode == 1
@@ -360,10 +382,13 @@ def test_bin_airflow_uses_the_home_and_connections_of_state_dir(tmp_path: Path) 
 
 
 @pytest.mark.airflow
-def test_every_dag_file_imports_through_bin_airflow(tmp_path: Path) -> None:
+def test_every_dag_file_imports_through_bin_airflow(tmp_path: Path, postgres_server: PostgresServer) -> None:
     dag_files = sorted(str(path) for path in DAGS.glob("*.py") if not path.name.startswith("_"))
     assert dag_files, f"no DAG file in {DAGS}"
-    env = _stack_env(tmp_path / "state")
+    # The home's metadata database is the session's PostgreSQL, as make up's is its own.
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "postgres").symlink_to(postgres_server.state_dir, target_is_directory=True)
+    env = _stack_env(tmp_path / "state", POSTGRES_PORT=postgres_server.port)
     # `dags list` refuses to run on an unmigrated database, even with --local.
     migrated = _bin_airflow(["db", "migrate"], env, cwd=tmp_path)
     assert migrated.returncode == 0, migrated.stdout[-2000:] + migrated.stderr[-2000:]
@@ -384,3 +409,139 @@ def test_every_dag_file_imports_through_bin_airflow(tmp_path: Path) -> None:
     dagbag = DagBag(dag_folder=str(DAGS))
     assert dagbag.import_errors == {}
     assert set(dagbag.dag_ids) == set(listed_dags)
+
+
+# 8. PostgreSQL and Redis from their wheels ---------------------------------------------------------
+
+
+@pytest.fixture
+def postgres_state() -> Iterator[Path]:
+    """A state directory outside pytest's private tmp_path, which 'nobody' could not enter."""
+    import tempfile
+
+    state = Path(tempfile.mkdtemp(prefix="devstack-postgres-"))
+    state.chmod(0o755)
+    yield state
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def test_postgres_runs_unprivileged_keeps_its_data_and_a_second_start_is_a_no_op(
+    postgres_state: Path,
+) -> None:
+    import psutil
+    import psycopg
+
+    server = PostgresServer(postgres_state, port=_free_ports(1)[0], durable=False)
+    try:
+        assert server.start() is True
+        pid = server.process.pid()
+        assert pid is not None
+        # PostgreSQL refuses root; run as root (CI), the server runs as 'nobody'.
+        expected = Account.named("nobody").uid if os.geteuid() == 0 else os.geteuid()
+        assert psutil.Process(pid).uids().effective == expected != 0
+        # Its state directory is open to it: no capability at all.
+        assert _effective_capabilities(pid) == 0
+        assert server.data_dir.stat().st_uid == expected
+        assert oct(server.password_file.stat().st_mode & 0o777) == "0o600"
+        with psycopg.connect(server.dsn()) as connection:
+            connection.execute("CREATE TABLE kept (id int)")
+            connection.execute("INSERT INTO kept VALUES (1)")
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(server.dsn().replace(server.password(), "wrong"))
+
+        assert PostgresServer(postgres_state, port=server.port).start() is False
+        assert server.process.pid() == pid
+        assert server.stop() is True
+        assert port_is_free(server.host, server.port)
+
+        assert server.start() is True
+        with psycopg.connect(server.dsn()) as connection:
+            assert connection.execute("SELECT id FROM kept").fetchall() == [(1,)]
+    finally:
+        server.stop()
+
+
+def test_postgres_refuses_a_taken_port(taken_port: int, postgres_state: Path) -> None:
+    server = PostgresServer(postgres_state, port=taken_port)
+    with pytest.raises(StackError, match=rf"port {taken_port} \(PostgreSQL\).*POSTGRES_PORT=<port>"):
+        server.start()
+    assert not server.process.pid_file.exists()
+
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="only root can run the server as another user")
+
+
+def _effective_capabilities(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^CapEff:\s*([0-9a-f]+)$", status, re.M)[1], 16)
+
+
+CAP_DAC_READ_SEARCH = 1 << 2
+
+
+@root_only
+def test_as_root_postgres_reads_through_a_directory_nobody_cannot_enter(tmp_path: Path) -> None:
+    """pytest's base directory is private (0700), like /root for a checkout there: the server runs
+    as 'nobody' with CAP_DAC_READ_SEARCH only, so it can reach its data but write nothing else."""
+    import psutil
+
+    private = next(p for p in reversed(tmp_path.parents) if not p.stat().st_mode & 0o001)
+    server = PostgresServer(tmp_path / "postgres", port=_free_ports(1)[0], durable=False)
+    try:
+        assert server.start() is True
+        pid = server.process.pid()
+        assert pid is not None
+        assert psutil.Process(pid).uids().effective == Account.named("nobody").uid
+        assert _effective_capabilities(pid) == CAP_DAC_READ_SEARCH
+        assert server.ready()
+        assert not private.stat().st_mode & 0o001  # nothing was opened up
+    finally:
+        server.stop()
+
+
+@root_only
+def test_as_root_without_setpriv_postgres_says_which_directory_to_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import devstack.postgres
+
+    monkeypatch.setattr(devstack.postgres.shutil, "which", lambda name: None)
+    private = next(p for p in reversed(tmp_path.parents) if not p.stat().st_mode & 0o001)
+    server = PostgresServer(tmp_path / "postgres", port=_free_ports(1)[0])
+    with pytest.raises(
+        StackError, match=rf"runs as 'nobody', which may not enter {private}, and there is no setpriv"
+    ):
+        server.start()
+    assert not server.process.pid_file.exists()
+
+
+@root_only
+def test_as_root_postgres_refuses_data_another_user_created(postgres_state: Path) -> None:
+    server = PostgresServer(postgres_state, port=_free_ports(1)[0], durable=False)
+    try:
+        server.start()
+        server.stop()
+        os.chown(server.data_dir, 0, 0)  # as if `make up` had once run it as root itself
+        with pytest.raises(StackError, match=r"belongs to uid 0, but PostgreSQL would run as nobody"):
+            server.start()
+        assert not server.process.running()
+    finally:
+        server.stop()
+
+
+def test_redis_answers_only_with_its_password_and_stops(tmp_path: Path) -> None:
+    import psutil
+    import redis
+
+    server = RedisServer(tmp_path / "redis", port=_free_ports(1)[0])
+    try:
+        assert server.start() is True
+        assert server.url().startswith(f"redis://:{server.password()}@127.0.0.1:{server.port}/")
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=server.port).ping()
+        assert redis.Redis(port=server.port, password=server.password()).ping() is True
+        assert server.password() not in " ".join(psutil.Process(server.process.pid()).cmdline())
+        assert RedisServer(tmp_path / "redis", port=server.port).start() is False
+    finally:
+        assert server.stop() is True
+    assert port_is_free(server.host, server.port)
