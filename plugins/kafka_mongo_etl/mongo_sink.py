@@ -15,7 +15,8 @@ from kafka_mongo_etl.write_models import WRITE_MODES, WriteFailedError, WriteRes
 
 __all__ = ["WRITE_MODES", "MongoDeadLetterSink", "MongoSink", "WriteFailedError", "WriteResult"]
 
-# A dead letter keeps at most this much of the record's value (and says how long it was).
+# A dead letter keeps at most this much of the record's key and of its value (and says how long
+# each was), so that a dead letter always fits in a document.
 MAX_STORED_VALUE_BYTES = 1024 * 1024
 
 
@@ -61,7 +62,7 @@ class MongoDeadLetterSink:
         requests = []
         for letter in dead_letters:
             message = letter.message
-            value = message.value()
+            value, key = message.value(), message.key()
             _kind, timestamp_ms = message.timestamp()
             document = {
                 "topic": message.topic(),
@@ -72,7 +73,9 @@ class MongoDeadLetterSink:
                     if timestamp_ms and timestamp_ms > 0
                     else None
                 ),
-                "key": Binary(message.key()) if message.key() is not None else None,
+                "key": Binary(key[:MAX_STORED_VALUE_BYTES]) if key is not None else None,
+                "key_size": len(key) if key is not None else None,
+                "key_truncated": key is not None and len(key) > MAX_STORED_VALUE_BYTES,
                 "value": Binary(value[:MAX_STORED_VALUE_BYTES]) if value is not None else None,
                 "value_size": len(value) if value is not None else None,
                 "value_truncated": value is not None and len(value) > MAX_STORED_VALUE_BYTES,

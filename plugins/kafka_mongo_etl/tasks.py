@@ -18,7 +18,7 @@ from pymongo.errors import ConfigurationError, ConnectionFailure, OperationFailu
 from kafka_mongo_etl.audit import AUDIT_COLLECTION, write_audit
 from kafka_mongo_etl.clients import EtlConsumerHook, EtlProducerHook, admin_client, kafka_errors
 from kafka_mongo_etl.drain import DrainSettings, DrainSummary, drain_to_watermark
-from kafka_mongo_etl.errors import ConnectionProblem, DeadLetterLimitError
+from kafka_mongo_etl.errors import ConnectionProblem, DeadLetterLimitError, ParamsRefusedError
 from kafka_mongo_etl.ids import id_function
 from kafka_mongo_etl.lease import DrainLease
 from kafka_mongo_etl.mongo_sink import MongoDeadLetterSink, MongoSink
@@ -150,8 +150,12 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
     Raises ``DeadLetterLimitError`` (not retried) when the run's dead letters break the policy,
     after everything was written and committed.
     """
-    id_for = id_function(job.id_strategy, job.id_field, job.id_fields)
-    to_document = record_builder(job.write_mode, json_document(id_for), id_for, job.id_strategy)
+    try:
+        id_for = id_function(job.id_strategy, job.id_field, job.id_fields)
+        to_document = record_builder(job.write_mode, json_document(id_for), id_for, job.id_strategy)
+    except ValueError as err:
+        # Options that cannot work: a retry would fail the same way.
+        raise ParamsRefusedError(f"{err}. Nothing was loaded; run again with other options.") from err
     client, address = _mongo_client(job.mongo_conn_id)
     database = client[job.mongo_db]
     audit = {

@@ -1,8 +1,8 @@
 """How far a consumer group is behind, per partition, read from Kafka now.
 
 Lag is ``high watermark - committed offset``: the records the next run would drain. A partition
-the group never committed on is read from its earliest offset (the ETL's
-``auto.offset.reset=earliest``), so its lag is every record still on the partition. The admin
+the group never committed on is read from its earliest offset (where the ETL's drain starts a
+group without commits), so its lag is every record still on the partition. The admin
 client only reads offsets: it joins no group and commits nothing.
 """
 

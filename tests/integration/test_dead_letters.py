@@ -129,14 +129,19 @@ def test_a_document_over_16_mib_goes_to_the_dlq(job, kafka_broker, mongo_client)
     send(
         bootstrap,
         job.topic,
-        [(b"small", b'{"num": 0}', None), (b"huge", huge, None)],
-        **{"message.max.bytes": big + 1024 * 1024, "compression.type": "lz4"},
+        [(b"small", b'{"num": 0}', None), (b"huge", huge, None), (b"k" * (9 * 1024 * 1024), huge, None)],
+        **{"message.max.bytes": 2 * big, "compression.type": "lz4"},
     )
     result = run_consume(job)
-    assert (result["loaded"], result["dead_letters"]) == (1, 1)
-    letter = mongo_client[job.mongo_db].testnum_dlq.find_one()
+    assert (result["loaded"], result["dead_letters"]) == (1, 2)
+    dlq = mongo_client[job.mongo_db].testnum_dlq
+    letter = dlq.find_one({"key": b"huge"})
     assert letter["code"] == "too_large" and letter["value_size"] == len(huge)
     assert letter["value_truncated"] is True and len(letter["value"]) == 1024 * 1024
+    assert letter["key_truncated"] is False and letter["key_size"] == 4
+    # A huge key is cut like a huge value, so the dead letter itself stays under 16 MiB.
+    (long_key,) = dlq.find({"key_size": 9 * 1024 * 1024})
+    assert long_key["key_truncated"] is True and len(long_key["key"]) == 1024 * 1024
 
 
 def test_policy_fails_the_run_without_retry_after_committing(
