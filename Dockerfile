@@ -1,5 +1,5 @@
-# The Airflow image that docker-compose.yaml runs. DAGs and plugins are not baked in; the compose file
-# mounts dags/ and plugins/.
+# The Airflow image that docker-compose.yaml runs. The ETL package is installed in it (rebuild after
+# changing plugins/: `docker compose build`); the DAG files are not baked in, the compose file mounts dags/.
 #
 # The base is the official *slim* image, for what it brings besides Python packages: the `airflow` user
 # (uid 50000, gid 0) that owns the compose file's volumes, the entrypoint (waits for the database and the
@@ -11,12 +11,19 @@ FROM apache/airflow:slim-3.3.2-python3.11
 
 ENV VIRTUAL_ENV=/home/airflow/venv
 COPY --chown=airflow:0 requirements.txt /home/airflow/requirements.txt
-# --no-deps: the lock is the whole dependency set (uv resolved it), nothing else may come in. `pip check`
+# The ETL package (kafka_mongo_etl, and kafka_mongo_etl_ui, whose ETL page registers through the
+# airflow.plugins entry point), built from the same plugins/ tree the local stack runs: one copy.
+COPY --chown=airflow:0 pyproject.toml README.md /home/airflow/src/
+COPY --chown=airflow:0 plugins/kafka_mongo_etl /home/airflow/src/plugins/kafka_mongo_etl
+COPY --chown=airflow:0 plugins/kafka_mongo_etl_ui /home/airflow/src/plugins/kafka_mongo_etl_ui
+# --no-deps: the lock is the whole dependency set (uv resolved it), nothing else may come in; the
+# package then goes in on top of it, bringing nothing of its own. `pip check`
 # then fails this build if any installed package's requirement is not met by the lock. The base image
 # sets PIP_USER=true, which a virtualenv refuses. The last line fails the build on a version mix-up.
 RUN python -m venv "${VIRTUAL_ENV}" \
     && PIP_USER=false "${VIRTUAL_ENV}/bin/pip" install --no-cache-dir --no-deps \
         -r /home/airflow/requirements.txt \
+    && PIP_USER=false "${VIRTUAL_ENV}/bin/pip" install --no-cache-dir --no-deps /home/airflow/src \
     && PIP_USER=false "${VIRTUAL_ENV}/bin/pip" check \
     && "${VIRTUAL_ENV}/bin/python" -c 'from importlib.metadata import version as v; \
 assert v("apache-airflow") == v("apache-airflow-core") == "3.3.2", v("apache-airflow")'

@@ -445,10 +445,15 @@ def test_shared_airflow_secrets_come_from_the_env_file(raw: dict[str, Any]) -> N
         assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", raw_env[key]), f"{key} is not a required ${{VAR}}"
 
 
-def test_dags_and_plugins_are_mounted(compose: dict[str, Any]) -> None:
+def test_dags_are_mounted_and_the_package_is_installed_in_the_image(compose: dict[str, Any]) -> None:
     volumes = compose["x-airflow-common"]["volumes"]
     assert "./dags:/opt/airflow/dags" in volumes
-    assert "./plugins:/opt/airflow/plugins" in volumes
+    # One copy of the package: the image's installed one (a mounted plugins/ would shadow nothing,
+    # since site-packages comes first on sys.path, and only mislead).
+    assert not any(str(volume).startswith("./plugins") for volume in volumes)
+    dockerfile = DOCKERFILE.read_text()
+    for package in ("kafka_mongo_etl", "kafka_mongo_etl_ui"):
+        assert re.search(rf"^COPY .*plugins/{package} /home/airflow/src/plugins/{package}$", dockerfile, re.M)
 
 
 def test_airflow_commands(services: dict[str, dict[str, Any]]) -> None:
@@ -827,10 +832,11 @@ def test_the_image_is_the_slim_image_plus_the_lock_and_fails_unless_pip_check_pa
     steps = [step.strip() for step in install.split("&&")]
     assert steps[0] == 'python -m venv "${VIRTUAL_ENV}"'
     assert "--no-deps" in steps[1] and steps[1].endswith("-r /home/airflow/requirements.txt")
-    assert steps[2].endswith('"${VIRTUAL_ENV}/bin/pip" check')
+    assert "--no-deps" in steps[2] and steps[2].endswith("install --no-cache-dir --no-deps /home/airflow/src")
+    assert steps[3].endswith('"${VIRTUAL_ENV}/bin/pip" check')
     # Chained with && only: a failed `pip check` fails the RUN, so the build (the version check after
     # it is Python, where a ";" is no shell separator).
-    assert not re.search(r"\|\||;", " && ".join(steps[:3])), install
+    assert not re.search(r"\|\||;", " && ".join(steps[:4])), install
     assert re.search(
         r"^COPY .*\brequirements\.txt /home/airflow/requirements\.txt$", DOCKERFILE.read_text(), re.M
     )
