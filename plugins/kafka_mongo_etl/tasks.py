@@ -50,6 +50,7 @@ MONGO_TIMEOUT_MS = 10_000
 # bounded by this unless the connection's extra sets its own: several times what a 5,000-record
 # batch takes on the slow MongoDB-wire server here, and far below the task's execution timeout.
 MONGO_OPERATION_TIMEOUT_MS = 20_000
+MONGO_CLOSE_TIMEOUT = 2.0
 # Acknowledged by a majority of the replica set and journaled before an offset is committed: a
 # failover cannot roll back a write whose offset is committed (w:1 could, and no retry would
 # re-read it). A connection may lower it in its extra ("w": 1, "journal": false) knowingly.
@@ -184,6 +185,13 @@ def _mongo_client(mongo_conn_id: str) -> tuple[MongoClient, str]:
     return client, address
 
 
+def close_client(client: MongoClient) -> None:
+    """``client.close()``, bounded: closing sends ``endSessions``, which waits without any
+    timeout for a server that stopped answering (a stuck disk, a black-holed network)."""
+    with pymongo.timeout(MONGO_CLOSE_TIMEOUT):
+        client.close()
+
+
 def _first_line(err: BaseException) -> str:
     return str(err).splitlines()[0][:300] if str(err) else type(err).__name__
 
@@ -301,7 +309,7 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
             )
         raise
     finally:
-        client.close()
+        close_client(client)
 
 
 def _stall_problem(job: ConsumeJob, summary: DrainSummary) -> str | None:
