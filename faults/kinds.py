@@ -100,11 +100,11 @@ def plan_for(kind: str, seed: int) -> FaultPlan:
         rate = max(1, round(BATCH_SIZE * 0.161 / (ttl * rng.uniform(1.1, 1.6))))  # bytes per ms
         return FaultPlan(kind, "mongo", "bandwidth", "upstream", {"rate": rate}, after, None, count, ttl)
     if kind == KAFKA_CUT:
-        # The broker unreachable for longer than the stall timeout, then back: up to a minute, so
-        # some cuts outlast librdkafka's 45 s wait for the group coordinator (session.timeout.ms)
-        # that a synchronous offset commit does while the broker is away.
+        # The broker unreachable for longer than the stall timeout, then back: up to 70 s, so
+        # that some cuts outlast librdkafka's 45 s wait for the group coordinator
+        # (session.timeout.ms) that a synchronous offset commit does while the broker is away.
         stall = 5.0
-        hold = round(rng.uniform(stall + 2.0, 60.0), 1)
+        hold = round(rng.uniform(stall + 2.0, 70.0), 1)
         return FaultPlan(kind, "kafka", None, "", {}, after, hold, count, stall_timeout=stall)
     if kind == KAFKA_RESET_PRODUCE:
         # Every connection to the broker reset for longer than the records' delivery timeout.
