@@ -9,7 +9,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv up down status logs run test lint fmt clean lock check-tools browser chaos bench fuzz
+.PHONY: help venv up down status logs run test lint fmt clean lock check-tools browser chaos bench fuzz faults toxiproxy
 
 help:  ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -42,11 +42,17 @@ status:  ## Say which services (and Celery workers) run, which crashed and where
 logs:  ## Show the end of every service log (LINES=40)
 	@$(PY) -m devstack logs --lines $(or $(LINES),40)
 
-test: check-tools $(STAMP)  ## Run all tests (starts its own broker and server on free ports)
+test: check-tools $(STAMP) toxiproxy  ## Run all tests (starts its own broker and server on free ports)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 chaos: check-tools $(STAMP)  ## SIGKILL the tasks at each kill point, retry, check the _id set (TRIALS=20 SEED=)
 	$(PY) -m chaos --trials $(or $(TRIALS),20) $(if $(SEED),--seed $(SEED)) --results .artifacts/chaos/results.json
+
+faults: check-tools $(STAMP) toxiproxy  ## Network faults through Toxiproxy, retries, the exact _id set (TRIALS=5 SEED=)
+	$(PY) -m faults --trials $(or $(TRIALS),5) $(if $(SEED),--seed $(SEED)) --results .artifacts/faults/results.json
+
+toxiproxy: $(STAMP)  ## Build the Toxiproxy server from source (go install) into .cache/, for the fault tests
+	$(PY) -m devstack.toxiproxy install
 
 bench: check-tools $(STAMP)  ## Benchmarks on their own broker, server and Airflow (N=20000 REPS=3 AIRFLOW=1 TUTORIAL_CAP=60)
 	$(PY) -m bench --n $(or $(N),20000) --airflow $(or $(AIRFLOW),1) $(if $(REPS),--reps $(REPS)) $(if $(TUTORIAL_CAP),--tutorial-cap $(TUTORIAL_CAP))

@@ -33,6 +33,8 @@ class Work:
     batch_size: int = 200
     stall_timeout: float = 10.0
     lease_wait: float = 60.0
+    # Each try owns its lease, so a retry waits for its SIGKILLed try's lease to expire: keep it short.
+    lease_ttl: float = 5.0
     kafka_conn_id: str = "kafka_default"
     mongo_conn_id: str = "mongo_default"
 
@@ -105,6 +107,7 @@ def run_work(work: Work) -> dict[str, Any]:
             batch=batch,
             run_id=work.run_id,
             lease_wait=work.lease_wait,
+            lease_ttl=work.lease_ttl,
             drain=DrainSettings(batch_size=work.batch_size, stall_timeout=work.stall_timeout),
         )
         results["consume"] = run_consume(job, produced)

@@ -63,6 +63,11 @@ class KafkaBroker:
 
     ``extra_properties`` are appended to server.properties (the SASL/TLS tests use it).
 
+    With ``proxied_port`` set, the broker also listens there (PLAINTEXT) and advertises
+    ``proxied_address`` for that listener: the address of a TCP proxy (Toxiproxy) that forwards to
+    ``proxied_port``. Clients that bootstrap through the proxy are then told to connect to the
+    proxy again, never round it, so every byte they exchange passes the proxy's faults.
+
     With ``sasl_ssl_port`` set, the broker also listens there for SASL_SSL clients (SCRAM-SHA-512
     over TLS, with the PKCS12 ``keystore``); PLAINTEXT stays for the controller and inter-broker
     traffic. ``scram_users`` (name -> password) are written when the storage is formatted, so
@@ -81,6 +86,8 @@ class KafkaBroker:
     keystore: Path | None = None
     keystore_password: str = ""
     scram_users: dict[str, str] = field(default_factory=dict)
+    proxied_port: int | None = None
+    proxied_address: str | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -122,6 +129,8 @@ class KafkaBroker:
         }
         if self.sasl_ssl_port is not None:
             props.update(self._sasl_ssl_properties(props))
+        if self.proxied_port is not None:
+            props.update(self._proxied_properties(props))
         props.update(self.extra_properties)
         return "".join(f"{key}={value}\n" for key, value in props.items())
 
@@ -140,6 +149,15 @@ class KafkaBroker:
             "ssl.keystore.type": "PKCS12",
             "ssl.keystore.location": str(self.keystore),
             "ssl.keystore.password": self.keystore_password,
+        }
+
+    def _proxied_properties(self, props: dict[str, str]) -> dict[str, str]:
+        if not self.proxied_address:
+            raise StackError("a proxied listener needs proxied_address, the proxy's host:port")
+        return {
+            "listeners": f"{props['listeners']},PROXIED://{self.host}:{self.proxied_port}",
+            "advertised.listeners": f"{props['advertised.listeners']},PROXIED://{self.proxied_address}",
+            "listener.security.protocol.map": f"{props['listener.security.protocol.map']},PROXIED:PLAINTEXT",
         }
 
     def _scram_arguments(self) -> list[str]:
@@ -177,6 +195,11 @@ class KafkaBroker:
                     f"stop that process or move ours with {setting}=<port> "
                     f"(e.g. make up {setting}={port + 10000})"
                 )
+        if self.proxied_port is not None and not port_is_free(self.host, self.proxied_port):
+            raise StackError(
+                f"port {self.proxied_port} (Kafka proxied listener) on {self.host} is already in use "
+                "by another process; choose another proxied_port"
+            )
         if self.sasl_ssl_port is not None and not port_is_free(self.host, self.sasl_ssl_port):
             raise StackError(
                 f"port {self.sasl_ssl_port} (Kafka SASL_SSL listener) on {self.host} is already in use "

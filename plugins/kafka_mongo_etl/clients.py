@@ -29,6 +29,10 @@ PRODUCER_TUNING: dict[str, Any] = {
     "queue.buffering.max.messages": 500_000,
     # Only failures call the delivery callback: successes are the flush() returning 0.
     "delivery.report.only.error": True,
+    # How long a record may wait for its acknowledgement (librdkafka's default is 300 s): with the
+    # broker gone, the first record fails after this long and produce stops at that first error,
+    # so the task fails about this long after an outage; a blip shorter than this is ridden out.
+    "message.timeout.ms": 30_000,
 }
 # What the produce guarantee rests on: no duplicates or reordering from internal retries.
 PRODUCER_REQUIRED: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}

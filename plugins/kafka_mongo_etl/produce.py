@@ -94,7 +94,13 @@ _POLL_EVERY = 1000
 
 
 class _DeliveryTally:
-    """The one delivery callback: counts failed records (the producer reports only failures)."""
+    """The one delivery callback: counts failed records (the producer reports only failures).
+
+    With ``delivery.report.only.error`` a success calls nothing; a record is acknowledged when
+    the producer has settled it (``flush()`` returned with it out of the queue) without a
+    failure report. So the acknowledged count is known only once every handed record is
+    settled: handed − failed.
+    """
 
     def __init__(self) -> None:
         self.failed = 0
@@ -108,6 +114,21 @@ class _DeliveryTally:
             self.first_error = str(err)
 
 
+def _settle_after_failure(producer: Producer, timeout: float) -> int:
+    """Stop at the first delivery error: drop what is still queued, settle every handed record.
+
+    Records still waiting in the local queue (and those in flight, if they do not settle within
+    ``timeout``) are purged; each purged record gets its failure report, so afterwards the tally
+    has counted every record that was not acknowledged. Returns the records left unsettled.
+    """
+    producer.purge(in_queue=True, in_flight=False)
+    remaining = producer.flush(timeout)
+    if remaining:
+        producer.purge(in_queue=True, in_flight=True)
+        remaining = producer.flush(1.0)
+    return remaining
+
+
 def produce_batch(
     producer: Producer,
     topic: str,
@@ -116,40 +137,65 @@ def produce_batch(
     count: int,
     flush_timeout: float = 120.0,
     progress_every: float = 10.0,
+    where: str = "",
 ) -> ProduceSummary:
     """Send ``{"num": n, "batch": batch}`` keyed ``batch/n`` for n in ``start .. start+count-1``.
 
-    Raises ``DeliveryError`` naming how many records were not acknowledged.
+    The first delivery error stops the loop: nothing more is queued, what is still queued is
+    dropped, and ``DeliveryError`` says how many records were acknowledged and how many were
+    not (the task's retry sends the whole batch again, under the same keys). A broker outage
+    therefore fails the task once the oldest queued record reaches ``message.timeout.ms``
+    (30 s by default, clients.PRODUCER_TUNING). ``where`` names the connection in that error.
     """
     tally = _DeliveryTally()
+    timed_out: str | None = None
     began = time.monotonic()
     # Metadata before the first record: without it the first batch waits for a metadata
     # refresh (about half a second), and a refused login surfaces here, at once.
     topic_metadata(producer, topic, timeout=30.0)
     next_report = began + progress_every
     produce = producer.produce
+    handed = 0
     for num in range(start, start + count):
         key = record_key(batch, num)
         value = _encode({"num": num, "batch": batch})
-        while True:
+        while not tally.failed:
             try:
                 produce(topic, value=value, key=key, on_delivery=tally)
+                handed += 1
                 break
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.
                 producer.poll(0.1)
+        if tally.failed:
+            break
         if num % _POLL_EVERY == 0:
             producer.poll(0)
             if time.monotonic() >= next_report:
                 log.info("Produced %s of %s records to %s", num - start + 1, count, topic)
                 next_report += progress_every
-    remaining = producer.flush(flush_timeout)
-    seconds = time.monotonic() - began
-    failed = tally.failed + remaining
-    if failed:
-        raise DeliveryError(
-            topic, failed, count, tally.first_error or f"{remaining} still queued after {flush_timeout}s"
+    if tally.failed:
+        log.error(
+            "Delivery to %s failed (%s) after %s of %s records were handed to the producer; stopping",
+            topic,
+            tally.first_error,
+            handed,
+            count,
         )
+        remaining = _settle_after_failure(producer, timeout=min(flush_timeout, 10.0))
+    else:
+        remaining = producer.flush(flush_timeout)
+        if remaining:
+            timed_out = f"{remaining} still queued after {flush_timeout:.0f}s"
+            remaining = _settle_after_failure(producer, timeout=0)
+    seconds = time.monotonic() - began
+    stopped_early = handed < count
+    # Not acknowledged: the failure reports, anything that never settled, and the records the
+    # loop never handed over because it stopped at the first error.
+    failed = tally.failed + remaining + (count - handed)
+    if failed:
+        first_error = timed_out or tally.first_error or "no delivery report"
+        raise DeliveryError(topic, failed, count, first_error, where=where, stopped_early=stopped_early)
     summary = ProduceSummary(
         topic=topic,
         batch=batch,

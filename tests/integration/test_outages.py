@@ -49,7 +49,8 @@ def use(monkeypatch, broker: KafkaBroker, mongo: MongoWireServer) -> None:
 
 @pytest.fixture
 def job(make_job) -> ConsumeJob:
-    return make_job(drain=DrainSettings(batch_size=100, stall_timeout=10))
+    # A try whose MongoDB went away cannot release its lease: the retry waits for it to expire.
+    return make_job(drain=DrainSettings(batch_size=100, stall_timeout=10), lease_ttl=5)
 
 
 def ids(mongo: MongoWireServer, db: str) -> list:

@@ -1,0 +1,5 @@
+import sys
+
+from faults.harness import main
+
+sys.exit(main())

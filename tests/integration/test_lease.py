@@ -1,0 +1,277 @@
+"""The fenced drain lease against the real MongoDB-wire server (and, for whole drains, the broker).
+
+A write slower than the ttl keeps the lease; a lost lease stops the drain before its next
+commit; a zombie try and its retry never both commit; a worker clock far off can neither steal
+a live lease nor keep a dead one; release by anyone but the owner deletes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from chaos.work import Work
+from kafka_mongo_etl.errors import DrainBusyError, LeaseLostError
+from kafka_mongo_etl.ids import record_key
+from kafka_mongo_etl.lease import DrainLease, lease_owner
+from kafka_mongo_etl.mongo_sink import MongoSink
+from kafka_mongo_etl.tasks import LEASE_COLLECTION, run_consume, run_produce
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def leases(mongo_client, mongo_db):
+    return mongo_client[mongo_db][LEASE_COLLECTION]
+
+
+def server_now(mongo_client) -> dt.datetime:
+    return mongo_client.admin.command("hello")["localTime"]
+
+
+def produce(topic: str, batch: str, count: int) -> None:
+    run_produce(kafka_conn_id="kafka_default", topic=topic, partitions=3, batch=batch, start=0, count=count)
+
+
+def wait_for(what: str, check, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout:.0f}s"
+        time.sleep(0.05)
+
+
+def test_a_write_slower_than_the_ttl_keeps_the_lease(leases) -> None:
+    lease = DrainLease(leases, "drain:t:g", owner=lease_owner("run-a", 1), ttl=1.5)
+    rival = DrainLease(leases, "drain:t:g", owner=lease_owner("run-b", 1), ttl=1.5)
+    with lease.held(wait=0):
+        # One "write" three times as long as the ttl; nothing but the heartbeat renews meanwhile.
+        for _ in range(9):
+            time.sleep(0.5)
+            with pytest.raises(DrainBusyError, match="run-a/try-1/"):
+                rival.acquire(wait=0)
+        lease.renew()  # the fencing check before the commit passes
+        assert lease.lost is None
+    assert leases.count_documents({}) == 0  # released on the way out
+    rival.acquire(wait=0)
+
+
+def test_a_drain_whose_writes_outlast_the_ttl_keeps_its_lease_and_commits_them(
+    monkeypatch, connections, make_job, mongo_client, committed_offsets
+) -> None:
+    job = make_job(lease_ttl=1.5, lease_wait=0)
+    produce(job.topic, job.batch, 400)
+    rival = DrainLease(
+        mongo_client[job.mongo_db][LEASE_COLLECTION],
+        f"drain:{job.topic}:{job.consumer_group}",
+        owner=lease_owner("another-run", 1),
+        ttl=1.5,
+    )
+    refused = []
+
+    class SlowerThanTheTtl(MongoSink):
+        def write(self, documents):
+            time.sleep(2.5)  # a degraded server: each write takes longer than the lease's ttl
+            with pytest.raises(DrainBusyError):
+                rival.acquire(wait=0)
+            refused.append(len(documents))
+            return super().write(documents)
+
+    monkeypatch.setattr("kafka_mongo_etl.tasks.MongoSink", SlowerThanTheTtl)
+    result = run_consume(replace(job, drain=replace(job.drain, batch_size=200)))
+    assert result["records"] == 400 and sum(refused) == 400 and len(refused) >= 2
+    assert sum(committed_offsets(job.topic, job.consumer_group, partitions=3).values()) == 400
+    ids = {d["_id"] for d in mongo_client[job.mongo_db].testnum.find({}, {"_id": 1})}
+    assert ids == {record_key(job.batch, n) for n in range(400)}
+
+
+def test_a_lease_taken_over_stops_the_drain_before_its_next_commit(
+    monkeypatch, connections, make_job, mongo_client, committed_offsets
+) -> None:
+    job = make_job(lease_ttl=30)
+    produce(job.topic, job.batch, 300)
+    leases = mongo_client[job.mongo_db][LEASE_COLLECTION]
+
+    class TakenOverDuringTheSecondWrite(MongoSink):
+        writes = 0
+
+        def write(self, documents):
+            type(self).writes += 1
+            if type(self).writes == 2:
+                # What a drain that found the lease expired does: take it under its own name.
+                leases.update_one({}, {"$set": {"owner": "the-retry/try-2/abc"}})
+            return super().write(documents)
+
+    monkeypatch.setattr("kafka_mongo_etl.tasks.MongoSink", TakenOverDuringTheSecondWrite)
+    with pytest.raises(LeaseLostError, match=r"the-retry/try-2/abc holds it") as err:
+        run_consume(replace(job, drain=replace(job.drain, batch_size=100)))
+    assert "'mongo_default'" in str(err.value)
+    # The first batch was committed; the second was written but not committed.
+    committed = committed_offsets(job.topic, job.consumer_group, partitions=3)
+    assert sum(max(o, 0) for o in committed.values()) == 100
+    assert mongo_client[job.mongo_db].testnum.count_documents({}) == 200
+    # Not released: the lease is the new owner's.
+    assert leases.find_one()["owner"] == "the-retry/try-2/abc"
+
+
+def test_the_heartbeat_finds_a_lost_lease_and_the_next_renewal_raises_without_asking(leases) -> None:
+    lease = DrainLease(leases, "drain:t:g", owner=lease_owner("run-a", 1), ttl=1.5)
+    lease.acquire(wait=0)
+    with lease.heartbeat():
+        leases.update_one({"_id": "drain:t:g"}, {"$set": {"owner": "run-b/try-1/xyz"}})
+        wait_for("the heartbeat noticing", lambda: lease.lost is not None, timeout=10)
+        leases.update_one({"_id": "drain:t:g"}, {"$set": {"owner": lease.owner}})  # even if it came back
+        with pytest.raises(LeaseLostError, match="run-b/try-1/xyz holds it"):
+            lease.renew()
+
+
+def test_release_by_a_non_owner_deletes_nothing(leases) -> None:
+    holder = DrainLease(leases, "drain:t:g", owner=lease_owner("run-a", 2), ttl=1.0)
+    holder.acquire(wait=0)
+    DrainLease(leases, "drain:t:g", owner=lease_owner("run-a", 1), ttl=1.0).release()  # an older try
+    assert leases.find_one({"_id": "drain:t:g"})["owner"] == holder.owner
+
+    # The holder's lease expires, a retry takes it; the holder's late release leaves it alone.
+    wait_for("expiry", lambda: not _live(leases, "drain:t:g"), timeout=10)
+    retry = DrainLease(leases, "drain:t:g", owner=lease_owner("run-a", 3), ttl=60)
+    retry.acquire(wait=0)
+    holder.release()
+    assert leases.find_one({"_id": "drain:t:g"})["owner"] == retry.owner
+    retry.release()
+    assert leases.count_documents({}) == 0
+
+
+def _live(leases, name: str) -> bool:
+    found = leases.find_one(
+        {"_id": name, "$expr": {"$gt": [{"$toLong": "$expires_at"}, {"$toLong": "$$NOW"}]}}
+    )
+    return found is not None
+
+
+class _ShiftedDatetime(dt.datetime):
+    shift = dt.timedelta(0)
+
+    @classmethod
+    def now(cls, tz=None):
+        return super().now(tz) + cls.shift
+
+    @classmethod
+    def utcnow(cls):
+        return super().utcnow() + cls.shift
+
+
+def _set_worker_clock(monkeypatch, shift: dt.timedelta) -> None:
+    """This process's wall clock (time.time, datetime.now) off by ``shift``; monotonic time unchanged."""
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + shift.total_seconds())
+    monkeypatch.setattr(_ShiftedDatetime, "shift", shift)
+    monkeypatch.setattr(dt, "datetime", _ShiftedDatetime)
+
+
+def test_a_worker_clock_far_ahead_cannot_steal_a_live_lease(monkeypatch, mongo_client, leases) -> None:
+    holder = DrainLease(leases, "drain:t:g", owner=lease_owner("run-a", 1), ttl=30)
+    holder.acquire(wait=0)
+
+    _set_worker_clock(monkeypatch, dt.timedelta(days=3650))
+    assert dt.datetime.now(dt.UTC).year >= server_now(mongo_client).year + 9
+    with pytest.raises(DrainBusyError, match="run-a/try-1/"):
+        DrainLease(leases, "drain:t:g", owner=lease_owner("run-b", 1), ttl=30).acquire(wait=0)
+    # Renewing from the fast clock does not push the expiry ten years out either.
+    holder.renew()
+    expires_at = leases.find_one({"_id": "drain:t:g"})["expires_at"]
+    assert dt.timedelta(seconds=25) < expires_at - server_now(mongo_client) <= dt.timedelta(seconds=31)
+
+
+def test_a_worker_clock_far_behind_cannot_keep_an_expired_lease(monkeypatch, leases) -> None:
+    holder = DrainLease(leases, "drain:t:g", owner=lease_owner("run-a", 1), ttl=1.0)
+    holder.acquire(wait=0)
+    wait_for("expiry", lambda: not _live(leases, "drain:t:g"), timeout=10)
+
+    _set_worker_clock(monkeypatch, -dt.timedelta(days=3650))
+    with pytest.raises(LeaseLostError, match="it expired"):
+        holder.renew()
+    DrainLease(leases, "drain:t:g", owner=lease_owner("run-b", 1), ttl=30).acquire(wait=0)
+
+
+def test_a_zombie_try_and_its_retry_never_both_commit(
+    connections, mongo_client, committed_offsets, tmp_path
+) -> None:
+    """Try 1 runs in its own process and is frozen (SIGSTOP: a paused VM, a worker cut off from
+    Airflow) mid-drain; its retry takes the expired lease and loads everything; then try 1 wakes
+    up. It must fail with LeaseLostError and commit nothing: a commit of its would move the
+    group's offsets back from the high watermarks to where it was frozen."""
+    work = Work(
+        action="consume",
+        topic=f"zombie-{os.getpid()}-{time.monotonic_ns()}",
+        run_id="zombie-run",
+        count=3000,
+        mongo_db=f"zombie_{time.monotonic_ns()}",
+        batch_size=100,
+        lease_ttl=2.0,
+        lease_wait=30.0,
+    )
+    produce(work.topic, work.batch, work.count)
+    log = tmp_path / "zombie.log"
+    with open(log, "wb") as output:
+        zombie = subprocess.Popen(
+            [sys.executable, "-m", "chaos.child", "none", "0", work.to_json()],
+            cwd=REPO,
+            stdout=output,
+            stderr=output,
+        )
+    try:
+        wait_for(
+            "the zombie's first commit",
+            lambda: sum(max(o, 0) for o in committed_offsets(work.topic, work.group_id, 3).values()) > 0,
+        )
+        os.kill(zombie.pid, signal.SIGSTOP)
+        frozen_at = committed_offsets(work.topic, work.group_id, 3)
+        assert sum(frozen_at.values()) < work.count
+
+        from kafka_mongo_etl.drain import DrainSettings
+        from kafka_mongo_etl.tasks import ConsumeJob
+
+        retry = ConsumeJob(
+            kafka_conn_id="kafka_default",
+            mongo_conn_id="mongo_default",
+            topic=work.topic,
+            mongo_db=work.mongo_db,
+            mongo_collection=work.mongo_collection,
+            batch=work.batch,
+            run_id=work.run_id,
+            lease_ttl=2.0,
+            lease_wait=30.0,
+            drain=DrainSettings(batch_size=500),
+        )
+        run_consume(retry)  # waits for the frozen try's lease to expire, then drains the rest
+        done = committed_offsets(work.topic, work.group_id, 3)
+        assert sum(done.values()) == work.count
+
+        os.kill(zombie.pid, signal.SIGCONT)
+        assert zombie.wait(timeout=60) != 0
+    finally:
+        if zombie.poll() is None:
+            os.kill(zombie.pid, signal.SIGCONT)
+            zombie.kill()
+            zombie.wait()
+    assert "LeaseLostError" in log.read_text(), log.read_text()[-3000:]
+    assert committed_offsets(work.topic, work.group_id, 3) == done
+    collection = mongo_client[work.mongo_db][work.mongo_collection]
+    assert collection.count_documents({}) == work.count
+    assert {d["_id"] for d in collection.find({}, {"_id": 1})} == work.expected_ids()
+    mongo_client.drop_database(work.mongo_db)
+
+
+def test_heartbeat_threads_end_with_the_drain(connections, make_job) -> None:
+    job = make_job(lease_ttl=1.5)
+    produce(job.topic, job.batch, 50)
+    run_consume(job)
+    assert not [t for t in threading.enumerate() if t.name.startswith("lease-heartbeat")]
