@@ -34,7 +34,7 @@ class Work:
     stall_timeout: float = 10.0
     lease_wait: float = 60.0
     # Each try owns its lease, so a retry waits for its SIGKILLed try's lease to expire: keep it short.
-    lease_ttl: float = 5.0
+    lease_ttl: float = 3.0
     kafka_conn_id: str = "kafka_default"
     mongo_conn_id: str = "mongo_default"
 

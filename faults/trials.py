@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -343,18 +343,22 @@ def run_fault_trial(
     trial: int = 0,
     topic: str | None = None,
     mongo_db: str | None = None,
+    count: int | None = None,
 ) -> FaultTrialResult:
     """Run the task with ``kind``'s fault (planned from ``seed``) on its first try, retry it the
     way Airflow would until it succeeds, then check the target collection and the offsets.
 
     The produce fault hits ``run_produce``; its retries re-send the batch, then one consume
-    loads it. The other faults hit ``run_consume`` of a batch produced beforehand.
+    loads it. The other faults hit ``run_consume`` of a batch produced beforehand. ``count``
+    replaces the plan's record count (a consume fault then starts at the first bulk write).
     """
     from kafka_mongo_etl.drain import DrainSettings
     from kafka_mongo_etl.ids import batch_id, record_key
     from kafka_mongo_etl.tasks import ConsumeJob, run_consume, run_produce
 
     plan = plan_for(kind, seed)
+    if count is not None:
+        plan = replace(plan, count=count, after=1 if kind != KAFKA_RESET_PRODUCE else plan.after)
     topic = topic or _unique(f"faults-{kind}-")
     mongo_db = mongo_db or _unique("faults_")
     run_id = f"trial-{trial}-{seed}"

@@ -60,6 +60,7 @@ MONGO_TIMEOUT_MS = 10_000
 # batch takes on the slow MongoDB-wire server here, and far below the task's execution timeout.
 MONGO_OPERATION_TIMEOUT_MS = 20_000
 MONGO_CLOSE_TIMEOUT = 2.0
+MONGO_FAILURE_AUDIT_TIMEOUT = 5.0
 # Acknowledged by a majority of the replica set and journaled before an offset is committed: a
 # failover cannot roll back a write whose offset is committed (w:1 could, and no retry would
 # re-read it). A connection may lower it in its extra ("w": 1, "journal": false) knowingly.
@@ -321,7 +322,8 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
         raise
     except Exception as err:
         # Record the failure for the run's audit, then fail the task with the original error.
-        with contextlib.suppress(PyMongoError):
+        # Bounded: when MongoDB is what failed, this write would wait a whole timeoutMS again.
+        with contextlib.suppress(PyMongoError), pymongo.timeout(MONGO_FAILURE_AUDIT_TIMEOUT):
             write_audit(
                 database[AUDIT_COLLECTION], job.audit_id, {**audit, "state": "failed", "error": str(err)}
             )
@@ -360,12 +362,14 @@ def _try_number() -> int | None:
 def stop_on_sigterm() -> Iterator[None]:
     """While the block runs, SIGTERM raises ``StopRequested`` in the main thread.
 
-    Airflow's task runner answers SIGTERM (an execution timeout of the supervisor, "mark failed",
-    a worker shutdown) only by calling the operator's ``on_kill`` and lets the task go on until
-    SIGKILL follows; a drain blocked in a socket read would not notice. The handler calls the
-    previous one first (so ``on_kill`` still runs), then raises: a blocking read is interrupted
-    (PEP 475) and the drain unwinds through its ``finally`` blocks without committing anything
-    it had not written. Outside the main thread, or when SIGTERM is ignored, it does nothing.
+    Airflow's supervisor sends SIGTERM for "mark failed", a task the server no longer knows and a
+    worker shutdown; the task runner answers it only by calling the operator's ``on_kill``, and
+    SIGKILL follows five seconds later, so a drain blocked in a socket read would not notice.
+    (The execution timeout is the runner's SIGALRM, which raises ``AirflowTaskTimeout`` itself.)
+    The handler calls the previous one first (so ``on_kill`` still runs), then raises: a blocking
+    read is interrupted (PEP 475) and the drain unwinds through its ``finally`` blocks without
+    committing anything it had not written. Outside the main thread, or when SIGTERM is ignored,
+    it does nothing.
     """
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread() or previous == signal.SIG_IGN:
@@ -376,8 +380,8 @@ def stop_on_sigterm() -> Iterator[None]:
         if callable(previous):
             previous(signum, frame)
         raise StopRequested(
-            "Airflow asked this try to stop (SIGTERM: an execution timeout, 'mark failed' or a "
-            "worker shutdown); it stopped before committing anything it had not written"
+            "Airflow asked this try to stop (SIGTERM: 'mark failed', a task the server no longer "
+            "knows, or a worker shutdown); it stopped before committing anything it had not written"
         )
 
     signal.signal(signal.SIGTERM, stop)

@@ -39,15 +39,17 @@ from kafka_mongo_etl.tasks import ConsumeJob, _mongo_client, run_consume, run_pr
 
 REPO = Path(__file__).resolve().parents[2]
 
-# One seed per kind, chosen for a fault that lands early and a try that ends soon.
+# One seed per kind, chosen for a short fault; the consume faults drain 1,200 records (three
+# writes) and start at the first bulk write.
 FIXED_SEEDS = {
-    MONGO_LATENCY: 3,
+    MONGO_LATENCY: 9,
     MONGO_RESET: 4,
     MONGO_BLACKHOLE: 2,
     MONGO_BANDWIDTH: 5,
-    KAFKA_CUT: 2,
+    KAFKA_CUT: 14,
     KAFKA_RESET_PRODUCE: 2,
 }
+CONSUME_FAULT_RECORDS = 1_200
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +75,15 @@ def test_a_fault_mid_flight_loads_every_record_exactly_once(
     kind: str, through_proxies: FaultStack, topic: str, mongo_db: str
 ) -> None:
     seed = FIXED_SEEDS[kind]
-    plan = plan_for(kind, seed)
-    result = run_fault_trial(kind, seed, through_proxies, topic=topic, mongo_db=mongo_db)
+    count = plan_for(kind, seed).count if kind == KAFKA_RESET_PRODUCE else CONSUME_FAULT_RECORDS
+    result = run_fault_trial(kind, seed, through_proxies, topic=topic, mongo_db=mongo_db, count=count)
 
     details = json.dumps(result.as_dict()["tries"], indent=1)
     assert result.problems == [], details
     batch = batch_id(DAG_ID, f"trial-0-{seed}")
     verification = result.verification
-    assert verification.ids == {record_key(batch, n) for n in range(plan.count)}
-    assert verification.documents == verification.distinct_ids == plan.count
+    assert verification.ids == {record_key(batch, n) for n in range(count)}
+    assert verification.documents == verification.distinct_ids == count
     assert verification.offsets_behind == 0
     first = result.tries[0]
     for failing in result.failing_tries:
@@ -98,7 +100,7 @@ def test_a_fault_mid_flight_loads_every_record_exactly_once(
     elif kind == KAFKA_RESET_PRODUCE:
         assert first.task == "produce" and first.error_type == "DeliveryError", details
         assert "the producer stopped at the first delivery error" in first.error
-        assert first.acknowledged is not None and first.acknowledged < plan.count
+        assert first.acknowledged is not None and first.acknowledged < count
         assert first.on_topic is not None and first.on_topic >= first.acknowledged
 
 
@@ -122,7 +124,7 @@ def test_sigterm_stops_a_try_blocked_on_a_silent_mongodb(
         action="consume",
         topic=f"sigterm-{time.monotonic_ns()}",
         run_id="sigterm-run",
-        count=3000,
+        count=1500,
         mongo_db=f"sigterm_{time.monotonic_ns()}",
         batch_size=100,
         lease_ttl=5.0,

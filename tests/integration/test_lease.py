@@ -212,7 +212,7 @@ def test_a_zombie_try_and_its_retry_never_both_commit(
         action="consume",
         topic=f"zombie-{os.getpid()}-{time.monotonic_ns()}",
         run_id="zombie-run",
-        count=3000,
+        count=2000,
         mongo_db=f"zombie_{time.monotonic_ns()}",
         batch_size=100,
         lease_ttl=2.0,
