@@ -424,7 +424,7 @@ class AirflowServices:
                     )
             if time.monotonic() > deadline:
                 raise StackError(
-                    f"Airflow (CeleryExecutor, {self.workers} workers) on {self.url} was not ready after "
+                    f"Airflow (CeleryExecutor, workers: {self.workers}) on {self.url} was not ready after "
                     f"{timeout:.0f}s; see make logs"
                 )
             time.sleep(1.0)

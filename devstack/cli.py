@@ -123,8 +123,8 @@ class LocalStack:
             return self.running_workers() if celery_runs else 0
         if self.requested_workers == 0 and celery_runs:
             raise StackError(
-                f"Airflow runs the CeleryExecutor with {self.running_workers()} workers; to go back to "
-                "the LocalExecutor, make down first, then make up (without WORKERS)"
+                f"Airflow runs the CeleryExecutor with {_count(self.running_workers(), 'worker')}; to go "
+                "back to the LocalExecutor, make down first, then make up (without WORKERS)"
             )
         if self.requested_workers > 0 and self.standalone.process.running():
             raise StackError(
@@ -195,7 +195,7 @@ class LocalStack:
             started = start()
             print(f"{name:22} {'started' if started else 'already running'} on {where}")
         self.write_airflow_home(workers)
-        executor = f"CeleryExecutor, {workers} workers" if workers else "LocalExecutor"
+        executor = f"CeleryExecutor, {_count(workers, 'worker')}" if workers else "LocalExecutor"
         print(f"{'Airflow':22} starting ({executor}; migrates the database on first start)...")
         airflow = self.airflow(workers)
         started = airflow.start()
@@ -302,6 +302,10 @@ class LocalStack:
         self.down()
         shutil.rmtree(self.state_dir, ignore_errors=True)
         print(f"removed {self.state_dir}")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _process_row(name: str, process: ManagedProcess, healthy: Callable[[], bool]) -> tuple[str, str, bool]:
