@@ -146,8 +146,9 @@ def _params() -> dict[str, Param]:
             maximum=3600,
             title="Stall timeout (s)",
             description=(
-                "How long consume waits when a partition cannot reach its snapshot (an open "
-                "transaction) before it stops and reports the partition and offset."
+                "How long consume waits on a partition that gets no records below its snapshot "
+                "before it fails the task, naming the partition and offset (everything loaded is "
+                "committed first; the retry goes on from there)."
             ),
             section="Kafka topic and consumer",
         ),

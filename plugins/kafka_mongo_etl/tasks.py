@@ -185,10 +185,14 @@ def _mongo_client(mongo_conn_id: str) -> tuple[MongoClient, str]:
         extras["journal"] = MONGO_WRITE_CONCERN["journal"]
     with mongo_errors(mongo_conn_id, address):
         client = hook.get_conn()
-        # With timeoutMS set, pymongo waits that long for a server to select; the first contact
-        # keeps the shorter server-selection bound, so an unreachable server fails in seconds.
-        with pymongo.timeout(float(_option(extras, "serverSelectionTimeoutMS")) / 1000):
-            client.admin.command("ping")
+        try:
+            # With timeoutMS set, pymongo waits that long for a server to select; the first
+            # contact keeps the shorter server-selection bound: an unreachable server fails fast.
+            with pymongo.timeout(float(_option(extras, "serverSelectionTimeoutMS")) / 1000):
+                client.admin.command("ping")
+        except BaseException:
+            close_client(client)
+            raise
     log.info(
         "MongoDB connection %s (%s): write concern %s, operation timeout %s s",
         mongo_conn_id,

@@ -236,15 +236,18 @@ def test_poison_never_stops_a_drain_and_is_never_lost(
     # Every poison record is a dead letter with its raw bytes, its headers and a reason.
     letters = list(db.testnum_dlq.find())
     assert len(letters) == len(poison)
-    kept = 1024 * 1024  # a dead letter keeps the first MiB of a value, and its size
+    kept = 1024 * 1024  # a dead letter keeps the first MiB of a key and of a value, and their sizes
 
     def raw(key: bytes | None, value: bytes | None) -> tuple:
-        return key, value[:kept] if value is not None else None
+        return (key[:kept] if key is not None else None), (value[:kept] if value is not None else None)
 
     by_raw = {raw(letter["key"], letter["value"]): letter for letter in letters}
     assert len(by_raw) == len(letters)
     for record in poison:
         letter = by_raw[raw(record.key, record.value)]
+        if record.key is not None:
+            assert letter["key_size"] == len(record.key)
+            assert letter["key_truncated"] is (len(record.key) > kept)
         if record.value is not None:
             assert letter["value_size"] == len(record.value)
             assert letter["value_truncated"] is (len(record.value) > kept)

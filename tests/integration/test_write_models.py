@@ -16,6 +16,7 @@ from pymongo import InsertOne, ReplaceOne
 from pymongo.collection import Collection
 
 from kafka_mongo_etl.drain import DrainSettings
+from kafka_mongo_etl.errors import ParamsRefusedError
 from kafka_mongo_etl.ids import record_key
 from kafka_mongo_etl.tasks import ConsumeJob, DeadLetterPolicy, run_consume, run_produce
 from kafka_mongo_etl.write_models import CREATED_AT, UPDATED_AT, WRITE_MODES, ReplaceModel
@@ -270,5 +271,6 @@ def test_tombstones_stay_dead_letters_in_the_other_modes(job, kafka_broker, mong
 
 def test_delete_on_tombstone_needs_ids_from_the_key(job, kafka_broker) -> None:
     send(kafka_broker.bootstrap_servers, job.topic, [(b"a", {"v": 1})])
-    with pytest.raises(ValueError, match="needs id_strategy 'key'"):
+    # Refused before anything is read, and not retried: a retry would fail the same way.
+    with pytest.raises(ParamsRefusedError, match="needs id_strategy 'key'"):
         run_consume(replace(job, write_mode="delete_on_tombstone", id_strategy="coordinates"))
