@@ -102,7 +102,8 @@ def batch_landing(
     query: dict[str, Any] = {"topic": topic, "target": target}
     if since is not None:
         query["updated_at"] = {"$gte": since}
-    loaded_by = []
+    # One entry per run: a run whose consume was mapped per partition has one audit per drain.
+    loaded_by: dict[Any, dict[str, Any]] = {}
     for audit in database["etl_runs"].find(query).sort("updated_at", 1):
         ranges = [
             {"_kafka.partition": int(p), "_kafka.offset": {"$gte": r["start"], "$lt": r["committed"]}}
@@ -112,16 +113,19 @@ def batch_landing(
         if not ranges:
             continue
         records = database[collection].count_documents({"batch": batch, "$or": ranges})
-        if records:
-            loaded_by.append(
-                {
-                    "run_id": audit.get("dag_run_id"),
-                    "records_of_batch": records,
-                    **{key: audit.get(key) for key in ("loaded", "records", "seconds")},
-                }
-            )
+        if not records:
+            continue
+        run_id = audit.get("dag_run_id")
+        entry = loaded_by.setdefault(
+            run_id, {"run_id": run_id, "records_of_batch": 0, "loaded": 0, "records": 0, "seconds": 0.0}
+        )
+        entry["records_of_batch"] += records
+        entry["loaded"] += audit.get("loaded") or 0
+        entry["records"] += audit.get("records") or 0
+        # The drains of one run ran side by side: the run's drain took as long as the longest.
+        entry["seconds"] = max(entry["seconds"], audit.get("seconds") or 0.0)
     in_mongo = database[collection].count_documents({"batch": batch})
-    return {"target": target, "batch": batch, "in_mongo": in_mongo, "loaded_by": loaded_by}
+    return {"target": target, "batch": batch, "in_mongo": in_mongo, "loaded_by": list(loaded_by.values())}
 
 
 def stack_mongo_client(home: AirflowHome, conn_id: str = "mongo_default") -> MongoClient:

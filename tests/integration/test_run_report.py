@@ -113,6 +113,27 @@ def test_a_batch_split_between_two_drains_names_both_with_their_share(
     assert "(a drain takes every record" not in text  # its drain took nothing but its own records
 
 
+def test_a_run_drained_per_partition_counts_all_its_drains_as_its_own(
+    produce, make_job, mongo_client, mongo_db, topic
+) -> None:
+    from kafka_mongo_etl.tasks import run_consume
+
+    began = dt.datetime.now(dt.UTC)
+    produced = produce(MANUAL, 60)
+    # parallelism "per partition": one drain (and one audit document) per partition.
+    drains = [run_consume(make_job(batch=_batch(MANUAL), run_id=MANUAL, partitions=(p,))) for p in range(3)]
+    consumed = {**drains[0], "records": 60, "loaded": 60, "seconds": max(d["seconds"] for d in drains)}
+
+    landing = batch_landing(mongo_client[mongo_db], "testnum", produced["batch"], topic, began)
+
+    assert [(e["run_id"], e["records_of_batch"], e["loaded"]) for e in landing["loaded_by"]] == [
+        (MANUAL, 60, 60)
+    ]
+    text = report(_summary(MANUAL, produced, consumed, landing))
+    assert "60 of them loaded by this run's drain (60 documents, 60 records drained in" in text
+    assert "(a drain takes every record" not in text
+
+
 def test_drains_that_ended_before_the_run_began_are_not_named(
     produce, drain, mongo_client, mongo_db, topic
 ) -> None:
