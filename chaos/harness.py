@@ -85,9 +85,10 @@ def summarize(scenario: str, results: list[TrialResult]) -> dict[str, Any]:
     }
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    cells = [list(COLUMNS), *[[str(row[column]) for column in COLUMNS] for row in rows]]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
+    """A Markdown table of ``rows``: the first column left-aligned, the others right-aligned."""
+    cells = [list(columns), *[[str(row[column]) for column in columns] for row in rows]]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     lines = []
     for n, line in enumerate(cells):
         lines.append(
@@ -149,7 +150,7 @@ def run_all(
                 result.seconds,
             )
             if passed:
-                drop_database(stack, result.mongo_db)
+                drop_database(stack.mongo_uri, result.mongo_db)
     return results
 
 

@@ -395,8 +395,8 @@ def run_overlapping(
     )
 
 
-def drop_database(stack: Stack, name: str) -> None:
-    client: MongoClient = MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=10_000)
+def drop_database(mongo_uri: str, name: str) -> None:
+    client: MongoClient = MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000)
     try:
         client.drop_database(name)
     finally:

@@ -20,11 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chaos.harness import format_table
+from chaos.trials import drop_database
 from devstack.airflow import AirflowHome
 from devstack.process import free_port
 from faults.kinds import FAULT_KINDS
 from faults.stack import fault_stack
-from faults.trials import FaultTrialResult, drop_database, run_fault_trial
+from faults.trials import FaultTrialResult, run_fault_trial
 
 log = logging.getLogger("faults")
 
@@ -61,24 +63,6 @@ def summarize(kind: str, results: list[FaultTrialResult]) -> dict[str, Any]:
         "failing try s (max)": max((t.seconds for t in failing), default="-"),
         "ok": sum(r.ok for r in results),
     }
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    cells = [list(COLUMNS), *[[str(row[column]) for column in COLUMNS] for row in rows]]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
-    lines = []
-    for n, line in enumerate(cells):
-        lines.append(
-            "| "
-            + " | ".join(
-                cell.ljust(width) if i == 0 else cell.rjust(width)
-                for i, (cell, width) in enumerate(zip(line, widths, strict=True))
-            )
-            + " |"
-        )
-        if n == 0:
-            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
 
 
 def describe(result: FaultTrialResult) -> str:
@@ -145,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                         result.seconds,
                     )
                     if result.ok:
-                        drop_database(stack, result.mongo_db)
+                        drop_database(stack.mongo_uri, result.mongo_db)
         seconds = round(time.monotonic() - began, 1)
         rows = [summarize(kind, results[kind]) for kind in kinds]
         failures = [r for rs in results.values() for r in rs if not r.ok]
@@ -153,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Network faults: {args.trials} trials per fault kind, seed {master_seed}, {seconds:.0f}s")
         print(f"  {command}   (make faults TRIALS={args.trials} SEED={master_seed})")
         print()
-        print(format_table(rows))
+        print(format_table(rows, COLUMNS))
         print()
         for result in failures:
             print(f"FAILED {result.kind} trial {result.trial} seed {result.seed}: {describe(result)}")

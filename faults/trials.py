@@ -327,14 +327,6 @@ def verify(stack: FaultStack, topic: str, group_id: str, mongo_db: str, expected
     )
 
 
-def drop_database(stack: FaultStack, name: str) -> None:
-    client: MongoClient = MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=10_000)
-    try:
-        client.drop_database(name)
-    finally:
-        client.close()
-
-
 def run_fault_trial(
     kind: str,
     seed: int,
