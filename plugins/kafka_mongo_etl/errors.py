@@ -124,3 +124,8 @@ class OffsetAboveWatermarkError(AirflowFailException):
 
 class ParamsRefusedError(AirflowFailException):
     """The run's params cannot work together; raised before anything is produced, not retried."""
+
+
+class WriteFailedError(EtlError):
+    """MongoDB did not write (part of) a batch for a reason that is not about its documents,
+    or could not confirm the write concern. Nothing of the batch is committed; retry."""

@@ -33,7 +33,7 @@ from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
-from kafka_mongo_etl.errors import EtlError
+from kafka_mongo_etl.errors import WriteFailedError
 from kafka_mongo_etl.ids import IdFunction
 from kafka_mongo_etl.records import BadRecordError, Document, RecordBuilder, id_identity, where
 
@@ -67,11 +67,6 @@ ID_INDEX = {"_id": 1}
 CREATED_AT = "_created_at"
 UPDATED_AT = "_updated_at"
 TIMESTAMPS = (CREATED_AT, UPDATED_AT)
-
-
-class WriteFailedError(EtlError):
-    """MongoDB did not write (part of) a batch for a reason that is not about its documents,
-    or could not confirm the write concern. Nothing of the batch is committed; retry."""
 
 
 @dataclass(frozen=True)
