@@ -25,6 +25,7 @@ from bench.services import BenchServices
 from bench.timing import alternate
 from bench.topics import create_topic, records_on, unique
 from kafka_mongo_etl.clients import PRODUCER_REQUIRED, PRODUCER_TUNING
+from kafka_mongo_etl.drain import DrainSettings
 from kafka_mongo_etl.produce import produce_batch
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ def load_contenders(tutorial_cap: float) -> list[LoadContender]:
     per_partition = "one write per partition at once"
     return [
         LoadContender("ours", "ours: run_consume, default write mode", load.ours),
+        LoadContender(
+            "ours_in_turn",
+            "ours, each batch read, written, committed in turn",
+            partial(load.ours, drain=DrainSettings(overlap=False)),
+        ),
         LoadContender(
             "ours_reread", "ours, every _id there already (a re-read)", load.ours, prepare=load.ours
         ),

@@ -34,6 +34,7 @@ RATIOS = {
     "drain_vs_raw_insert": ("load.ours", "load.raw_insert"),
     "drain_vs_tutorial": ("load.ours", "load.tutorial"),
     "reread_vs_first_load": ("load.ours_reread", "load.ours"),
+    "overlap_vs_in_turn": ("load.ours", "load.ours_in_turn"),
     "null_sink_vs_drain": ("load.null_sink", "load.ours"),
     "concurrent_upsert_vs_raw_upsert": ("load.raw_upsert_concurrent", "load.raw_upsert"),
     "concurrent_insert_vs_raw_insert": ("load.raw_insert_concurrent", "load.raw_insert"),

@@ -5,13 +5,19 @@ produced after it stay for the next run. A partition is done when the consumer's
 reaches its snapshot (not when "the last offset seen" is high - 1: transaction markers and
 compaction leave gaps). Offsets are committed synchronously, batch by batch, and only after the
 sink acknowledged every record of the batch, so a crash at any point re-reads, and never skips.
+While one batch is written, the next is read and built (at most one write in flight); its
+offsets are committed after the earlier batch's, in order.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import queue
+import threading
 import time
-from collections.abc import Collection, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -60,6 +66,9 @@ class DrainSettings:
     # loaded): "fail" the drain before it reads anything, or "skip" to the earliest record left
     # and count what was lost (``DrainSummary.lost_to_retention``).
     on_retention_gap: str = "fail"
+    # Read and build the next batch while the previous one is being written (one write in
+    # flight, commits in order). False: each batch is read, written and committed in turn.
+    overlap: bool = True
 
 
 @dataclass
@@ -201,8 +210,14 @@ class Batch:
     documents: dict[Hashable, Document] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
     # partition -> the offset after the last record of the batch: what to commit once written.
+    # A partition whose position reached the snapshot when the batch was read commits the
+    # snapshot's offset (what moved it there may have been transaction markers, not records).
     next_offsets: dict[int, int] = field(default_factory=dict)
     records: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.documents and not self.dead
 
 
 RETENTION_GAP_POLICIES = ("fail", "skip")
@@ -267,7 +282,11 @@ class Drain:
 
     The steps, in order, each small enough to read alone: ``snapshot`` (watermarks and where
     each partition starts), ``read_batch``, ``build`` (records to documents or dead letters),
-    ``write``, ``dead_letter``, ``commit`` (only what was written), ``stalled`` (stop?).
+    ``mark_read`` (which partitions are read to the snapshot), ``write``, ``dead_letter``,
+    ``commit`` (only what was written), ``stalled`` (stop?). With ``DrainSettings.overlap``,
+    ``write`` and ``dead_letter`` of one batch run in a writer thread while the main thread
+    reads and builds the next; the main thread waits for that write before it commits, and
+    before it starts the next write.
     """
 
     def __init__(
@@ -291,7 +310,10 @@ class Drain:
         self.dead_letters = dead_letters
         self.only = partitions
         self.summary = DrainSummary(topic=topic, group_id=group_id)
+        # Partitions not yet committed up to the snapshot, and those not yet read up to it.
         self.pending: set[int] = set()
+        self.unread: set[int] = set()
+        self.read_to: dict[int, int] = {}
         self.began = self.last_progress = time.monotonic()
 
     def run(self) -> DrainSummary:
@@ -301,17 +323,40 @@ class Drain:
             self.consumer.assign(
                 [TopicPartition(self.topic, p, progress[p].start) for p in sorted(self.pending)]
             )
+        writer = _Writer() if self.settings.overlap else None
+        in_flight: tuple[Batch, Future[None]] | None = None
         next_report = self.began + self.settings.progress_every
-        while self.pending:
-            batch = self.build(self.read_batch())
-            self.write(batch)
-            self.dead_letter(batch)
-            self.commit(batch)
-            if self.stalled():
-                break
-            if time.monotonic() >= next_report:
-                _log_progress(self.summary, self.began)
-                next_report = time.monotonic() + self.settings.progress_every
+        try:
+            while self.pending:
+                batch = self.read() if self.unread else None
+                if in_flight is not None:
+                    written, in_flight = in_flight, None
+                    self.settle(*written)
+                if batch is not None:
+                    if writer is None or batch.empty:
+                        self.store(batch)
+                        self.commit(batch)
+                    else:
+                        in_flight = (batch, writer.submit(functools.partial(self.store, batch)))
+                if self.stalled():
+                    break
+                if time.monotonic() >= next_report:
+                    _log_progress(self.summary, self.began)
+                    next_report = time.monotonic() + self.settings.progress_every
+            if in_flight is not None:
+                written, in_flight = in_flight, None
+                self.settle(*written)
+        except Exception:
+            # The main thread failed while a write was in flight (a bad record without a
+            # dead-letter sink, say): that write finishes, and is committed if acknowledged,
+            # before the error leaves the drain, as if the batches had been written in turn.
+            # A stop (SIGTERM's StopRequested, a timeout) does not wait and commits nothing.
+            if in_flight is not None:
+                self.settle_quietly(*in_flight)
+            raise
+        finally:
+            if writer is not None:
+                writer.close()
         return self.finish()
 
     def snapshot(self) -> None:
@@ -329,6 +374,8 @@ class Drain:
             committed, watermarks, self.settings.on_retention_gap, self.summary.group_id
         )
         self.pending = {p for p, progress in self.summary.partitions.items() if not progress.done}
+        self.unread = set(self.pending)
+        self.read_to = {p: progress.start for p, progress in self.summary.partitions.items()}
         log.info(
             "Draining %s for group %s to %s",
             self.topic,
@@ -342,9 +389,12 @@ class Drain:
         # Ask for no more than is left below the snapshot: consume() returns as soon as it has
         # them, instead of waiting out poll_timeout for a batch that cannot fill.
         progress = self.summary.partitions
-        left = sum(progress[p].end - progress[p].committed for p in self.pending)
+        left = sum(progress[p].end - self.read_to[p] for p in self.unread)
         wanted = max(1, min(self.settings.batch_size, left))
         return self.consumer.consume(num_messages=wanted, timeout=self.settings.poll_timeout)
+
+    def read(self) -> Batch:
+        return self.mark_read(self.build(self.read_batch()))
 
     def build(self, messages: list[Message]) -> Batch:
         """Documents (the later offset wins for one ``_id``) and dead letters of the snapshot's records."""
@@ -372,6 +422,42 @@ class Drain:
         self.summary.skipped += batch.records - len(batch.documents) - len(batch.dead)
         return batch
 
+    def mark_read(self, batch: Batch) -> Batch:
+        """Note how far each partition is read; pause those whose position reached the snapshot.
+
+        A position at the snapshot is done even when what moved it was not data (transaction
+        markers): the batch commits that position too.
+        """
+        progress = self.summary.partitions
+        for partition, offset in batch.next_offsets.items():
+            self.read_to[partition] = max(self.read_to[partition], offset)
+        done = set()
+        for tp in self.consumer.position([TopicPartition(self.topic, p) for p in self.unread]):
+            if tp.offset >= progress[tp.partition].end:
+                batch.next_offsets[tp.partition] = progress[tp.partition].end
+                self.read_to[tp.partition] = progress[tp.partition].end
+                done.add(tp.partition)
+        if done:
+            self.consumer.pause([TopicPartition(self.topic, p) for p in sorted(done)])
+            self.unread -= done
+        return batch
+
+    def store(self, batch: Batch) -> None:
+        """What the writer thread does with a batch: its documents, then its dead letters."""
+        self.write(batch)
+        self.dead_letter(batch)
+
+    def settle(self, batch: Batch, written: Future[None]) -> None:
+        """Wait for ``batch``'s write (its error is raised here), then commit it."""
+        written.result()
+        self.commit(batch)
+
+    def settle_quietly(self, batch: Batch, written: Future[None]) -> None:
+        try:
+            self.settle(batch, written)
+        except Exception as err:  # noqa: BLE001 - the error already leaving the drain is the one to report
+            log.warning("The write in flight when the drain failed did not complete: %s", err)
+
     def write(self, batch: Batch) -> None:
         if not batch.documents:
             return
@@ -397,14 +483,9 @@ class Drain:
             reasons[letter.code] = reasons.get(letter.code, 0) + 1
 
     def commit(self, batch: Batch) -> None:
-        """Commit what was written, and pause the partitions that reached their snapshot."""
+        """Commit what was written; a partition committed up to its snapshot is done."""
         progress = self.summary.partitions
-        offsets = dict(batch.next_offsets)
-        # A position at the snapshot is done even when what moved it was not data (transaction
-        # markers): commit that position too.
-        for tp in self.consumer.position([TopicPartition(self.topic, p) for p in self.pending]):
-            if tp.offset >= progress[tp.partition].end:
-                offsets[tp.partition] = progress[tp.partition].end
+        offsets = batch.next_offsets
         if offsets:
             if self.lease is not None:
                 self.lease.renew()
@@ -412,10 +493,7 @@ class Drain:
             for partition, offset in offsets.items():
                 progress[partition].committed = offset
             self.last_progress = time.monotonic()
-        done = {p for p in self.pending if progress[p].done}
-        if done:
-            self.consumer.pause([TopicPartition(self.topic, p) for p in done])
-            self.pending -= done
+        self.pending -= {p for p in self.pending if progress[p].done}
 
     def stalled(self) -> bool:
         """True when a partition stayed below its snapshot for ``stall_timeout`` (an open transaction)."""
@@ -448,6 +526,39 @@ class Drain:
             summary.dead_letters,
         )
         return summary
+
+
+class _Writer:
+    """One thread that runs the drain's writes, one at a time, in the order given.
+
+    A daemon thread, so that a try stopped while its write waits on a silent server exits
+    without waiting for that write (a thread pool's threads are joined at interpreter exit).
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Future[None], Callable[[], None]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="drain-write", daemon=True)
+        self._thread.start()
+
+    def submit(self, work: Callable[[], None]) -> Future[None]:
+        future: Future[None] = Future()
+        self._jobs.put((future, work))
+        return future
+
+    def close(self) -> None:
+        """The thread ends after the write it is running, if any."""
+        self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, work = job
+            future.set_running_or_notify_cancel()
+            try:
+                work()
+            except BaseException as err:  # noqa: BLE001 - handed to the main thread by the future
+                future.set_exception(err)
+            else:
+                future.set_result(None)
 
 
 def drain_to_watermark(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kafka_mongo_etl.clients import EtlConsumerHook
@@ -18,6 +19,7 @@ from kafka_mongo_etl.errors import DrainBusyError, TopicNotFoundError
 from kafka_mongo_etl.ids import id_function, record_key
 from kafka_mongo_etl.lease import DrainLease
 from kafka_mongo_etl.mongo_sink import MongoSink, WriteResult
+from kafka_mongo_etl.records import BadRecordError
 from kafka_mongo_etl.tasks import ConsumeJob, default_group_id, run_consume, run_produce
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
@@ -47,7 +49,7 @@ def expected_ids(batch: str, start: int, count: int) -> set[str]:
     return {record_key(batch, n) for n in range(start, start + count)}
 
 
-def drain_into(job: ConsumeJob, sink: MongoSink):
+def drain_into(job: ConsumeJob, sink: MongoSink, to_document=None, overlap: bool = True):
     """drain_to_watermark of the job's topic into ``sink`` in batches of 100; closes the consumer."""
     consumer = EtlConsumerHook(job.topic, job.consumer_group).get_conn
     try:
@@ -56,8 +58,8 @@ def drain_into(job: ConsumeJob, sink: MongoSink):
             job.topic,
             job.consumer_group,
             sink,
-            json_document(id_function("key")),
-            DrainSettings(batch_size=100),
+            to_document or json_document(id_function("key")),
+            DrainSettings(batch_size=100, overlap=overlap),
         )
     finally:
         consumer.close()
@@ -145,6 +147,75 @@ def test_offsets_are_committed_only_for_acknowledged_writes(job, mongo_client, c
     run_consume(job)
     assert ids_in(collection) == expected_ids(job.batch, 0, 300)
     assert committed_offsets(job.topic, job.consumer_group, 1) == {0: 300}
+
+
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlapped", "in turn"])
+def test_each_write_starts_after_the_previous_commit_and_the_next_batch_is_built_meanwhile(
+    job, mongo_client, committed_offsets, overlap
+) -> None:
+    produce(job.topic, job.batch, 0, 500, partitions=1)
+    collection = mongo_client[job.mongo_db]["testnum"]
+    built_at: dict[int, float] = {}  # offset -> when its document was built
+    build = json_document(id_function("key"))
+
+    def to_document(message):
+        built_at[message.offset()] = time.monotonic()
+        return build(message)
+
+    class SlowRecordingSink(MongoSink):
+        active = most_active = 0
+        # (first offset written, offset committed when the write began, when it ended)
+        writes: list[tuple[int, int, float]] = []
+
+        def write(self, documents):
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+            try:
+                committed = committed_offsets(job.topic, job.consumer_group, 1)[0]
+                time.sleep(0.3)  # room for the main thread to read and build the next batch
+                return super().write(documents)
+            finally:
+                first = min(document.message.offset() for document in documents)
+                self.writes.append((first, committed, time.monotonic()))
+                self.active -= 1
+
+    sink = SlowRecordingSink(collection)
+    summary = drain_into(job, sink, to_document, overlap=overlap)
+    assert summary.records == summary.loaded == 500
+    assert ids_in(collection) == expected_ids(job.batch, 0, 500)
+    assert committed_offsets(job.topic, job.consumer_group, 1) == {0: 500}
+    assert sink.most_active == 1
+    firsts = [first for first, _, _ in sink.writes]
+    assert firsts == [0, 100, 200, 300, 400]
+    # Every batch before this one was written and committed before this one's write began (a
+    # group with no commit yet reads as a negative offset), and nothing of this one was.
+    assert [max(committed, 0) for _, committed, _ in sink.writes] == firsts
+    # Whether batch k + 1 was built before batch k's write ended.
+    built_early = [built_at[firsts[k + 1]] < sink.writes[k][2] for k in range(4)]
+    assert built_early == [overlap] * 4
+
+
+def test_a_bad_record_read_during_a_write_fails_the_drain_after_that_write_is_committed(
+    job, kafka_broker, mongo_client, committed_offsets
+) -> None:
+    produce(job.topic, job.batch, 0, 250, partitions=1)
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap_servers})
+    producer.produce(job.topic, value=b'{"num": 250,', key=b"truncated", partition=0)
+    assert producer.flush(10) == 0
+    del producer
+    produce(job.topic, job.batch, 251, 49, partitions=1)
+    collection = mongo_client[job.mongo_db]["testnum"]
+
+    class SlowSink(MongoSink):
+        def write(self, documents):
+            time.sleep(0.2)  # the bad record is read while this write is in flight
+            return super().write(documents)
+
+    # Batches of 100: the second is being written when the third, with offset 250, is built.
+    with pytest.raises(BadRecordError, match=r"\[0\]@250 is not JSON"):
+        drain_into(job, SlowSink(collection))
+    assert committed_offsets(job.topic, job.consumer_group, 1) == {0: 200}
+    assert ids_in(collection) == expected_ids(job.batch, 0, 200)
 
 
 def test_consumer_is_closed_when_the_write_fails(job, monkeypatch) -> None:
