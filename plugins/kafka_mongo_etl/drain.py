@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Collection, Hashable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -47,6 +47,8 @@ class Sink(Protocol):
 
 class Lease(Protocol):
     def renew(self) -> None: ...
+
+    def abandon(self) -> None: ...
 
 
 class DeadLetterSink(Protocol):
@@ -350,9 +352,15 @@ class Drain:
             # The main thread failed while a write was in flight (a bad record without a
             # dead-letter sink, say): that write finishes, and is committed if acknowledged,
             # before the error leaves the drain, as if the batches had been written in turn.
-            # A stop (SIGTERM's StopRequested, a timeout) does not wait and commits nothing.
             if in_flight is not None:
                 self.settle_quietly(*in_flight)
+            raise
+        except BaseException:
+            # A stop (SIGTERM's StopRequested, Airflow's timeout) commits nothing and waits for
+            # a running write only briefly (Airflow's SIGKILL follows a SIGTERM within 5 s);
+            # a write still running then keeps the lease until it expires.
+            if writer is not None and not writer.idle(STOP_WAIT) and self.lease is not None:
+                self.lease.abandon()
             raise
         finally:
             if writer is not None:
@@ -528,6 +536,10 @@ class Drain:
         return summary
 
 
+# How long a stopped drain waits for the write it has in flight (see Drain.run).
+STOP_WAIT = 3.0
+
+
 class _Writer:
     """One thread that runs the drain's writes, one at a time, in the order given.
 
@@ -537,13 +549,19 @@ class _Writer:
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[tuple[Future[None], Callable[[], None]] | None] = queue.SimpleQueue()
+        self._last: Future[None] | None = None
         self._thread = threading.Thread(target=self._work, name="drain-write", daemon=True)
         self._thread.start()
 
     def submit(self, work: Callable[[], None]) -> Future[None]:
         future: Future[None] = Future()
         self._jobs.put((future, work))
+        self._last = future
         return future
+
+    def idle(self, timeout: float) -> bool:
+        """Whether every write handed over has finished, waiting up to ``timeout`` s for it."""
+        return self._last is None or wait([self._last], timeout).not_done == set()
 
     def close(self) -> None:
         """The thread ends after the write it is running, if any."""

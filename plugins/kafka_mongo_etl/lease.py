@@ -88,6 +88,7 @@ class DrainLease:
     _state: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _heartbeat: threading.Thread | None = field(default=None, init=False, repr=False)
+    _abandoned: bool = field(default=False, init=False, repr=False)
 
     @property
     def lost(self) -> str | None:
@@ -142,7 +143,14 @@ class DrainLease:
             time.sleep(check_every)
         with self._state:
             self._lost = None
+        self._abandoned = False
         log.info("Took %s as %s (ttl %.0fs)", self.name, self.owner, self.ttl)
+
+    def abandon(self) -> None:
+        """Leave the lease to expire by its ttl instead of releasing it: a write of this owner
+        may still reach MongoDB (a stopped try's write in flight), and no other drain may start
+        before that write is over or the lease has expired."""
+        self._abandoned = True
 
     def _extend(self) -> tuple[bool, float]:
         """One renewal at the server: (still ours and live, monotonic send time)."""
@@ -256,6 +264,14 @@ class DrainLease:
         Best effort: when MongoDB does not answer within a few seconds the lease expires by
         itself after its ttl.
         """
+        if self._abandoned:
+            log.warning(
+                "Leaving %s to expire within %.0fs instead of releasing it: a write of this try "
+                "may still be in flight",
+                self.name,
+                self.ttl,
+            )
+            return
         try:
             with pymongo.timeout(RELEASE_TIMEOUT):
                 deleted = self.collection.delete_one({"_id": self.name, "owner": self.owner}).deleted_count

@@ -20,10 +20,13 @@ from pathlib import Path
 import pytest
 
 from chaos.work import Work
-from kafka_mongo_etl.errors import DrainBusyError, LeaseLostError
-from kafka_mongo_etl.ids import record_key
+from kafka_mongo_etl.clients import EtlConsumerHook
+from kafka_mongo_etl.drain import STOP_WAIT, DrainSettings, drain_to_watermark
+from kafka_mongo_etl.errors import DrainBusyError, LeaseLostError, StopRequested
+from kafka_mongo_etl.ids import id_function, record_key
 from kafka_mongo_etl.lease import DrainLease, lease_owner
 from kafka_mongo_etl.mongo_sink import MongoSink
+from kafka_mongo_etl.records import json_document
 from kafka_mongo_etl.tasks import LEASE_COLLECTION, run_consume, run_produce
 
 REPO = Path(__file__).resolve().parents[2]
@@ -275,3 +278,63 @@ def test_heartbeat_threads_end_with_the_drain(connections, make_job) -> None:
     produce(job.topic, job.batch, 50)
     run_consume(job)
     assert not [t for t in threading.enumerate() if t.name.startswith("lease-heartbeat")]
+
+
+@pytest.mark.parametrize(
+    "write_seconds", [0.5, STOP_WAIT + 3], ids=["write ends in time", "write still running"]
+)
+def test_a_stop_during_a_write_commits_nothing_more_and_a_running_write_keeps_the_lease(
+    connections, make_job, leases, mongo_client, committed_offsets, write_seconds
+) -> None:
+    """A stop (SIGTERM's StopRequested) while the next batch is built and a write is in flight:
+    the drain waits for that write up to STOP_WAIT, commits nothing after the stop, and leaves
+    the lease to expire when the write is still running, so no other drain starts under it."""
+    job = make_job()
+    run_produce(
+        kafka_conn_id="kafka_default", topic=job.topic, partitions=1, batch=job.batch, start=0, count=300
+    )
+    collection = mongo_client[job.mongo_db]["testnum"]
+    build = json_document(id_function("key"))
+
+    def to_document(message):
+        if message.offset() == 250:  # batch 3, read while batch 2 is written
+            raise StopRequested("SIGTERM")
+        return build(message)
+
+    class SlowSecondWrite(MongoSink):
+        writes = 0
+
+        def write(self, documents):
+            self.writes += 1
+            if self.writes == 2:
+                time.sleep(write_seconds)
+            return super().write(documents)
+
+    lease = DrainLease(leases, f"drain:{job.topic}", owner=lease_owner("run-stop", 1), ttl=30)
+    consumer = EtlConsumerHook(job.topic, job.consumer_group).get_conn
+    began = time.monotonic()
+    with pytest.raises(StopRequested), lease.held(wait=0):
+        try:
+            drain_to_watermark(
+                consumer,
+                job.topic,
+                job.consumer_group,
+                SlowSecondWrite(collection),
+                to_document,
+                DrainSettings(batch_size=100),
+                lease,
+            )
+        finally:
+            consumer.close()
+    stopped_after = time.monotonic() - began
+    assert committed_offsets(job.topic, job.consumer_group, 1) == {0: 100}
+    holder = leases.find_one({"_id": lease.name})
+    if write_seconds < STOP_WAIT:
+        assert holder is None, "the write ended within STOP_WAIT: the lease is released"
+        assert collection.count_documents({}) == 200
+    else:
+        assert holder is not None and holder["owner"] == lease.owner, "left to expire, not released"
+        assert stopped_after < write_seconds, "the stop did not wait for the whole write"
+        wait_for("the write left running", lambda: collection.count_documents({}) == 200)
+    loaded = {d["_id"] for d in collection.find({}, {"_id": 1})}
+    assert loaded == {record_key(job.batch, n) for n in range(200)}
