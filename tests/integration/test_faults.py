@@ -138,6 +138,9 @@ def test_sigterm_stops_a_try_blocked_on_a_silent_mongodb(
         start=0,
         count=work.count,
     )
+    # Every MongoDB answer 0.3 s late: the drain of 15 batches takes seconds, so it is still
+    # running when the test makes the server silent (unslowed, it can finish in 0.2 s).
+    stack.mongo.add_toxic("latency", "downstream", latency=300)
     log = tmp_path / "try.log"
     with open(log, "wb") as output:
         child = subprocess.Popen(

@@ -321,7 +321,8 @@ def test_a_stop_during_a_write_commits_nothing_more_and_a_running_write_keeps_th
                 job.consumer_group,
                 SlowSecondWrite(collection),
                 to_document,
-                DrainSettings(batch_size=100),
+                # Batches of exactly 100: consume() waits up to poll_timeout for a full batch.
+                DrainSettings(batch_size=100, poll_timeout=10),
                 lease,
             )
         finally:
