@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 ACTIONS = ("produce", "consume", "produce+consume")
@@ -56,6 +56,25 @@ class Work:
 
         return default_group_id(self.mongo_db, self.mongo_collection)
 
+    def consume_job(self, **changes: Any) -> Any:
+        """The ``ConsumeJob`` the DAG's ``consume`` task would run for this work; keywords override."""
+        from kafka_mongo_etl.drain import DrainSettings
+        from kafka_mongo_etl.tasks import ConsumeJob
+
+        job = ConsumeJob(
+            kafka_conn_id=self.kafka_conn_id,
+            mongo_conn_id=self.mongo_conn_id,
+            topic=self.topic,
+            mongo_db=self.mongo_db,
+            mongo_collection=self.mongo_collection,
+            batch=self.batch,
+            run_id=self.run_id,
+            lease_wait=self.lease_wait,
+            lease_ttl=self.lease_ttl,
+            drain=DrainSettings(batch_size=self.batch_size, stall_timeout=self.stall_timeout),
+        )
+        return replace(job, **changes)
+
     def expected_ids(self) -> set[str]:
         """The ``_id`` of every record of this run's batch (the record keys)."""
         from kafka_mongo_etl.ids import record_key
@@ -81,8 +100,7 @@ class Work:
 
 def run_work(work: Work) -> dict[str, Any]:
     """Do the work the way the DAG's tasks do it; return their XCom summaries."""
-    from kafka_mongo_etl.drain import DrainSettings
-    from kafka_mongo_etl.tasks import ConsumeJob, run_consume, run_produce
+    from kafka_mongo_etl.tasks import run_consume, run_produce
 
     batch = work.batch
     results: dict[str, Any] = {}
@@ -98,17 +116,5 @@ def run_work(work: Work) -> dict[str, Any]:
         )
         results["produce"] = produced
     if work.action in ("consume", "produce+consume"):
-        job = ConsumeJob(
-            kafka_conn_id=work.kafka_conn_id,
-            mongo_conn_id=work.mongo_conn_id,
-            topic=work.topic,
-            mongo_db=work.mongo_db,
-            mongo_collection=work.mongo_collection,
-            batch=batch,
-            run_id=work.run_id,
-            lease_wait=work.lease_wait,
-            lease_ttl=work.lease_ttl,
-            drain=DrainSettings(batch_size=work.batch_size, stall_timeout=work.stall_timeout),
-        )
-        results["consume"] = run_consume(job, produced)
+        results["consume"] = run_consume(work.consume_job(), produced)
     return results

@@ -33,9 +33,10 @@ from faults.kinds import (
 )
 from faults.stack import FaultStack, fault_stack
 from faults.trials import DAG_ID, run_fault_trial
+from kafka_mongo_etl.drain import DrainSettings
 from kafka_mongo_etl.errors import ConnectionProblem, DrainStalledError
 from kafka_mongo_etl.ids import batch_id, record_key
-from kafka_mongo_etl.tasks import ConsumeJob, _mongo_client, run_consume, run_produce
+from kafka_mongo_etl.tasks import _mongo_client, run_consume, run_produce
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -176,18 +177,7 @@ def test_sigterm_stops_a_try_blocked_on_a_silent_mongodb(
         )
         assert written == max(committed, 0)
 
-    retry = ConsumeJob(
-        kafka_conn_id="kafka_default",
-        mongo_conn_id="mongo_default",
-        topic=work.topic,
-        mongo_db=work.mongo_db,
-        mongo_collection=work.mongo_collection,
-        batch=work.batch,
-        run_id=work.run_id,
-        lease_ttl=5.0,
-        lease_wait=30.0,
-    )
-    run_consume(retry)
+    run_consume(work.consume_job(drain=DrainSettings()))
     assert collection.count_documents({}) == work.count
     assert {d["_id"] for d in collection.find({}, {"_id": 1})} == work.expected_ids()
     mongo_client.drop_database(work.mongo_db)
@@ -201,7 +191,6 @@ def test_a_stalled_drain_fails_after_committing_what_it_loaded_and_the_retry_goe
     task fails naming the connection and the partition, after the audit; the retry, on a
     healthy network, loads the rest."""
     from kafka_mongo_etl.audit import AUDIT_COLLECTION
-    from kafka_mongo_etl.drain import DrainSettings
 
     stack = through_proxies
     job = make_job(drain=DrainSettings(batch_size=100, stall_timeout=2))

@@ -239,22 +239,8 @@ def test_a_zombie_try_and_its_retry_never_both_commit(
         frozen_at = committed_offsets(work.topic, work.group_id, 3)
         assert sum(frozen_at.values()) < work.count
 
-        from kafka_mongo_etl.drain import DrainSettings
-        from kafka_mongo_etl.tasks import ConsumeJob
-
-        retry = ConsumeJob(
-            kafka_conn_id="kafka_default",
-            mongo_conn_id="mongo_default",
-            topic=work.topic,
-            mongo_db=work.mongo_db,
-            mongo_collection=work.mongo_collection,
-            batch=work.batch,
-            run_id=work.run_id,
-            lease_ttl=2.0,
-            lease_wait=30.0,
-            drain=DrainSettings(batch_size=500),
-        )
-        run_consume(retry)  # waits for the frozen try's lease to expire, then drains the rest
+        # Waits for the frozen try's lease to expire, then drains the rest.
+        run_consume(work.consume_job(drain=DrainSettings(batch_size=500)))
         done = committed_offsets(work.topic, work.group_id, 3)
         assert sum(done.values()) == work.count
 
