@@ -31,13 +31,17 @@ def make_job(topic: str, mongo_db: str) -> Callable[..., Any]:
 @pytest.fixture
 def committed_offsets(kafka_broker) -> Callable[..., dict[int, int]]:
     """``(topic, group, partitions=1) -> {partition: offset}`` the group has committed on the
-    session broker (negative where it has committed nothing)."""
+    session broker (negative where it has committed nothing). Asks again while the group
+    coordinator is still loading, as the drain does (``drain.committed_offsets``)."""
     from confluent_kafka import Consumer, TopicPartition
+
+    from kafka_mongo_etl.drain import committed_offsets as read_committed
 
     def read(topic: str, group: str, partitions: int = 1) -> dict[int, int]:
         consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap_servers, "group.id": group})
         try:
-            found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=20)
+            wanted = [TopicPartition(topic, p) for p in range(partitions)]
+            found = read_committed(consumer, wanted, timeout=20)
         finally:
             consumer.close()
         return {tp.partition: tp.offset for tp in found}
