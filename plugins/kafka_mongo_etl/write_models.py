@@ -16,9 +16,11 @@ servers; and SecantusDB reports a re-read ``{_id: a, email: x}`` as a duplicate 
 index when ``a`` is stored with ``email: x`` (the record collides with itself). Re-checking with a
 query would need MongoDB's ``_id`` equality to map its answer back. The upsert needs neither.
 
-Only errors about the document become dead letters (``DOCUMENT_ERRORS``); every other write
-error raises ``WriteFailedError``: the batch is not committed and the task's retry writes it
-again. So does a write concern the server reports it could not satisfy.
+Every write goes through ``bulk.bulk_write``: a write error becomes a dead letter unless its
+code says the server could not write *now* (``TRANSIENT_ERRORS``), which raises
+``WriteFailedError`` (the batch is not committed and the task's retry writes it again), as does
+a write concern the server could not satisfy; a command refused as a whole is narrowed down to
+the requests that cause it (docs/poison-records.md).
 """
 
 from __future__ import annotations
@@ -31,35 +33,20 @@ from typing import Any, ClassVar
 from confluent_kafka import Message
 from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError
 
+from kafka_mongo_etl.bulk import (  # noqa: F401 - importable from here too
+    DOCUMENT_ERRORS,
+    TRANSIENT_ERRORS,
+    Outcome,
+    _codes,
+    bulk_write,
+    check_write_concern,
+    refusal,
+)
 from kafka_mongo_etl.errors import WriteFailedError
 from kafka_mongo_etl.ids import IdFunction
 from kafka_mongo_etl.records import BadRecordError, Document, RecordBuilder, id_identity, where
 
-# Write errors that are about the document itself — its content against the collection's
-# rules — so the same document would be refused again on every retry: it becomes a dead letter
-# and the rest of the batch loads. Names from MongoDB's src/mongo/base/error_codes.yml; the
-# codes without a name there are the server's assertion ids (uassert) quoted in the comments.
-# Any code NOT listed here (throttling 16500, Interrupted 11601, LockBusy 46, LockTimeout 24,
-# StaleConfig 13388, NotWritablePrimary 10107, ... and every code we have never seen) fails the
-# batch: nothing is committed and the task's retry writes it again.
-DOCUMENT_ERRORS: dict[int, str] = {
-    2: "BadValue (mongod's insert path: 'object to insert too large', an array _id)",
-    15: "Overflow (nested deeper than the server allows)",
-    52: "DollarPrefixedFieldName",
-    53: "InvalidIdField",
-    55: "InvalidDBRef",
-    56: "EmptyFieldName",
-    57: "DottedFieldName",
-    66: "ImmutableField (the stored _id differs in type, e.g. 1 stored, 1.0 written)",
-    121: "DocumentValidationFailure (the collection's validator)",
-    10334: "BSONObjectTooLarge",
-    11000: "DuplicateKey (a unique index; on _id only when another writer raced us)",
-    16755: "a geo-indexed field that is not valid GeoJSON (uassert 16755, can't extract geo keys)",
-    17419: "the document after the update is over 16 MiB (uassert 17419)",
-    17420: "the document to upsert is over 16 MiB (uassert 17420)",
-}
 DUPLICATE_KEY = 11000
 ID_INDEX = {"_id": 1}
 
@@ -78,67 +65,6 @@ class WriteResult:
     # Documents MongoDB refused, with why (the rest of the batch was written).
     rejected: list[tuple[Document, str]] = field(default_factory=list)
     deleted: int = 0
-
-
-@dataclass
-class Outcome:
-    """What one unordered bulk write did: the server's counts and the requests it refused."""
-
-    counts: dict[str, Any]
-    # (request index, write error) of the requests refused for a reason about the document.
-    refused: list[tuple[int, dict[str, Any]]]
-
-    def count(self, name: str) -> int:
-        return int(self.counts.get(name, 0))
-
-
-def refusal(error: dict[str, Any]) -> str:
-    return f"MongoDB refused the document (code {error.get('code')}): {error.get('errmsg')}"
-
-
-def bulk_write(collection: Collection, requests: list[Any], step: str) -> Outcome:
-    """One unordered bulk write; raises ``WriteFailedError`` unless every error is about a document."""
-    if not requests:
-        return Outcome({}, [])
-    try:
-        result = collection.bulk_write(requests, ordered=False)
-    except BulkWriteError as err:
-        details = err.details
-        check_write_concern(details, collection, step)
-        errors = details.get("writeErrors", [])
-        other = [e for e in errors if e.get("code") not in DOCUMENT_ERRORS]
-        if other:
-            raise WriteFailedError(
-                f"MongoDB did not write {len(other)} of {len(requests)} documents of a batch ({step}) "
-                f"for a reason that is not about the documents: {_codes(other)}; first: "
-                f"{other[0].get('errmsg')}. Nothing of this batch is committed: the task fails and "
-                "its retry writes the batch again. If it keeps failing, check the server."
-            ) from err
-        return Outcome(details, [(e["index"], e) for e in errors])
-    if not result.acknowledged:
-        raise WriteFailedError(f"{step}: the write was not acknowledged (write concern w=0)")
-    return Outcome(result.bulk_api_result, [])
-
-
-def check_write_concern(details: dict[str, Any], collection: Collection, step: str) -> None:
-    """Raise when the server says the write concern was not satisfied (never a dead letter)."""
-    failures = details.get("writeConcernErrors") or []
-    if failures:
-        raise WriteFailedError(
-            f"MongoDB applied the batch ({step}) but could not confirm the write concern "
-            f"{collection.write_concern.document or '{}'}: {_codes(failures)}; "
-            f"{failures[0].get('errmsg')}. Nothing of this batch is committed: the task fails and "
-            "its retry writes the batch again. Check the connection's w/wtimeoutMS against the "
-            "deployment (members, tags)."
-        )
-
-
-def _codes(errors: list[dict[str, Any]]) -> str:
-    counts: dict[str, int] = {}
-    for error in errors:
-        name = f"code {error.get('code')}" + (f" {error['codeName']}" if error.get("codeName") else "")
-        counts[name] = counts.get(name, 0) + 1
-    return ", ".join(f"{name} x{n}" for name, n in counts.items())
 
 
 def now() -> dt.datetime:
@@ -352,6 +278,7 @@ def record_builder(
 
 __all__ = [
     "DOCUMENT_ERRORS",
+    "TRANSIENT_ERRORS",
     "WRITE_MODES",
     "WriteFailedError",
     "WriteModel",
