@@ -231,7 +231,9 @@ def _narrow(collection: Collection, requests: list[Any], step: str, err: Operati
         error = {"index": 0, "code": err.code, "errmsg": _errmsg(err)}
         if isinstance(err.details, dict) and err.details.get("codeName"):
             error["codeName"] = err.details["codeName"]
-        return Outcome({"writeErrors": [error]}, [(0, error)])
+        counts: dict[str, Any] = {name: 0 for name in _COUNTS}
+        counts.update(writeErrors=[error], writeConcernErrors=[], upserted=[])
+        return Outcome(counts, [(0, error)])
     middle = len(requests) // 2
     first = _piece(collection, requests[:middle], step)
     second = _piece(collection, requests[middle:], step)
