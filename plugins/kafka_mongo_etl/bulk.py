@@ -18,8 +18,8 @@ The rule (docs/poison-records.md): **an error is about the documents unless it s
   own become refused entries of the ``Outcome``; the others are written and counted. At most
   ``2n - 1`` bulk writes for ``n`` requests, at most ``ceil(log2 n)`` levels deep; with ``k``
   culprits about ``2k log2 n``.
-- Connection failures and client-side timeouts are not ``OperationFailure``\\ s and leave here
-  as they are: the task fails and its retry writes the batch again (``tasks`` names them).
+- Connection failures and client-side timeouts are not ``OperationFailure`` errors and leave
+  here as they are: the task fails and its retry writes the batch again (``tasks`` names them).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def bulk_write(collection: Collection, requests: list[Any], step: str) -> Outcom
         outcome = _narrow(collection, requests, step, err)
         log.warning(
             "MongoDB refused a bulk write of %s requests (%s) as a whole (code %s: %s); narrowed down, "
-            "%s of them are refused on their own and become dead letters, the others were written",
+            "%s of them are refused on their own (the caller dead-letters them), the others were written",
             len(requests),
             step,
             err.code,
