@@ -204,4 +204,7 @@ def _upsert(letter: dict[str, Any]) -> ReplaceOne:
 
 
 def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    """``text`` cut to ``limit`` characters, encodable whatever it holds (a lone surrogate, which
+    BSON's UTF-8 cannot encode, is escaped)."""
+    cut = text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    return cut.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -191,6 +191,12 @@ def test_a_long_reason_is_cut() -> None:
     assert len(reason) < 17_000 and reason.endswith("(10000000 characters)")
 
 
+def test_a_reason_bson_cannot_encode_is_escaped() -> None:
+    collection = DeadLetterCollection()
+    MongoDeadLetterSink(collection, "run-1", "g").write([dead(record(0, None), "bad \ud800 name")])
+    assert collection.stored["t:0:0"]["reason"] == "bad \\ud800 name"
+
+
 def test_a_refused_dead_letter_is_stored_minimal_and_the_others_whole() -> None:
     # A validator that refuses dead letters carrying a value: the minimal form has none.
     collection = DeadLetterCollection(refuse=lambda document: document.get("value") == b"refuse me")
