@@ -97,6 +97,8 @@ ID_INDEX = {"_id": 1}
 CREATED_AT = "_created_at"
 UPDATED_AT = "_updated_at"
 TIMESTAMPS = (CREATED_AT, UPDATED_AT)
+# What the two timestamps add to a document (two BSON dates with their names).
+_TIMESTAMP_BYTES = sum(1 + len(name) + 1 + 8 for name in TIMESTAMPS)
 
 
 # A tombstone's marker: the time of the delete, purged by a TTL index after MARKER_RETENTION.
@@ -474,6 +476,12 @@ class UpdateModel(WriteModel):
             return (
                 f"write_mode 'update' $sets fields by name and cannot set {names[:3]} (a name with "
                 "'.' is a path to $set, an empty one is refused); load such records with 'replace'"
+            )
+        if len(document.body.raw) + _TIMESTAMP_BYTES > MAX_DOCUMENT_BYTES:
+            return (
+                f"write_mode 'update' adds {', '.join(TIMESTAMPS)} to the record's "
+                f"{len(document.body.raw)}-byte document, which would then be over MongoDB's 16 MiB "
+                "limit; load such records with 'replace'"
             )
         return None
 
