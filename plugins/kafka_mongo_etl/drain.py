@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Collection, Hashable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -97,6 +97,9 @@ class DrainSummary:
     loaded: int = 0
     # Documents deleted by tombstones (write_mode delete_on_tombstone); counted in loaded too.
     deleted: int = 0
+    # Writes the fence left without effect (the document had applied a newer or the same record
+    # of that partition: a re-read, a late write); counted in loaded too. See docs/fencing.md.
+    stale: int = 0
     skipped: int = 0
     batches: int = 0
     seconds: float = 0.0
@@ -209,7 +212,9 @@ def _commit(consumer: Consumer, topic: str, offsets: dict[int, int]) -> None:
 class Batch:
     """What one ``consume()`` call brought that lies inside the snapshot."""
 
-    documents: dict[Hashable, Document] = field(default_factory=dict)
+    # Every record that became a document, in read order: several may share an _id (the write
+    # model folds them as its mode says, with the result of writing them one by one).
+    documents: list[Document] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     # partition -> the offset after the last record of the batch: what to commit once written.
     # A partition whose position reached the snapshot when the batch was read commits the
@@ -405,7 +410,7 @@ class Drain:
         return self.mark_read(self.build(self.read_batch()))
 
     def build(self, messages: list[Message]) -> Batch:
-        """Documents (the later offset wins for one ``_id``) and dead letters of the snapshot's records."""
+        """Documents (every version, in read order) and dead letters of the snapshot's records."""
         batch = Batch()
         for message in messages:
             if message.error() is not None:
@@ -424,10 +429,8 @@ class Drain:
                     raise
                 batch.dead.append(DeadLetter(message, err.code, str(err), "decode"))
                 continue
-            # Python dicts keep the first insertion position, which an unordered write ignores.
-            batch.documents[document.identity] = document
+            batch.documents.append(document)
         self.summary.records += batch.records
-        self.summary.skipped += batch.records - len(batch.documents) - len(batch.dead)
         return batch
 
     def mark_read(self, batch: Batch) -> Batch:
@@ -469,9 +472,11 @@ class Drain:
     def write(self, batch: Batch) -> None:
         if not batch.documents:
             return
-        result = self.sink.write(list(batch.documents.values()))
-        self.summary.loaded += result.written - len(result.rejected)
+        result = self.sink.write(batch.documents)
+        self.summary.loaded += result.written - result.superseded - len(result.rejected)
+        self.summary.skipped += result.superseded
         self.summary.deleted += result.deleted
+        self.summary.stale += result.stale
         self.summary.batches += 1
         for document, reason in result.rejected:
             if self.dead_letters is None:

@@ -57,7 +57,9 @@ class MongoSink:
         self.model = write_model(mode)
 
     def write(self, documents: Sequence[Document]) -> WriteResult:
-        """Write ``documents``; one ``_id`` appears once (the caller keeps the latest)."""
+        """Write ``documents``: every record of a batch, in read order (versions of one ``_id``
+        included; the write model folds them). Each write is fenced by its record's position:
+        it never replaces what a newer record wrote (docs/fencing.md)."""
         if not documents:
             return WriteResult(0, 0, 0)
         return self.model.write(self.collection, documents)

@@ -11,7 +11,9 @@ inside the driver's bulk write is not a per-document error:
 
 - it encodes to BSON: integers within int64, strings and names without lone surrogates (JSON
   allows ``"\\ud800"``, UTF-8 does not), names without NUL;
-- it is at most 16 MiB, ``_id`` and ``_kafka`` included (``MAX_DOCUMENT_BYTES``);
+- it is at most 16 MiB, ``_id`` and ``_kafka`` included (``MAX_DOCUMENT_BYTES``), and the
+  statement that writes it — the document, its ``_id`` again in the filter, and the fence
+  (``write_models``) — fits mongod's per-statement limit (``MAX_STATEMENT_BYTES``);
 - it nests at most 100 levels (``MAX_NESTING``);
 - no top-level field name starts with ``$``, and no name has 255 or more dot-separated parts;
 - its ``_id`` is not an array, and an embedded-document ``_id`` has no ``$``-prefixed or dotted
@@ -36,6 +38,12 @@ from kafka_mongo_etl.ids import IdFunction
 
 # MongoDB refuses documents over 16 MiB (BSON, _id and _kafka included): BSONObjMaxUserSize.
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+# mongod refuses a write command whose statement ({q, u, upsert}) is over BSONObjMaxInternalSize,
+# 16 MiB + 16 KiB, for the whole command (code 10334, not a per-document error): a rewrite
+# carries the _id in its filter and the document in its update, so both count, with the fence
+# around them (write_models; tests/unit/test_batch_semantics.py checks this bound holds).
+MAX_STATEMENT_BYTES = MAX_DOCUMENT_BYTES + 16 * 1024
+STATEMENT_OVERHEAD_BYTES = 2 * 1024
 # "MongoDB supports no more than 100 levels of nesting for BSON documents. Each object or array
 # adds a level" (docs: MongoDB Limits and Thresholds, "Nested Depth for BSON Documents"); the
 # document itself is the first level, so {"a": 1} is 1 level and {"a": {"b": 1}} is 2. mongod
@@ -66,7 +74,7 @@ BAD_RECORD_CODES = {
     "too_deep": f"the document nests more than {MAX_NESTING} levels",
     "no_id": "the record has nothing to make its _id from (no key, no or null id field)",
     "invalid_id": "the _id is an array, or an embedded document with $-prefixed or dotted names",
-    "too_large": "the document is over MongoDB's 16 MiB limit",
+    "too_large": "the document is over MongoDB's 16 MiB limit, or with its _id over the write statement's",
 }
 
 
@@ -93,8 +101,9 @@ class Document:
     """One record as MongoDB will store it.
 
     ``identity`` is equal for two documents exactly when MongoDB would take their ``_id``s for
-    the same one; a batch keeps one document per identity (the later offset). ``body`` is the
-    whole document, ``_id`` first, encoded once.
+    the same one; the write model folds a batch's versions of one identity as its mode says
+    (``write_models``). ``body`` is the whole document, ``_id`` first, encoded once; ``None``
+    for a tombstone (``write_mode='delete_on_tombstone'``).
     """
 
     id: Any
@@ -306,6 +315,17 @@ def encode(document: dict[str, Any], message: Message) -> RawBSONDocument:
             "too_large",
             f"record {where(message)} makes a {len(raw)}-byte document, over MongoDB's 16 MiB limit",
         )
+    # Only a document over half the limit can carry an _id that large: skip the encode otherwise.
+    if 2 * len(raw) + STATEMENT_OVERHEAD_BYTES > MAX_STATEMENT_BYTES:
+        id_bytes = len(bson.encode({"_id": document["_id"]}))
+        if len(raw) + id_bytes + STATEMENT_OVERHEAD_BYTES > MAX_STATEMENT_BYTES:
+            raise BadRecordError(
+                "too_large",
+                f"record {where(message)} makes a {len(raw)}-byte document with a {id_bytes}-byte _id: "
+                f"the statement that writes it repeats the _id in its filter and would be over "
+                f"mongod's limit of {MAX_STATEMENT_BYTES} bytes per statement (16 MiB + 16 KiB); "
+                "shorten the _id (the record's key or id field) or the value",
+            )
     return RawBSONDocument(raw)
 
 
@@ -313,7 +333,8 @@ def json_document(id_for: IdFunction) -> RecordBuilder:
     """Turn a record whose value is a JSON object into a ``Document``.
 
     The value's own ``_id`` is dropped (the id strategy makes the ``_id``), and ``_kafka`` is set
-    to the record's partition and offset (a value's own ``_kafka`` is overwritten).
+    to the record's partition and offset, and ``applied``, the fence: ``{"<partition>": offset}``
+    (a value's own ``_kafka`` is overwritten; see docs/fencing.md).
     """
 
     def to_document(message: Message) -> Document:
@@ -326,7 +347,8 @@ def json_document(id_for: IdFunction) -> RecordBuilder:
         value.pop("_id", None)
         check_fields(value, message)
         partition, offset = message.partition(), message.offset()
-        document = {"_id": _id, **value, "_kafka": {"partition": partition, "offset": offset}}
+        position = {"partition": partition, "offset": offset, "applied": {str(partition): offset}}
+        document = {"_id": _id, **value, "_kafka": position}
         return Document(id=_id, identity=id_identity(_id), body=encode(document, message), message=message)
 
     return to_document

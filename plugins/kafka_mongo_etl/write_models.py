@@ -1,20 +1,35 @@
 """How a batch of documents is written: one small class per write model, picked by name.
 
-Every model writes a batch in (at most) two unordered bulk writes, so writing the same batch
-again changes nothing:
+**The fence.** Every stored document carries what was applied to it:
+``_kafka: {partition, offset, applied: {"<partition>": <highest offset applied>}}``. A write of
+the record at (partition p, offset o) changes the document only if ``applied[p]`` is missing or
+below o, in one server-side statement (an update pipeline: ``$replaceWith`` of ``$cond``), so a
+late writer — a try paused past its lease, a request the network delivered late, a re-read of
+one partition after a crash — can never replace, update or delete content newer than its own
+record, whenever it arrives. A tombstone (``delete_on_tombstone``) obeys the same rule: it
+replaces the document with a small marker (``_deleted_at``, ``_kafka``) that a TTL index purges
+after ``MARKER_RETENTION``. docs/fencing.md says what this protects, what it costs and its limits.
 
-1. ``InsertOne`` for every document (``DeleteOne`` for a tombstone): on a first load almost
-   every ``_id`` is new, and a plain insert is the cheapest write there is.
-2. The documents the insert refused are written again with the model's own upsert, keyed by
-   ``_id`` (``ReplaceOne``, ``UpdateOne`` ``$set``, ``UpdateOne`` ``$setOnInsert``). The server
-   answers that second write for exactly the question that matters — is this ``_id`` stored? —
-   with its own ``_id`` equality (``1`` and ``1.0`` are one key to it), so its verdict is final.
+**A batch** is written in (usually) two unordered bulk writes, so writing it again changes nothing:
+
+1. ``InsertOne`` for every document: on a first load almost every ``_id`` is new, and a plain
+   insert is the cheapest write there is (and safe: it only succeeds where the ``_id`` is absent).
+2. The documents the insert refused are written again with the model's fenced upsert, keyed by
+   ``_id``. The server answers that second write for exactly the question that matters — is
+   this ``_id`` stored, and is this record newer than what it applied? — with its own ``_id``
+   equality (``1`` and ``1.0`` are one key to it), so its verdict is final.
 
 Why step 2 and not the insert's error: a duplicate-key error does not reliably say which key
 collided. Older servers and DocumentDB send no ``keyPattern``; error messages differ between
 servers; and SecantusDB reports a re-read ``{_id: a, email: x}`` as a duplicate on the ``email``
-index when ``a`` is stored with ``email: x`` (the record collides with itself). Re-checking with a
-query would need MongoDB's ``_id`` equality to map its answer back. The upsert needs neither.
+index when ``a`` is stored with ``email: x`` (the record collides with itself).
+
+**Versions of one _id in a batch** give the result writing them one by one would give: the model
+folds a partition's consecutive versions into one write (``replace``: the last; ``update``: the
+fields merged in offset order; ``insert``: the first). Versions from several partitions are
+written in rounds, one bulk write per round, in read order; and when the server refuses a folded
+write, that ``_id``'s versions are written again one by one, so only the refused record becomes a
+dead letter.
 
 Every write goes through ``bulk.bulk_write``: a write error becomes a dead letter unless its
 code says the server could not write *now* (``TRANSIENT_ERRORS``), which raises
@@ -26,13 +41,18 @@ the requests that cause it (docs/poison-records.md).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+import logging
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import bson
+from bson.raw_bson import RawBSONDocument
 from confluent_kafka import Message
-from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
+from pymongo import InsertOne, UpdateOne
 from pymongo.collection import Collection
+from pymongo.errors import OperationFailure
 
 from kafka_mongo_etl.bulk import (  # noqa: F401 - importable from here too
     DOCUMENT_ERRORS,
@@ -45,7 +65,18 @@ from kafka_mongo_etl.bulk import (  # noqa: F401 - importable from here too
 )
 from kafka_mongo_etl.errors import WriteFailedError
 from kafka_mongo_etl.ids import IdFunction
-from kafka_mongo_etl.records import BadRecordError, Document, RecordBuilder, id_identity, where
+from kafka_mongo_etl.records import (
+    MAX_DOCUMENT_BYTES,
+    MAX_STATEMENT_BYTES,
+    STATEMENT_OVERHEAD_BYTES,
+    BadRecordError,
+    Document,
+    RecordBuilder,
+    id_identity,
+    where,
+)
+
+log = logging.getLogger(__name__)
 
 DUPLICATE_KEY = 11000
 ID_INDEX = {"_id": 1}
@@ -54,17 +85,43 @@ ID_INDEX = {"_id": 1}
 CREATED_AT = "_created_at"
 UPDATED_AT = "_updated_at"
 TIMESTAMPS = (CREATED_AT, UPDATED_AT)
+# What the two timestamps add to a document (two BSON dates with their names).
+_TIMESTAMP_BYTES = sum(1 + len(name) + 1 + 8 for name in TIMESTAMPS)
+
+
+# A tombstone's marker: the time of the delete, purged by a TTL index after MARKER_RETENTION.
+# A write delayed longer than that (or a re-read of records older than it) finds no marker and
+# can bring the deleted version back: keep it above the longest delay a write can see (the
+# lease, the task's retries) and the longest a partition can be re-read from behind.
+DELETED_AT = "_deleted_at"
+MARKER_RETENTION = dt.timedelta(days=7)
+MARKER_INDEX = "_deleted_at_ttl"
+# IndexOptionsConflict, IndexKeySpecsConflict: an index on _deleted_at exists with other options.
+INDEX_CONFLICTS = (85, 86)
 
 
 @dataclass(frozen=True)
 class WriteResult:
+    """What a batch's write did. ``written`` counts the records given (every version); each is
+    then ``rejected`` (a dead letter), ``superseded`` (folded into another version of its ``_id``
+    in the batch), or the one record of a write the server acknowledged."""
+
     written: int
     inserted: int
     # Existing documents written again (replaced, updated, or found and kept by ``insert``).
     replaced: int
     # Documents MongoDB refused, with why (the rest of the batch was written).
     rejected: list[tuple[Document, str]] = field(default_factory=list)
+    # Tombstones that replaced a stored document (a value, or an older marker) with their marker.
     deleted: int = 0
+    superseded: int = 0
+    # Fenced writes that changed nothing because the document had already applied their
+    # partition up to or past their offset: an older record delivered late, or a re-read.
+    stale: int = 0
+
+    @property
+    def loaded(self) -> int:
+        return self.written - self.superseded - len(self.rejected)
 
 
 def now() -> dt.datetime:
@@ -73,11 +130,89 @@ def now() -> dt.datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
-class WriteModel:
-    """Insert the batch, then write again, with ``rewrite``, what the insert refused.
+@dataclass
+class Write:
+    """What one statement writes for one ``_id``: ``versions`` (records of one partition, in
+    offset order) folded into ``body`` (``None`` for a tombstone). The fence checks the record at
+    (``partition``, ``offset``), the latest of the versions."""
 
-    Subclasses say how a document is inserted (``insert``), how it is written when its ``_id``
-    may exist (``rewrite``), and which documents they cannot write at all (``unwritable``).
+    id: Any
+    body: Any
+    versions: list[Document]
+    partition: int
+    offset: int
+
+    @classmethod
+    def of(cls, versions: list[Document], body: Any, _id: Any) -> Write:
+        last = versions[-1].message
+        return cls(_id, body, versions, last.partition(), last.offset())
+
+    @classmethod
+    def single(cls, document: Document) -> Write:
+        return cls.of([document], document.body, document.id)
+
+
+# The stored document's applied map, or an empty one when it has none (stored before the fence,
+# or by another program): such a document takes any record as newer. Guarded by type, because
+# $getField of a non-document fails the whole command, not the one statement.
+_STORED_APPLIED = {"$cond": [{"$eq": [{"$type": "$_kafka.applied"}, "object"]}, "$_kafka.applied", {}]}
+
+
+def _seen(partition: int) -> dict[str, Any]:
+    """The highest offset of ``partition`` the stored document applied, -1 for none (spelled out:
+    SecantusDB's ``$max`` of a missing value is missing)."""
+    return {"$ifNull": [{"$getField": {"field": str(partition), "input": "$$applied"}}, -1]}
+
+
+def kafka_field(write: Write) -> dict[str, Any]:
+    """The expression of the ``_kafka`` a fenced write stores: its record, and the applied map
+    with its partition moved up to its offset."""
+    applied = {
+        "$setField": {
+            "field": str(write.partition),
+            "input": "$$applied",
+            "value": {"$max": [write.offset, _seen(write.partition)]},
+        }
+    }
+    return {"partition": write.partition, "offset": write.offset, "applied": applied}
+
+
+def fenced(write: Write, new: Any) -> UpdateOne:
+    """An upsert that stores ``new`` (an expression) only if ``write``'s record is newer than
+    what the stored document applied of its partition; otherwise the document stays as it is
+    (the server reports it matched, not modified)."""
+    newer = {"$lt": [_seen(write.partition), write.offset]}
+    replacement = {"$let": {"vars": {"applied": _STORED_APPLIED}, "in": {"$cond": [newer, new, "$$ROOT"]}}}
+    return UpdateOne({"_id": write.id}, [{"$replaceWith": replacement}], upsert=True)
+
+
+def _runs(versions: list[Document]) -> list[list[Document]]:
+    """``versions`` cut where the partition changes: each run is one partition's, in offset order."""
+    runs: list[list[Document]] = []
+    for document in versions:
+        if runs and runs[-1][-1].message.partition() == document.message.partition():
+            runs[-1].append(document)
+        else:
+            runs.append([document])
+    return runs
+
+
+@dataclass
+class _Tally:
+    inserted: int = 0
+    replaced: int = 0
+    deleted: int = 0
+    superseded: int = 0
+    stale: int = 0
+    matched: int = 0
+
+
+class WriteModel:
+    """Insert the batch, then write again, with the fenced ``rewrite``, what the insert refused.
+
+    Subclasses say how a batch's versions of one ``_id`` fold into writes (``plan``), how a
+    write is inserted (``insert``), how it is written when its ``_id`` may exist (``rewrite``),
+    and which documents they cannot write at all (``unwritable``).
 
     After a batch in which most ``_id``s existed (a re-read, a re-sent batch) the next batch
     most likely holds existing ``_id``s too: it skips the insert step and goes straight to
@@ -87,59 +222,118 @@ class WriteModel:
     name: ClassVar[str]
     # True when an insert refused as a duplicate on the _id index needs no second write.
     skip_existing: ClassVar[bool] = False
+    # True when the rewrite is fenced (matched but not modified = stale).
+    is_fenced: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.rewrite_next = False
 
-    def insert(self, document: Document, at: dt.datetime) -> InsertOne | DeleteOne:
-        return InsertOne(document.body)
+    def plan(self, versions: list[Document]) -> list[Write]:
+        """The writes, in order, that give ``versions`` (one ``_id``'s, in read order) the
+        result of writing them one by one. Default: a partition's consecutive versions fold
+        into the last (the latest wins)."""
+        return [Write.of(run, run[-1].body, run[-1].id) for run in _runs(versions)]
 
-    def rewrite(self, document: Document, at: dt.datetime) -> ReplaceOne | UpdateOne | DeleteOne:
+    def insert(self, write: Write, at: dt.datetime) -> InsertOne | None:
+        """The insert of step 1, or None for a write that goes straight to ``rewrite``."""
+        return InsertOne(write.body)
+
+    def rewrite(self, write: Write, at: dt.datetime) -> UpdateOne:
         raise NotImplementedError
 
     def unwritable(self, document: Document) -> str | None:
         """Why this model cannot write ``document`` (it becomes a dead letter), or None."""
         return None
 
+    def prepare(self, collection: Collection, writes: list[Write]) -> None:
+        """Anything the collection needs before ``writes`` are written (an index)."""
+
     def write(self, collection: Collection, documents: Sequence[Document]) -> WriteResult:
+        """Write ``documents`` (every record of a batch, in read order; several may share an ``_id``)."""
         at = now()
         rejected = [(doc, why) for doc in documents if (why := self.unwritable(doc)) is not None]
         unwritable = {id(doc) for doc, _ in rejected}
-        batch = [doc for doc in documents if id(doc) not in unwritable]
-        if self.rewrite_next:
-            first, again, existing = Outcome({}, []), batch, 0
-        else:
-            first = bulk_write(collection, [self.insert(doc, at) for doc in batch], "insert")
-            again, existing = self.sort_refused(batch, first.refused)
-        second = self.write_again(collection, again, at)
-        rejected += [(again[index], refusal(error)) for index, error in second.refused]
-        self.rewrite_next = not self.skip_existing and 2 * second.count("nMatched") > len(batch)
+        versions: dict[Hashable, list[Document]] = {}
+        for doc in documents:
+            if id(doc) not in unwritable:
+                versions.setdefault(doc.identity, []).append(doc)
+        queues = [deque(self.plan(group)) for group in versions.values()]
+        tally = _Tally()
+        first = True
+        while queues:
+            heads = [queue[0] for queue in queues]
+            self.prepare(collection, heads)
+            refused = self.write_round(
+                collection, heads, at, tally, insert_first=first and not self.rewrite_next
+            )
+            if first:
+                self.rewrite_next = not self.skip_existing and 2 * tally.matched > len(heads)
+                first = False
+            for index, queue in enumerate(queues):
+                head = queue.popleft()
+                if index not in refused:
+                    tally.superseded += len(head.versions) - 1
+                elif len(head.versions) > 1:
+                    # One of the folded versions may be the one refused: write them one by one,
+                    # so the others are stored and only the refused record becomes a dead letter.
+                    queue.extendleft(reversed([Write.single(doc) for doc in head.versions]))
+                else:
+                    rejected.append((head.versions[0], refused[index]))
+            queues = [queue for queue in queues if queue]
         return WriteResult(
             written=len(documents),
-            inserted=first.count("nInserted") + second.count("nUpserted"),
-            replaced=existing + second.count("nMatched"),
+            inserted=tally.inserted,
+            replaced=tally.replaced,
             rejected=rejected,
-            deleted=first.count("nRemoved") + second.count("nRemoved"),
+            deleted=tally.deleted,
+            superseded=tally.superseded,
+            stale=tally.stale,
         )
 
-    def sort_refused(
-        self, batch: list[Document], refused: list[tuple[int, dict[str, Any]]]
-    ) -> tuple[list[Document], int]:
-        """The documents the insert refused to write again, and how many are known to exist
-        (``insert`` keeps those: a duplicate on the ``_id`` index, by the server's keyPattern)."""
-        again: list[Document] = []
-        existing = 0
-        for index, error in refused:
-            if self.skip_existing and is_id_duplicate(error):
-                existing += 1
+    def write_round(
+        self, collection: Collection, writes: list[Write], at: dt.datetime, tally: _Tally, insert_first: bool
+    ) -> dict[int, str]:
+        """One write per ``_id``: the insert step (unless skipped), then the fenced rewrite of
+        what it refused; returns the refused writes' indexes, with the server's reason."""
+        again = list(range(len(writes)))
+        if insert_first:
+            inserts = [
+                (i, request) for i, w in enumerate(writes) if (request := self.insert(w, at)) is not None
+            ]
+            first = bulk_write(collection, [request for _, request in inserts], "insert")
+            tally.inserted += first.count("nInserted")
+            refused_inserts = {inserts[position][0]: error for position, error in first.refused}
+            kept = {
+                i for i, error in refused_inserts.items() if self.skip_existing and is_id_duplicate(error)
+            }
+            tally.replaced += len(kept)  # found and kept (insert)
+            inserted = {i for i, _ in inserts} - set(refused_inserts)
+            again = [i for i in again if i not in inserted and i not in kept]
+        refused: dict[int, str] = {}
+        # Values and tombstones apart, so that the server's counts say which did what.
+        for part in (
+            [i for i in again if writes[i].body is not None],
+            [i for i in again if writes[i].body is None],
+        ):
+            if not part:
+                continue
+            outcome = self.write_again(collection, [writes[i] for i in part], at)
+            matched, modified = outcome.count("nMatched"), outcome.count("nModified")
+            refused.update((part[position], refusal(error)) for position, error in outcome.refused)
+            if writes[part[0]].body is None:
+                tally.deleted += modified
             else:
-                again.append(batch[index])
-        return again, existing
+                tally.inserted += outcome.count("nUpserted")
+                tally.replaced += matched
+                tally.matched += matched
+            if self.is_fenced:
+                tally.stale += matched - modified
+        return refused
 
-    def write_again(self, collection: Collection, again: list[Document], at: dt.datetime) -> Outcome:
+    def write_again(self, collection: Collection, again: list[Write], at: dt.datetime) -> Outcome:
         """Step 2: the model's upsert for what the insert refused; a duplicate on ``_id`` here
         means another writer inserted it meanwhile, so the batch fails and is retried."""
-        outcome = bulk_write(collection, [self.rewrite(doc, at) for doc in again], "rewrite")
+        outcome = bulk_write(collection, [self.rewrite(w, at) for w in again], "rewrite")
         raced = [error for _, error in outcome.refused if is_id_duplicate(error)]
         if raced:
             raise WriteFailedError(
@@ -155,36 +349,48 @@ def is_id_duplicate(error: dict[str, Any]) -> bool:
     return error.get("code") == DUPLICATE_KEY and error.get("keyPattern") == ID_INDEX
 
 
+def _replacement(write: Write) -> dict[str, Any]:
+    """The record's document, as an expression (``$literal``: its nested names stay names),
+    with the fence's ``_kafka``."""
+    return {"$setField": {"field": "_kafka", "input": {"$literal": write.body}, "value": kafka_field(write)}}
+
+
 class ReplaceModel(WriteModel):
-    """Insert, and replace what exists: a re-read or re-sent record overwrites its own
-    document, so the latest version wins; a first load runs at insert speed."""
+    """Insert, and replace what exists if the record is newer: the latest version wins; a
+    first load runs at insert speed."""
 
     name: ClassVar[str] = "replace"
 
-    def rewrite(self, document: Document, at: dt.datetime) -> ReplaceOne:
-        return ReplaceOne({"_id": document.id}, document.body, upsert=True)
+    def rewrite(self, write: Write, at: dt.datetime) -> UpdateOne:
+        return fenced(write, _replacement(write))
 
 
 class InsertModel(WriteModel):
     """Insert, and keep what exists: exactly once as well, but the first version wins — for
-    records that never change."""
+    records that never change. Never overwrites, so it needs no fence."""
 
     name: ClassVar[str] = "insert"
     skip_existing: ClassVar[bool] = True
+    is_fenced: ClassVar[bool] = False
 
-    def rewrite(self, document: Document, at: dt.datetime) -> UpdateOne:
+    def plan(self, versions: list[Document]) -> list[Write]:
+        # The first version wins: the others would be found and kept, one by one.
+        return [Write.of(versions, versions[0].body, versions[0].id)]
+
+    def rewrite(self, write: Write, at: dt.datetime) -> UpdateOne:
         # Inserts only where the _id is absent; refused again only for another unique index.
-        fields = _fields(document) or {"_id": document.id}  # $setOnInsert may not be empty
-        return UpdateOne({"_id": document.id}, {"$setOnInsert": fields}, upsert=True)
+        fields = _fields(write.body) or {"_id": write.id}  # $setOnInsert may not be empty
+        return UpdateOne({"_id": write.id}, {"$setOnInsert": fields}, upsert=True)
 
 
 class UpdateModel(WriteModel):
-    """``$set`` the record's fields on its document: fields a later version lacks stay.
+    """Set the record's fields on its document, if the record is newer: fields a later version
+    lacks stay (``$set`` of top-level fields, done with ``$mergeObjects`` under the fence).
 
-    ``_created_at`` is the time of the first write of the ``_id`` (``$setOnInsert``),
-    ``_updated_at`` the time of the latest (``$set``), both from the writing task's clock; the
-    record's own fields of those names are replaced. A re-read of a record whose content is equal
-    changes nothing but ``_updated_at``.
+    A batch's versions of one ``_id`` from one partition merge in offset order, as if written
+    one by one. ``_created_at`` is the time of the first write of the ``_id``, ``_updated_at``
+    the time of the latest, both from the writing task's clock; the record's own fields of those
+    names are replaced. A re-read of a record already applied changes nothing (it is stale).
     """
 
     name: ClassVar[str] = "update"
@@ -198,37 +404,109 @@ class UpdateModel(WriteModel):
                 f"write_mode 'update' $sets fields by name and cannot set {names[:3]} (a name with "
                 "'.' is a path to $set, an empty one is refused); load such records with 'replace'"
             )
+        if len(document.body.raw) + _TIMESTAMP_BYTES > MAX_DOCUMENT_BYTES:
+            return (
+                f"write_mode 'update' adds {', '.join(TIMESTAMPS)} to the record's "
+                f"{len(document.body.raw)}-byte document, which would then be over MongoDB's 16 MiB "
+                "limit; load such records with 'replace'"
+            )
         return None
 
-    def insert(self, document: Document, at: dt.datetime) -> InsertOne:
-        fields = _fields(document, TIMESTAMPS)
-        return InsertOne({"_id": document.id, **fields, CREATED_AT: at, UPDATED_AT: at})
+    def plan(self, versions: list[Document]) -> list[Write]:
+        runs = _runs(versions)
+        if len(runs) > 1:
+            # Merging across partitions could set a field again that a newer record of another
+            # partition has set since: one by one, each under its own fence.
+            return [Write.single(doc) for doc in versions]
+        if len(versions) == 1:
+            return [Write.single(versions[0])]
+        merged: dict[str, Any] = {}
+        for doc in versions:
+            merged.update(doc.body.items())
+        _id = versions[0].id
+        merged["_id"] = _id
+        body = RawBSONDocument(bson.encode(merged))
+        id_bytes = len(bson.encode({"_id": _id}))
+        if len(body.raw) > MAX_DOCUMENT_BYTES or (
+            len(body.raw) + id_bytes + STATEMENT_OVERHEAD_BYTES > MAX_STATEMENT_BYTES
+        ):
+            return [Write.single(doc) for doc in versions]  # each fits, their merge does not
+        return [Write.of(versions, body, _id)]
 
-    def rewrite(self, document: Document, at: dt.datetime) -> UpdateOne:
-        fields = _fields(document, TIMESTAMPS)
-        update = {"$set": {**fields, UPDATED_AT: at}, "$setOnInsert": {CREATED_AT: at}}
-        return UpdateOne({"_id": document.id}, update, upsert=True)
+    def insert(self, write: Write, at: dt.datetime) -> InsertOne:
+        fields = _fields(write.body, TIMESTAMPS)
+        return InsertOne({"_id": write.id, **fields, CREATED_AT: at, UPDATED_AT: at})
+
+    def rewrite(self, write: Write, at: dt.datetime) -> UpdateOne:
+        fields = _fields(write.body, (*TIMESTAMPS, "_kafka"))
+        stamps = {
+            UPDATED_AT: at,
+            CREATED_AT: {"$ifNull": ["$" + CREATED_AT, at]},
+            "_kafka": kafka_field(write),
+        }
+        return fenced(write, {"$mergeObjects": ["$$ROOT", {"$literal": fields}, stamps]})
 
 
 class DeleteOnTombstoneModel(ReplaceModel):
-    """``replace``, and a tombstone (a record with a null value) deletes its key's document.
+    """``replace``, and a tombstone (a record with a null value) deletes its key's document: the
+    latest of value and tombstone wins.
 
-    Needs ``id_strategy='key'`` and the record builder from ``tombstones_delete``; a tombstone
-    that is the latest record of its ``_id`` in a batch deletes, a later value writes it again.
+    A tombstone replaces the document, under the fence, with a marker ``{_id, _deleted_at,
+    _kafka}``, so that a late older value can neither bring it back (its insert finds the marker's
+    ``_id``, its rewrite is older) nor a late tombstone delete a newer value. A TTL index on
+    ``_deleted_at`` (made on the first tombstone) purges markers after ``MARKER_RETENTION``;
+    until then readers see them: filter ``{"_deleted_at": {"$exists": false}}``.
+
+    Needs ``id_strategy='key'`` and the record builder from ``tombstones_delete``.
     """
 
     name: ClassVar[str] = "delete_on_tombstone"
 
-    def insert(self, document: Document, at: dt.datetime) -> InsertOne | DeleteOne:
-        return DeleteOne({"_id": document.id}) if document.body is None else super().insert(document, at)
+    def __init__(self) -> None:
+        super().__init__()
+        self.marker_index = False
 
-    def rewrite(self, document: Document, at: dt.datetime) -> ReplaceOne | DeleteOne:
-        return DeleteOne({"_id": document.id}) if document.body is None else super().rewrite(document, at)
+    def prepare(self, collection: Collection, writes: list[Write]) -> None:
+        if not self.marker_index and any(write.body is None for write in writes):
+            ensure_marker_index(collection)
+            self.marker_index = True
+
+    def insert(self, write: Write, at: dt.datetime) -> InsertOne | None:
+        # A tombstone always goes through the fence: its counts say whether it deleted.
+        return None if write.body is None else super().insert(write, at)
+
+    def rewrite(self, write: Write, at: dt.datetime) -> UpdateOne:
+        if write.body is not None:
+            return super().rewrite(write, at)
+        marker = {"_id": {"$literal": write.id}, DELETED_AT: at, "_kafka": kafka_field(write)}
+        return fenced(write, marker)
 
 
-def _fields(document: Document, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
+def ensure_marker_index(collection: Collection, retention: dt.timedelta = MARKER_RETENTION) -> None:
+    """The TTL index that purges tombstone markers; idempotent. An index on ``_deleted_at`` with
+    other options (made by hand) is kept, with a warning."""
+    try:
+        collection.create_index(
+            DELETED_AT,
+            name=MARKER_INDEX,
+            expireAfterSeconds=int(retention.total_seconds()),
+            partialFilterExpression={DELETED_AT: {"$exists": True}},
+        )
+    except OperationFailure as err:
+        if err.code not in INDEX_CONFLICTS:
+            raise
+        log.warning(
+            "An index on %s.%s exists with other options than the tombstone markers' TTL index "
+            "(%s); kept as it is: markers are purged by its rules, if any",
+            collection.full_name,
+            DELETED_AT,
+            err,
+        )
+
+
+def _fields(body: Any, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
     """The document's fields without ``_id`` (and ``leave_out``)."""
-    return {k: v for k, v in document.body.items() if k != "_id" and k not in leave_out}
+    return {k: v for k, v in body.items() if k != "_id" and k not in leave_out}
 
 
 def tombstones_delete(builder: RecordBuilder, id_for: IdFunction) -> RecordBuilder:

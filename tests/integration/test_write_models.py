@@ -12,14 +12,21 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-from pymongo import InsertOne, ReplaceOne
+from pymongo import InsertOne, UpdateOne
 from pymongo.collection import Collection
 
 from kafka_mongo_etl.drain import DrainSettings
 from kafka_mongo_etl.errors import ParamsRefusedError
 from kafka_mongo_etl.ids import record_key
 from kafka_mongo_etl.tasks import ConsumeJob, DeadLetterPolicy, run_consume, run_produce
-from kafka_mongo_etl.write_models import CREATED_AT, UPDATED_AT, WRITE_MODES, ReplaceModel
+from kafka_mongo_etl.write_models import (
+    CREATED_AT,
+    DELETED_AT,
+    MARKER_INDEX,
+    UPDATED_AT,
+    WRITE_MODES,
+    ReplaceModel,
+)
 
 
 @pytest.fixture
@@ -58,6 +65,18 @@ def expected_ids(batch: str, count: int) -> set[str]:
 
 def ids_in(collection: Collection) -> set:
     return {doc["_id"] for doc in collection.find({}, {"_id": 1})}
+
+
+# What readers of a delete_on_tombstone collection filter on: a tombstone leaves a marker.
+LIVE = {DELETED_AT: {"$exists": False}}
+
+
+def live_ids(collection: Collection) -> set:
+    return {doc["_id"] for doc in collection.find(LIVE, {"_id": 1})}
+
+
+def marker_ids(collection: Collection) -> set:
+    return {doc["_id"] for doc in collection.find({DELETED_AT: {"$exists": True}}, {"_id": 1})}
 
 
 def reread(job: ConsumeJob, run: int = 2) -> ConsumeJob:
@@ -126,12 +145,15 @@ def test_a_reread_in_replace_mode_replaces_what_exists_and_goes_back_to_inserts(
     assert (result["records"], result["loaded"]) == (400, 400)
     collection = mongo_client[job.mongo_db]["testnum"]
     assert ids_in(collection) == expected_ids(job.batch, 200) | expected_ids("test/later", 200)
-    # The first batch's inserts all collide, so its documents are replaced and the next batches
-    # go straight to replacing; a batch of new _ids (upserted) sends the drain back to inserts.
+    # The first batch's inserts all collide, so its documents are rewritten (the fenced replace,
+    # an UpdateOne pipeline) and the next batches go straight to rewriting; a batch of new _ids
+    # (upserted) sends the drain back to inserts.
     kinds = [set(r) for r in requests_sent]
-    assert kinds[0] == {InsertOne} and kinds[1] == {ReplaceOne}
-    assert kinds[-1] == {InsertOne} and {ReplaceOne} in kinds[2:-1]
-    assert sum(len(r) for r, kind in zip(requests_sent, kinds, strict=True) if kind == {ReplaceOne}) >= 200
+    assert kinds[0] == {InsertOne} and kinds[1] == {UpdateOne}
+    assert kinds[-1] == {InsertOne} and {UpdateOne} in kinds[2:-1]
+    assert sum(len(r) for r, kind in zip(requests_sent, kinds, strict=True) if kind == {UpdateOne}) >= 200
+    # The re-read records were applied already: the fence left them as they were.
+    assert result["stale"] == 200
 
 
 def test_existing_ids_with_other_content_get_the_latest_version(job, mongo_client) -> None:
@@ -198,12 +220,10 @@ def test_update_mode_merges_fields_and_keeps_the_creation_time(job, kafka_broker
     assert first["a"][CREATED_AT] == first["a"][UPDATED_AT]
     assert first["b"][CREATED_AT] != "mine"  # the write's own timestamps, not the record's
 
-    # A re-read of equal content changes nothing but the updated-at.
-    run_consume(reread(updating))
+    # A re-read changes nothing, not even the updated-at: the fence finds the records applied.
+    assert run_consume(reread(updating))["stale"] == 2
     again = {d["_id"]: d for d in collection.find()}
-    for _id in ("a", "b"):
-        assert again[_id][UPDATED_AT] >= first[_id][UPDATED_AT]
-        assert _without(again[_id], UPDATED_AT) == _without(first[_id], UPDATED_AT)
+    assert again == first
 
     # A new version $sets its fields; a field it lacks stays; created-at stays.
     send(bootstrap, job.topic, [(b"a", {"size": 3})])
@@ -211,10 +231,6 @@ def test_update_mode_merges_fields_and_keeps_the_creation_time(job, kafka_broker
     a = collection.find_one({"_id": "a"})
     assert (a["num"], a["colour"], a["size"]) == (1, "red", 3)
     assert a[CREATED_AT] == first["a"][CREATED_AT] and a["_kafka"]["offset"] == 2
-
-
-def _without(document: dict, *names: str) -> dict:
-    return {k: v for k, v in document.items() if k not in names}
 
 
 def test_update_mode_refuses_field_names_it_would_take_for_paths(job, kafka_broker, mongo_client) -> None:
@@ -236,26 +252,30 @@ def test_delete_on_tombstone_deletes_the_keys_document(job, kafka_broker, mongo_
         [(b"a", {"v": 1}), (b"b", {"v": 1}), (b"c", {"v": 1}), (b"never", None), (None, None)],
     )
     result = run_consume(deleting)
-    # A tombstone of a key never stored deletes nothing; one without a key has no _id to delete.
+    # A tombstone of a key never stored deletes nothing (it leaves a marker, so that an older
+    # value delivered late cannot bring the key back); one without a key has no _id to delete.
     assert (result["records"], result["loaded"], result["deleted"], result["dead_letters"]) == (5, 4, 0, 1)
-    assert ids_in(collection) == {"a", "b", "c"}
+    assert live_ids(collection) == {"a", "b", "c"} and marker_ids(collection) == {"never"}
+    assert MARKER_INDEX in collection.index_information()
     letter = mongo_client[job.mongo_db]["testnum_dlq"].find_one()
     assert letter["key"] is None and letter["code"] == "no_id" and "no key" in letter["reason"]
 
     send(bootstrap, job.topic, [(b"b", None)])
     assert run_consume(replace(deleting, batch="test/run-2", run_id="run-2"))["deleted"] == 1
-    assert ids_in(collection) == {"a", "c"}
+    assert live_ids(collection) == {"a", "c"} and marker_ids(collection) == {"b", "never"}
 
     # A re-read from the start: b's value and then its tombstone (superseded in one batch, or
-    # written and deleted across two): the same end state.
+    # both stale across two): the same end state, nothing deleted or written again.
     reread_all = run_consume(reread(deleting, 3))
-    assert (reread_all["records"], reread_all["skipped"] + reread_all["deleted"]) == (6, 1)
-    assert ids_in(collection) == {"a", "c"}
+    assert (reread_all["records"], reread_all["deleted"]) == (6, 0)
+    assert reread_all["skipped"] + reread_all["stale"] == 6 - 1  # the keyless tombstone: dead letter
+    assert live_ids(collection) == {"a", "c"} and marker_ids(collection) == {"b", "never"}
 
     # A later value brings the key back.
     send(bootstrap, job.topic, [(b"b", {"v": 2})])
     run_consume(replace(deleting, batch="test/run-4", run_id="run-4"))
-    assert {d["_id"]: d["v"] for d in collection.find()} == {"a": 1, "b": 2, "c": 1}
+    assert {d["_id"]: d["v"] for d in collection.find(LIVE)} == {"a": 1, "b": 2, "c": 1}
+    assert marker_ids(collection) == {"never"}
 
 
 def test_tombstones_stay_dead_letters_in_the_other_modes(job, kafka_broker, mongo_client) -> None:
