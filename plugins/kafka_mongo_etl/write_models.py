@@ -35,6 +35,8 @@ from pymongo.errors import BulkWriteError
 
 from kafka_mongo_etl.errors import WriteFailedError
 from kafka_mongo_etl.ids import IdFunction
+from kafka_mongo_etl.options import WRITE_MODES as WRITE_MODE_NAMES
+from kafka_mongo_etl.options import key_ids_problem
 from kafka_mongo_etl.records import BadRecordError, Document, RecordBuilder, id_identity, where
 
 # Write errors that are about the document itself — its content against the collection's
@@ -325,8 +327,9 @@ WRITE_MODELS: dict[str, type[WriteModel]] = {
     model.name: model for model in (ReplaceModel, InsertModel, UpdateModel, DeleteOnTombstoneModel)
 }
 WRITE_MODES = tuple(WRITE_MODELS)
-# The modes that take a tombstone for "delete the key's document": they need its _id from the key.
-TOMBSTONE_MODES = ("delete_on_tombstone",)
+# The modes that take a tombstone for "delete the key's document": they need its _id from the key
+# (declared with the modes' names in kafka_mongo_etl.options, which the DAG form reads).
+TOMBSTONE_MODES = tuple(name for name, mode in WRITE_MODE_NAMES.items() if mode.needs_key_ids)
 
 
 def write_model(mode: str) -> WriteModel:
@@ -342,11 +345,9 @@ def record_builder(
     """The record builder ``mode`` needs: tombstones become deletes in ``delete_on_tombstone``."""
     if mode not in TOMBSTONE_MODES:
         return builder
-    if id_strategy != "key":
-        raise ValueError(
-            f"write_mode {mode!r} deletes the document of a tombstone's key, so it needs "
-            f"id_strategy 'key' (not {id_strategy!r}): a tombstone has no value to take an _id from"
-        )
+    problem = key_ids_problem(mode, id_strategy)
+    if problem:
+        raise ValueError(problem)
     return tombstones_delete(builder, id_for)
 
 

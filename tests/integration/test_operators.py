@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kafka_mongo_etl.ids import record_key
-from kafka_mongo_etl.tasks import default_group_id
+from kafka_mongo_etl.ids import default_group_id, record_key
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 
