@@ -90,24 +90,20 @@ def test_the_produce_options_are_the_produce_operators_arguments() -> None:
 
 
 def _distinct(found: options.LoadOption) -> Any:
-    """A value of the option other than its default, of the type the job keeps."""
-    distinct = {
-        "topic": "t2",
-        "mongo_db": "d2",
-        "mongo_collection": "c2",
-        "group_id": "g2",
-        "stall_timeout": 7,
-        "batch_size": 17,
-        "on_retention_gap": "skip",
-        "id_strategy": "fields",
-        "id_field": "order",
-        "id_fields": ["region", "order"],
-        "write_mode": "update",
-        "max_dead_letters": 3,
-        "max_dead_letter_ratio": 0.25,
-        "lease_wait": 9.5,
-    }
-    return distinct[found.name]
+    """A value of the option other than its default, made from its schema (so that a new option
+    needs no edit here)."""
+    if found.choices:
+        return next(choice for choice in found.choices if choice != found.default)
+    kinds = found.schema["type"] if isinstance(found.schema["type"], list) else [found.schema["type"]]
+    if "array" in kinds:
+        return ["region", "order"]
+    if "boolean" in kinds:
+        return not found.default
+    if "integer" in kinds:
+        return (found.default or 0) + 1
+    if "number" in kinds:
+        return (found.default or 0) + 0.25
+    return f"{found.name}-2"
 
 
 def test_every_consume_option_given_to_the_operator_reaches_the_job() -> None:
