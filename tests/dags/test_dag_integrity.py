@@ -321,3 +321,18 @@ def test_the_operators_in_a_dag_of_someone_elses_serialize_with_their_templates_
     )
     assert whole.topic == "{{ ds_nodash }}_orders" and whole.kafka_conn_id == "kafka_eu"
     assert per_partition.expand_input.value["partitions"] == [[0], [1], [2]]
+
+
+def test_a_conf_with_the_old_option_names_still_reaches_the_drains(dag, monkeypatch) -> None:
+    """consumer_group and stall_timeout_seconds are now group_id and stall_timeout (the operator's
+    names); a run's conf with the old names loads as it did, with a warning."""
+    import sys
+
+    values = _validated(dag, {"consumer_group": "orders-loader", "stall_timeout_seconds": 90})
+    drains = dag.get_task("drains")
+    monkeypatch.setattr(
+        sys.modules[drains.python_callable.__module__], "get_current_context", lambda: {"params": values}
+    )
+    (planned,) = drains.python_callable()
+    assert (planned["group_id"], planned["stall_timeout"]) == ("orders-loader", 90)
+    assert "consumer_group" not in planned and "stall_timeout_seconds" not in planned
