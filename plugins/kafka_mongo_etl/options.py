@@ -544,6 +544,9 @@ def reference_markdown() -> str:
             lines.append(f"- `{name}`: {label}")
         if found.choices:
             lines.append("")
+        needed_by = [f"`{name}`" for name, strategy in ID_STRATEGIES.items() if found.name in strategy.needs]
+        if needed_by:
+            lines += [f"Required by id_strategy {', '.join(needed_by)}.", ""]
         if found.job_field:
             lines += [f"In the drain's job: `ConsumeJob.{found.job_field}`.", ""]
     renamed = ", ".join(f"`{old}` → `{new}`" for old, new in RENAMED.items())
