@@ -14,8 +14,8 @@ from typing import Any
 from airflow.sdk import DAG, Asset, AssetWatcher
 
 from kafka_mongo_etl.arrivals import NewRecordsTrigger
+from kafka_mongo_etl.ids import default_group_id
 from kafka_mongo_etl.operators import KafkaToMongoOperator
-from kafka_mongo_etl.tasks import default_group_id
 
 DOC_MD = """
 ### Kafka → MongoDB on arrival

@@ -1,4 +1,34 @@
-"""Errors the tasks raise; each message says what happened and what to do."""
+"""Every error the ETL raises, in one tree; each message says what happened and what to do.
+
+::
+
+    Exception
+     └── EtlError                      every ETL failure: catch this for "the load failed"
+          ├── DeliveryError             records of a produced batch not acknowledged (retried)
+          ├── TopicNotFoundError        the topic to drain or plan does not exist (retried)
+          ├── ConnectionProblem         Kafka or MongoDB unusable through a connection (retried)
+          ├── DrainBusyError            another drain holds the lease (retried)
+          ├── LeaseLostError            this drain can no longer prove its lease (retried)
+          ├── DrainStalledError         partitions stayed below the snapshot (retried)
+          ├── WriteFailedError          MongoDB did not write a batch, not for its documents (retried)
+          ├── BadRecordError            one record cannot be a document: it becomes a dead letter
+          │                             and never fails a task (lives in kafka_mongo_etl.records)
+          └── NotRetriedError           also Airflow's AirflowFailException: fails without a retry
+               ├── DeadLetterLimitError       more dead letters than the run allows
+               ├── RetentionGapError          records deleted by retention before they were loaded
+               ├── OffsetAboveWatermarkError  committed offsets past the log's end
+               └── ParamsRefusedError         options that cannot work together
+    BaseException
+     └── StopRequested                 Airflow's SIGTERM; not an Exception, so nothing swallows it
+
+One root for catching (``EtlError``) and Airflow's semantics kept: an error a retry cannot cure
+is also an ``AirflowFailException``, which the task runner fails without retrying. Every error
+is defined here and imported from here, except ``BadRecordError``, which belongs to the record
+path (``kafka_mongo_etl.records``). ``WriteFailedError`` is also re-exported by
+``kafka_mongo_etl.write_models`` (and so reachable through ``mongo_sink``) for older imports;
+import it from here. Errors of the client libraries are mapped to these at one boundary per
+system: ``clients.kafka_errors`` for Kafka, ``tasks.mongo_errors`` for MongoDB.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +37,10 @@ from airflow.sdk.exceptions import AirflowFailException
 
 class EtlError(RuntimeError):
     """Base class for the ETL's own failures."""
+
+
+class NotRetriedError(EtlError, AirflowFailException):
+    """An ETL failure that a retry would meet again: Airflow fails the task without retrying."""
 
 
 class DeliveryError(EtlError):
@@ -74,7 +108,7 @@ class ConnectionProblem(EtlError):
     """Kafka or MongoDB could not be used through a connection; names it and what to check."""
 
 
-class DeadLetterLimitError(AirflowFailException):
+class DeadLetterLimitError(NotRetriedError):
     """More records went to dead letters than the run allows.
 
     Not retried: the offsets of the dead letters are committed (they are safe in the
@@ -82,7 +116,7 @@ class DeadLetterLimitError(AirflowFailException):
     """
 
 
-class RetentionGapError(AirflowFailException):
+class RetentionGapError(NotRetriedError):
     """Records were deleted by the topic's retention before the consumer group loaded them.
 
     Not retried: a retry finds the same gap. Nothing was read or committed.
@@ -98,7 +132,7 @@ class RetentionGapError(AirflowFailException):
         )
 
 
-class OffsetAboveWatermarkError(AirflowFailException):
+class OffsetAboveWatermarkError(NotRetriedError):
     """The group's committed offset is past the end of the partition: the log was truncated.
 
     Not retried: someone must decide where the group goes on from.
@@ -122,7 +156,7 @@ class OffsetAboveWatermarkError(AirflowFailException):
         )
 
 
-class ParamsRefusedError(AirflowFailException):
+class ParamsRefusedError(NotRetriedError):
     """The run's params cannot work together; raised before anything is produced, not retried."""
 
 

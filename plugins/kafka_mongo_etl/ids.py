@@ -1,17 +1,22 @@
-"""Batch identity, record keys and the document ``_id`` strategies.
+"""Names: batch identity, record keys, consumer groups, and the document ``_id`` strategies.
 
 A record's key is built from its batch (the DAG run) and its number, so re-sending a batch —
 a retried task, a cleared run, a repeated backfill date — produces the same keys, and the
 MongoDB ``_id`` derived from them makes the second copy overwrite the first.
+
+The ``_id`` strategies are small named classes in ``ID_STRATEGIES``, picked by name like the
+write models (``kafka_mongo_etl.write_models.WRITE_MODELS``); each says what it needs: the
+options it reads (``needs``) and whether the ``_id`` comes from the record key alone
+(``from_key``, which a tombstone delete requires). This module imports no client library, so the
+DAG form lists the strategies at parse time.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
-ID_STRATEGIES = ("key", "coordinates", "field", "fields")
 # A business-key field becomes a field name inside the _id document, where MongoDB refuses
 # $-prefixed names and its docs refuse dotted ones; NUL is never a BSON name.
 ID_FIELD_NAME_PATTERN = r"^[^$.\x00][^.\x00]*$"
@@ -27,31 +32,102 @@ def record_key(batch: str, num: int) -> str:
     return f"{batch}/{num}"
 
 
+def default_group_id(mongo_db: str, mongo_collection: str) -> str:
+    """One consumer group per target, so two targets of one topic never share offsets."""
+    return f"kafka_to_mongo.{mongo_db}.{mongo_collection}"
+
+
 IdFunction = Callable[[Any, dict[str, Any]], Any]
+
+
+class IdStrategy:
+    """Where a document's ``_id`` comes from; ``build`` raises ``ValueError`` for options that
+    cannot work, and the function it returns raises ``ValueError`` for a record it cannot make an
+    ``_id`` from (the record path turns that record into a dead letter)."""
+
+    name: ClassVar[str]
+    label: ClassVar[str]
+    # The _id comes from the record key alone: a tombstone (no value) still has one.
+    from_key: ClassVar[bool] = False
+    # The load options this strategy reads besides id_strategy.
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def build(cls, field: str | None, fields: Sequence[str] | None) -> IdFunction:
+        raise NotImplementedError
+
+
+class KeyIds(IdStrategy):
+    """The record key (UTF-8): exactly once across re-sent batches, and tombstones have one."""
+
+    name: ClassVar[str] = "key"
+    label: ClassVar[str] = "Record key (exactly once across re-sent batches)"
+    from_key: ClassVar[bool] = True
+
+    @classmethod
+    def build(cls, field: str | None, fields: Sequence[str] | None) -> IdFunction:
+        return _by_key
+
+
+class CoordinateIds(IdStrategy):
+    """``topic:partition:offset``: idempotent for redelivery of one record, not for a re-sent batch."""
+
+    name: ClassVar[str] = "coordinates"
+    label: ClassVar[str] = "topic:partition:offset"
+
+    @classmethod
+    def build(cls, field: str | None, fields: Sequence[str] | None) -> IdFunction:
+        return _by_coordinates
+
+
+class FieldIds(IdStrategy):
+    """One field of the value, whatever its type (a string, a number, an embedded document)."""
+
+    name: ClassVar[str] = "field"
+    label: ClassVar[str] = "A field of the value"
+    needs: ClassVar[tuple[str, ...]] = ("id_field",)
+
+    @classmethod
+    def build(cls, field: str | None, fields: Sequence[str] | None) -> IdFunction:
+        if not field:
+            raise ValueError("id_strategy 'field' needs id_field, the value field to use as _id")
+        return _by_field(field)
+
+
+class FieldsIds(IdStrategy):
+    """A business key over several value fields: the ``_id`` an embedded document
+    ``{field: value, ...}`` in the order given."""
+
+    name: ClassVar[str] = "fields"
+    label: ClassVar[str] = "Several fields of the value (a business key)"
+    needs: ClassVar[tuple[str, ...]] = ("id_fields",)
+
+    @classmethod
+    def build(cls, field: str | None, fields: Sequence[str] | None) -> IdFunction:
+        return _by_fields(check_id_fields(fields))
+
+
+ID_STRATEGIES: dict[str, type[IdStrategy]] = {
+    strategy.name: strategy for strategy in (KeyIds, CoordinateIds, FieldIds, FieldsIds)
+}
+
+
+def id_strategy(name: str) -> type[IdStrategy]:
+    """The strategy called ``name``; ``ValueError`` naming the choices for any other name."""
+    try:
+        return ID_STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown id_strategy {name!r}; choose one of {', '.join(ID_STRATEGIES)}") from None
 
 
 def id_function(strategy: str, field: str | None = None, fields: Sequence[str] | None = None) -> IdFunction:
     """How a record becomes a document ``_id``; raises ``ValueError`` for settings that cannot work.
 
-    ``key``: the record key (UTF-8); ``coordinates``: ``topic:partition:offset`` (idempotent for
-    redelivery of the same record, not for a re-sent batch); ``field``: one field of the value,
-    whatever its type (a string, a number, an embedded document); ``fields``: a business key over
-    several value fields, the ``_id`` an embedded document ``{field: value, ...}`` in the order
-    given. The functions raise ``ValueError`` for a record they cannot make an ``_id`` from (the
-    record path turns it into a dead letter): no key, a missing id field, or one that is null
-    (a null ``_id`` would make every such record the same document).
+    The functions raise ``ValueError`` for a record they cannot make an ``_id`` from: no key, a
+    missing id field, or one that is null (a null ``_id`` would make every such record the same
+    document).
     """
-    if strategy == "key":
-        return _by_key
-    if strategy == "coordinates":
-        return _by_coordinates
-    if strategy == "field":
-        if not field:
-            raise ValueError("id_strategy 'field' needs id_field, the value field to use as _id")
-        return _by_field(field)
-    if strategy == "fields":
-        return _by_fields(check_id_fields(fields))
-    raise ValueError(f"unknown id_strategy {strategy!r}; choose one of {', '.join(ID_STRATEGIES)}")
+    return id_strategy(strategy).build(field, fields)
 
 
 def check_id_fields(fields: Sequence[str] | None) -> tuple[str, ...]:

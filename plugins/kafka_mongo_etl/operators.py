@@ -12,21 +12,47 @@ The library is imported when a task runs, not when a DAG file is parsed.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import AssetAlias, BaseOperator
 
 from kafka_mongo_etl.lineage import Lineage, loads_alias, produced_alias
+from kafka_mongo_etl.options import consume_options, option
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from kafka_mongo_etl.tasks import ConsumeJob
+    from kafka_mongo_etl.job import ConsumeJob
 
 log = logging.getLogger(__name__)
+
+
+def _take_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pop every consume load option from ``kwargs``, with its default when not given."""
+    missing = [found.name for found in consume_options() if found.required and found.name not in kwargs]
+    if missing:
+        raise TypeError(f"KafkaToMongoOperator needs the keyword arguments {missing}")
+    return {found.name: kwargs.pop(found.name, found.default) for found in consume_options()}
+
+
+def _signature_with_options(init: Any) -> inspect.Signature:
+    """``init``'s signature with each consume load option as a keyword-only argument."""
+    signature = inspect.signature(init)
+    *given, rest = signature.parameters.values()
+    options = [
+        inspect.Parameter(
+            found.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=inspect.Parameter.empty if found.required else found.default,
+        )
+        for found in consume_options()
+    ]
+    required = [p for p in options if p.default is inspect.Parameter.empty]
+    optional = [p for p in options if p.default is not inspect.Parameter.empty]
+    return signature.replace(parameters=[given[0], *required, *given[1:], *optional, rest])
 
 
 def _batch(context: Context, batch: str | None) -> str:
@@ -75,8 +101,8 @@ class ProduceNumberedBatchOperator(BaseOperator):
         *,
         topic: str,
         count: int | str,
-        start: int | str = 0,
-        partitions: int | str = 3,
+        start: int | str = option("start").default,
+        partitions: int | str = option("partitions").default,
         kafka_conn_id: str = "kafka_default",
         batch: str | None = None,
         **kwargs: Any,
@@ -129,36 +155,24 @@ class KafkaToMongoOperator(BaseOperator):
     after everything else is loaded. Writes the run's audit to ``<mongo_db>.etl_runs`` and
     returns the drain summary.
 
-    The options are ``kafka_mongo_etl.tasks.ConsumeJob``'s, and default as it does:
+    Its keyword arguments are the load options that ``consume`` reads, by the same names and with
+    the same defaults as the ``kafka_to_mongo`` trigger form (``kafka_mongo_etl.options``; their
+    reference is docs/options.md): ``topic``, ``mongo_db`` and ``mongo_collection`` (required),
+    ``group_id``, ``id_strategy``, ``id_field``, ``id_fields``, ``write_mode``, ``stall_timeout``,
+    ``batch_size``, ``on_retention_gap``, ``max_dead_letters``, ``max_dead_letter_ratio``,
+    ``lease_wait``. Besides them:
 
-    :param group_id: consumer group; default ``kafka_to_mongo.<mongo_db>.<mongo_collection>``.
     :param partitions: drain only these partitions (``None``: all); a mapped task per partition
         passes one each (``KafkaToMongoOperator.partial(...).expand(partitions=...)``).
-    :param id_strategy: ``key`` (record key), ``coordinates`` (topic:partition:offset), ``field``
-        or ``fields`` (a business key over several value fields).
-    :param id_field: the value field used as ``_id`` with ``id_strategy="field"``.
-    :param id_fields: the value fields of the ``_id`` with ``id_strategy="fields"``, in order.
-    :param on_retention_gap: ``fail`` (default) or ``skip`` when records were deleted by retention
-        before this group loaded them.
-    :param write_mode: ``replace`` (the latest version wins), ``insert`` (the first wins),
-        ``update`` (``$set`` the fields) or ``delete_on_tombstone`` (``replace``; a tombstone deletes).
-    :param stall_timeout: seconds to wait on a partition held below its snapshot before stopping.
-    :param batch_size: records per bulk write and offset commit.
-    :param max_dead_letters: dead letters allowed per run (``None``: no count limit).
-    :param max_dead_letter_ratio: share of the drained records allowed as dead letters.
-    :param lease_wait: seconds to wait for another drain of the same partitions to finish.
     :param job_options: further ``ConsumeJob`` fields by name, passed as they are.
     :param produced: the upstream produce summary (an XCom), kept in the audit document.
     :param batch: the audit id and lease owner; default ``<dag_id>/<run_id>``.
     """
 
     template_fields: Sequence[str] = (
-        "topic",
-        "mongo_db",
-        "mongo_collection",
+        *(found.name for found in consume_options() if found.templated),
         "kafka_conn_id",
         "mongo_conn_id",
-        "group_id",
         "batch",
         "produced",
     )
@@ -167,92 +181,47 @@ class KafkaToMongoOperator(BaseOperator):
     def __init__(
         self,
         *,
-        topic: str,
-        mongo_db: str,
-        mongo_collection: str,
         kafka_conn_id: str = "kafka_default",
         mongo_conn_id: str = "mongo_default",
-        group_id: str | None = None,
         partitions: Sequence[int] | None = None,
-        id_strategy: str = "key",
-        id_field: str | None = None,
-        id_fields: Sequence[str] | None = None,
-        on_retention_gap: str = "fail",
-        write_mode: str = "replace",
-        stall_timeout: float = 30.0,
-        batch_size: int = 5_000,
-        max_dead_letters: int | None = 0,
-        max_dead_letter_ratio: float | None = None,
-        lease_wait: float = 600.0,
         job_options: Mapping[str, Any] | None = None,
         produced: dict[str, Any] | None = None,
         batch: str | None = None,
         **kwargs: Any,
     ) -> None:
+        options = _take_options(kwargs)
         # Without outlets of its own, the task reports its collection through the toolkit's alias.
         if kwargs.get("outlets") is None:
             kwargs["outlets"] = [loads_alias()]
         super().__init__(**kwargs)
-        self.topic = topic
-        self.mongo_db = mongo_db
-        self.mongo_collection = mongo_collection
+        for name, value in options.items():
+            setattr(self, name, value)
         self.kafka_conn_id = kafka_conn_id
         self.mongo_conn_id = mongo_conn_id
-        self.group_id = group_id
         self.partitions = partitions
-        self.id_strategy = id_strategy
-        self.id_field = id_field
-        self.id_fields = id_fields
-        self.on_retention_gap = on_retention_gap
-        self.write_mode = write_mode
-        self.stall_timeout = stall_timeout
-        self.batch_size = batch_size
-        self.max_dead_letters = max_dead_letters
-        self.max_dead_letter_ratio = max_dead_letter_ratio
-        self.lease_wait = lease_wait
         self.job_options = dict(job_options or {})
         self.produced = produced
         self.batch = batch
         self._lineage: Lineage | None = None
         self._loaded: int | None = None
 
-    def consume_job(self, context: Context) -> ConsumeJob:
-        """The library's job for this task: the one place where options become ``ConsumeJob`` fields."""
-        from kafka_mongo_etl.drain import DrainSettings
-        from kafka_mongo_etl.tasks import ConsumeJob, DeadLetterPolicy
+    # The load options are keyword arguments in the signature Airflow reads (for partial(),
+    # expand_kwargs() and default_args), though __init__ takes them through **kwargs.
+    __init__.__signature__ = _signature_with_options(__init__)  # type: ignore[attr-defined]
 
-        named: dict[str, Any] = {
-            "kafka_conn_id": self.kafka_conn_id,
-            "mongo_conn_id": self.mongo_conn_id,
-            "topic": self.topic,
-            "mongo_db": self.mongo_db,
-            "mongo_collection": self.mongo_collection,
-            "batch": _batch(context, self.batch),
-            "run_id": context["run_id"],
-            "group_id": self.group_id or None,
-            "id_strategy": self.id_strategy,
-            "id_field": self.id_field or None,
-            "id_fields": tuple(self.id_fields) if self.id_fields else None,
-            "on_retention_gap": self.on_retention_gap,
-            "write_mode": self.write_mode,
-            "lease_wait": float(self.lease_wait),
-            "drain": DrainSettings(stall_timeout=float(self.stall_timeout), batch_size=int(self.batch_size)),
-            "dead_letter_policy": DeadLetterPolicy(
-                max_count=None if self.max_dead_letters is None else int(self.max_dead_letters),
-                max_ratio=None if self.max_dead_letter_ratio is None else float(self.max_dead_letter_ratio),
-            ),
-            "partitions": None if self.partitions is None else tuple(int(p) for p in self.partitions),
-        }
-        known = {field.name for field in fields(ConsumeJob)}
-        unknown = sorted(set(self.job_options) - known)
-        if unknown:
-            raise ValueError(
-                f"job_options {unknown} are not ConsumeJob fields; the fields are {', '.join(sorted(known))}"
-            )
-        shadowed = sorted(set(self.job_options) & set(named))
-        if shadowed:
-            raise ValueError(f"pass {shadowed} as operator arguments, not in job_options")
-        return ConsumeJob(**named, **self.job_options)
+    def consume_job(self, context: Context) -> ConsumeJob:
+        """The library's job for this task, made from its load options."""
+        from kafka_mongo_etl.job import consume_job
+
+        return consume_job(
+            {found.name: getattr(self, found.name) for found in consume_options()},
+            kafka_conn_id=self.kafka_conn_id,
+            mongo_conn_id=self.mongo_conn_id,
+            batch=_batch(context, self.batch),
+            run_id=context["run_id"],
+            partitions=self.partitions,
+            job_options=self.job_options,
+        )
 
     @property
     def drain_label(self) -> str:

@@ -9,7 +9,6 @@ import logging
 import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pymongo
@@ -34,7 +33,7 @@ from kafka_mongo_etl.clients import (
     admin_client,
     kafka_errors,
 )
-from kafka_mongo_etl.drain import DrainSettings, DrainSummary, drain_to_watermark
+from kafka_mongo_etl.drain import DrainSummary, drain_to_watermark
 from kafka_mongo_etl.errors import (
     ConnectionProblem,
     DeadLetterLimitError,
@@ -42,9 +41,11 @@ from kafka_mongo_etl.errors import (
     ParamsRefusedError,
     StopRequested,
 )
-from kafka_mongo_etl.ids import id_function
-from kafka_mongo_etl.lease import LEASE_TTL, DrainLease, lease_owner
+from kafka_mongo_etl.ids import default_group_id, id_function  # noqa: F401 (re-exported)
+from kafka_mongo_etl.job import ConsumeJob, DeadLetterPolicy  # noqa: F401 (re-exported)
+from kafka_mongo_etl.lease import DrainLease, lease_owner
 from kafka_mongo_etl.mongo_sink import MongoDeadLetterSink, MongoSink
+from kafka_mongo_etl.options import check_options
 from kafka_mongo_etl.produce import ensure_topic, produce_batch
 from kafka_mongo_etl.records import json_document
 from kafka_mongo_etl.write_models import record_builder
@@ -52,7 +53,6 @@ from kafka_mongo_etl.write_models import record_builder
 log = logging.getLogger(__name__)
 
 LEASE_COLLECTION = "etl_leases"
-DEAD_LETTER_SUFFIX = "_dlq"
 KAFKA_METADATA_TIMEOUT = 15.0
 MONGO_TIMEOUT_MS = 10_000
 # Every MongoDB operation (pymongo's timeoutMS: the whole bulk write, retries included) is
@@ -67,11 +67,6 @@ MONGO_FAILURE_AUDIT_TIMEOUT = 5.0
 MONGO_WRITE_CONCERN: dict[str, Any] = {"w": "majority", "journal": True}
 
 
-def default_group_id(mongo_db: str, mongo_collection: str) -> str:
-    """One consumer group per target, so two targets of one topic never share offsets."""
-    return f"kafka_to_mongo.{mongo_db}.{mongo_collection}"
-
-
 def run_produce(
     *, kafka_conn_id: str, topic: str, partitions: int, batch: str, start: int, count: int
 ) -> dict[str, Any]:
@@ -80,67 +75,6 @@ def run_produce(
         producer = EtlProducerHook(kafka_config_id=kafka_conn_id).get_producer()
         where = f"Kafka connection {kafka_conn_id!r} ({_bootstrap_servers(kafka_conn_id)})"
         return produce_batch(producer, topic, batch, start, count, where=where).as_dict()
-
-
-@dataclass(frozen=True)
-class DeadLetterPolicy:
-    """When dead letters fail the task: more than ``max_count`` in a run, or more than
-    ``max_ratio`` of the records it drained (``None``: no such limit)."""
-
-    max_count: int | None = 0
-    max_ratio: float | None = None
-
-    def breach(self, dead_letters: int, records: int) -> str | None:
-        if self.max_count is not None and dead_letters > self.max_count:
-            return f"{dead_letters} dead letters, more than the limit of {self.max_count}"
-        if self.max_ratio is not None and records and dead_letters / records > self.max_ratio:
-            return (
-                f"{dead_letters} dead letters of {records} records ({dead_letters / records:.1%}), "
-                f"more than the limit of {self.max_ratio:.1%}"
-            )
-        return None
-
-
-@dataclass(frozen=True)
-class ConsumeJob:
-    kafka_conn_id: str
-    mongo_conn_id: str
-    topic: str
-    mongo_db: str
-    mongo_collection: str
-    batch: str
-    run_id: str
-    group_id: str | None = None
-    id_strategy: str = "key"
-    id_field: str | None = None
-    # The value fields of a business-key _id (id_strategy="fields").
-    id_fields: tuple[str, ...] | None = None
-    # A committed offset below the low watermark: "fail" (default) or "skip" (count the loss).
-    on_retention_gap: str = "fail"
-    lease_wait: float = 600.0
-    lease_ttl: float = LEASE_TTL
-    drain: DrainSettings = DrainSettings()
-    dead_letter_policy: DeadLetterPolicy = DeadLetterPolicy()
-    write_mode: str = "replace"
-    # Drain only these partitions (a mapped task per partition); None: all of them.
-    partitions: tuple[int, ...] | None = None
-
-    @property
-    def consumer_group(self) -> str:
-        return self.group_id or default_group_id(self.mongo_db, self.mongo_collection)
-
-    @property
-    def scope(self) -> str:
-        """``""`` for the whole topic, ``":0,2"`` for a drain of partitions 0 and 2."""
-        return "" if self.partitions is None else ":" + ",".join(map(str, sorted(self.partitions)))
-
-    @property
-    def audit_id(self) -> str:
-        return f"{self.batch}{self.scope}"
-
-    @property
-    def dead_letter_collection(self) -> str:
-        return f"{self.mongo_collection}{DEAD_LETTER_SUFFIX}"
 
 
 def _has_option(extras: dict[str, Any], *names: str) -> bool:
@@ -286,6 +220,7 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
     and ``DrainStalledError`` (retried) when partitions stayed below the snapshot, each after
     everything that was loaded was committed and the audit document written.
     """
+    check_options(vars(job), done="Nothing was loaded")
     try:
         id_for = id_function(job.id_strategy, job.id_field, job.id_fields)
         to_document = record_builder(job.write_mode, json_document(id_for), id_for, job.id_strategy)

@@ -65,6 +65,8 @@ from kafka_mongo_etl.bulk import (  # noqa: F401 - importable from here too
 )
 from kafka_mongo_etl.errors import WriteFailedError
 from kafka_mongo_etl.ids import IdFunction
+from kafka_mongo_etl.options import WRITE_MODES as WRITE_MODE_NAMES
+from kafka_mongo_etl.options import key_ids_problem
 from kafka_mongo_etl.records import (
     MAX_DOCUMENT_BYTES,
     MAX_STATEMENT_BYTES,
@@ -529,8 +531,9 @@ WRITE_MODELS: dict[str, type[WriteModel]] = {
     model.name: model for model in (ReplaceModel, InsertModel, UpdateModel, DeleteOnTombstoneModel)
 }
 WRITE_MODES = tuple(WRITE_MODELS)
-# The modes that take a tombstone for "delete the key's document": they need its _id from the key.
-TOMBSTONE_MODES = ("delete_on_tombstone",)
+# The modes that take a tombstone for "delete the key's document": they need its _id from the key
+# (declared with the modes' names in kafka_mongo_etl.options, which the DAG form reads).
+TOMBSTONE_MODES = tuple(name for name, mode in WRITE_MODE_NAMES.items() if mode.needs_key_ids)
 
 
 def write_model(mode: str) -> WriteModel:
@@ -546,11 +549,9 @@ def record_builder(
     """The record builder ``mode`` needs: tombstones become deletes in ``delete_on_tombstone``."""
     if mode not in TOMBSTONE_MODES:
         return builder
-    if id_strategy != "key":
-        raise ValueError(
-            f"write_mode {mode!r} deletes the document of a tombstone's key, so it needs "
-            f"id_strategy 'key' (not {id_strategy!r}): a tombstone has no value to take an _id from"
-        )
+    problem = key_ids_problem(mode, id_strategy)
+    if problem:
+        raise ValueError(problem)
     return tombstones_delete(builder, id_for)
 
 

@@ -202,34 +202,34 @@ def test_new_params_accept_what_works(dag) -> None:
     ids=str,
 )
 def test_params_that_cannot_work_together_fail_the_run_at_once(dag, conf: dict, words: str | None) -> None:
-    """JSON schema in Airflow 3.3 validates one param at a time; the rest is check_params, which the
+    """JSON schema in Airflow 3.3 validates one param at a time; the rest is check_options, which the
     run calls before producing, and which fails without retries."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from kafka_mongo_etl.errors import ParamsRefusedError
-    from kafka_mongo_etl.params import check_params
+    from kafka_mongo_etl.options import check_options
 
     values = _validated(dag, conf)  # each param alone is fine
     if words is None:
-        check_params(values)
+        check_options(values)
         return
     with pytest.raises(ParamsRefusedError, match=words) as err:
-        check_params(values)
+        check_options(values)
     assert isinstance(err.value, AirflowFailException)
     assert "Nothing was produced" in str(err.value)
 
 
 def test_the_last_number_must_fit_int64_exactly() -> None:
-    # The form's bound on start holds for any count; the exact rule is check_params'.
-    from kafka_mongo_etl.params import param_problems
+    # The form's bound on start holds for any count; the exact rule is option_problems'.
+    from kafka_mongo_etl.options import option_problems
 
-    assert param_problems({"start": 2**63 - 11, "count": 11}) == []
-    (problem,) = param_problems({"start": 2**63 - 10, "count": 11})
+    assert option_problems({"start": 2**63 - 11, "count": 11}) == []
+    (problem,) = option_problems({"start": 2**63 - 10, "count": 11})
     assert "is beyond int64" in problem and f"at most {2**63 - 11} for 11 records" in problem
 
 
 def test_airflow_has_no_schema_across_params() -> None:
-    """The reason for check_params: a DAG's params are validated one by one, each by its own schema
+    """The reason for check_options: a DAG's params are validated one by one, each by its own schema
     (if Airflow grows a cross-param schema, this fails and the conditional can move to the form)."""
     import inspect
 
@@ -261,8 +261,8 @@ def test_the_form_reads_top_down(dag) -> None:
 
 def test_on_arrival_watches_testnum_and_shares_the_lease_of_kafka_to_mongo(dagbag: DagBag, dag) -> None:
     from kafka_mongo_etl.arrivals import NewRecordsTrigger
+    from kafka_mongo_etl.ids import default_group_id
     from kafka_mongo_etl.operators import KafkaToMongoOperator
-    from kafka_mongo_etl.tasks import default_group_id
 
     on_arrival = dagbag.dags["kafka_to_mongo_on_arrival"]
     (watched,) = on_arrival.timetable.asset_condition.objects
@@ -274,7 +274,7 @@ def test_on_arrival_watches_testnum_and_shares_the_lease_of_kafka_to_mongo(dagba
     # The trigger watches the lag of the very group the drain commits for; the scheduled DAG's
     # default group for the same target is the same, so both take the same lease.
     assert kwargs["group_id"] == default_group_id("testnum", "testnum")
-    assert _validated(dag, {})["consumer_group"] is None  # kafka_to_mongo: the default group
+    assert _validated(dag, {})["group_id"] is None  # kafka_to_mongo: the default group
     (consume,) = on_arrival.tasks
     assert isinstance(consume, KafkaToMongoOperator)
     assert (consume.topic, consume.mongo_db, consume.mongo_collection) == ("testnum", "testnum", "testnum")
@@ -321,3 +321,18 @@ def test_the_operators_in_a_dag_of_someone_elses_serialize_with_their_templates_
     )
     assert whole.topic == "{{ ds_nodash }}_orders" and whole.kafka_conn_id == "kafka_eu"
     assert per_partition.expand_input.value["partitions"] == [[0], [1], [2]]
+
+
+def test_a_conf_with_the_old_option_names_still_reaches_the_drains(dag, monkeypatch) -> None:
+    """consumer_group and stall_timeout_seconds are now group_id and stall_timeout (the operator's
+    names); a run's conf with the old names loads as it did, with a warning."""
+    import sys
+
+    values = _validated(dag, {"consumer_group": "orders-loader", "stall_timeout_seconds": 90})
+    drains = dag.get_task("drains")
+    monkeypatch.setattr(
+        sys.modules[drains.python_callable.__module__], "get_current_context", lambda: {"params": values}
+    )
+    (planned,) = drains.python_callable()
+    assert (planned["group_id"], planned["stall_timeout"]) == ("orders-loader", 90)
+    assert "consumer_group" not in planned and "stall_timeout_seconds" not in planned

@@ -5,15 +5,29 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Message
 
-from kafka_mongo_etl.ids import ID_STRATEGIES, check_id_fields, id_function
+from kafka_mongo_etl.ids import ID_STRATEGIES, check_id_fields, default_group_id, id_function
 
 
 def message(key: bytes | None = b"k") -> Message:
     return Message(topic="t", partition=2, offset=7, key=key, value=b"{}")
 
 
-def test_every_strategy_is_named() -> None:
-    assert ID_STRATEGIES == ("key", "coordinates", "field", "fields")
+def test_every_strategy_is_named_and_says_what_it_needs() -> None:
+    assert tuple(ID_STRATEGIES) == ("key", "coordinates", "field", "fields")
+    assert all(name == strategy.name for name, strategy in ID_STRATEGIES.items())
+    # Only the key survives a tombstone (a record without a value).
+    assert [name for name, strategy in ID_STRATEGIES.items() if strategy.from_key] == ["key"]
+    assert {name: strategy.needs for name, strategy in ID_STRATEGIES.items()} == {
+        "key": (),
+        "coordinates": (),
+        "field": ("id_field",),
+        "fields": ("id_fields",),
+    }
+
+
+def test_the_default_group_is_one_per_target() -> None:
+    assert default_group_id("shop", "orders") == "kafka_to_mongo.shop.orders"
+    assert default_group_id("shop", "orders") != default_group_id("shop", "returns")
 
 
 def test_key_and_coordinates() -> None:

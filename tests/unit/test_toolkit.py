@@ -76,7 +76,7 @@ def operator(**options) -> KafkaToMongoOperator:
 
 
 def test_the_operators_defaults_are_the_libraries() -> None:
-    from kafka_mongo_etl.tasks import ConsumeJob
+    from kafka_mongo_etl.job import ConsumeJob
 
     job = operator().consume_job(CONTEXT)
     library = ConsumeJob(
@@ -92,13 +92,13 @@ def test_the_operators_defaults_are_the_libraries() -> None:
 
 
 def test_options_reach_the_job_and_further_fields_pass_through_job_options(monkeypatch) -> None:
-    from kafka_mongo_etl import tasks
+    from kafka_mongo_etl import job as job_module
 
     @dataclasses.dataclass(frozen=True)
-    class JobWithAFieldAddedLater(tasks.ConsumeJob):
+    class JobWithAFieldAddedLater(job_module.ConsumeJob):
         added_later: str = "default"
 
-    monkeypatch.setattr(tasks, "ConsumeJob", JobWithAFieldAddedLater)
+    monkeypatch.setattr(job_module, "ConsumeJob", JobWithAFieldAddedLater)
     job = operator(
         partitions=[2, 0],
         stall_timeout="5",
@@ -114,9 +114,7 @@ def test_options_reach_the_job_and_further_fields_pass_through_job_options(monke
 
 
 def test_job_options_that_are_not_consume_job_fields_or_shadow_an_argument_are_refused() -> None:
-    fields = {
-        field.name for field in dataclasses.fields(__import__("kafka_mongo_etl.tasks").tasks.ConsumeJob)
-    }
+    fields = {field.name for field in dataclasses.fields(__import__("kafka_mongo_etl.job").job.ConsumeJob)}
     assert "no_such_option" not in fields
     with pytest.raises(ValueError, match=r"job_options \['no_such_option'\] are not ConsumeJob fields"):
         operator(job_options={"no_such_option": 1}).consume_job(CONTEXT)

@@ -1,0 +1,570 @@
+"""Every load option, defined once, and the one check of how options combine.
+
+``LOAD_OPTIONS`` is the table: each option's name, default, JSON schema (type, bounds, allowed
+values — taken from the registries), title, description, form section, and which task reads it.
+Everything else is made from it:
+
+- the ``kafka_to_mongo`` DAG's trigger form (``form_params``);
+- ``KafkaToMongoOperator``'s keyword arguments and their defaults (``CONSUME_OPTIONS``);
+- the ``ConsumeJob`` the drain runs (``job_values``: where each option goes in the job).
+
+A name is the same at every hop: the form's param ``group_id`` is the operator's ``group_id`` is
+the job's ``group_id``. Adding a load option is one entry here plus its behaviour; the tests in
+``tests/unit/test_options.py`` check that it reaches the form, the operator and the job.
+
+Airflow 3.3 validates each ``Param`` against its own JSON schema, one at a time; a DAG has no
+schema over all of its params, so a rule such as "``id_field`` is required when ``id_strategy`` is
+``field``" cannot be said in the form. ``option_problems`` states those rules once;
+``check_options`` runs them before anything is produced and again when a drain starts, and fails
+the run without retries (``ParamsRefusedError``).
+
+This module imports no client library (no pymongo, no confluent_kafka): the DAG file builds its
+form from it at parse time. The write modes and retention-gap policies are implemented in
+modules that do import the clients, so their names and labels are declared here and a unit test
+checks that they match ``write_models.WRITE_MODELS`` and ``drain.RETENTION_GAP_POLICIES``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kafka_mongo_etl.errors import ParamsRefusedError
+from kafka_mongo_etl.ids import ID_FIELD_NAME_PATTERN, ID_STRATEGIES, MAX_ID_FIELDS, id_strategy
+from kafka_mongo_etl.parallelism import ONE_TASK, PER_PARTITION
+
+if TYPE_CHECKING:
+    from airflow.sdk import Param
+
+log = logging.getLogger(__name__)
+
+# Which task reads an option.
+PRODUCE = "produce"
+CONSUME = "consume"
+PLAN = "plan"  # the DAG's drains task: how many consume tasks a run maps
+
+# Form sections, top-down after the unsectioned basics.
+KAFKA_SECTION = "Kafka topic and consumer"
+ID_SECTION = "Document _id"
+DEAD_LETTER_SECTION = "Dead letters"
+
+INT64_MAX = 2**63 - 1
+MAX_COUNT = 10_000_000
+# {"num": n} must fit MongoDB's int64 for every n up to start + count - 1, whatever the count.
+MAX_START = 2**63 - MAX_COUNT
+# Kafka's rule for topic names (legal characters, at most 249 of them; "." and ".." are not).
+TOPIC_PATTERN = r"^(?!\.{1,2}$)[a-zA-Z0-9._-]{1,249}$"
+# MongoDB: database names have none of /\. "$*<>:|? and at most 63 characters;
+# collection names do not start with "system." and contain no "$" or NUL.
+MONGO_DB_PATTERN = r'^[^/\\. "$*<>:|?]{1,63}$'
+MONGO_COLLECTION_PATTERN = r"^(?!system\.)[^$\x00]{1,200}$"
+# MongoDB: "<database>.<collection>" at most 255 bytes; a database name under 64 bytes.
+MAX_NAMESPACE_BYTES = 255
+MAX_DATABASE_BYTES = 63
+# The longest collection name a run writes to: the dead letters beside the target.
+DEAD_LETTER_SUFFIX = "_dlq"
+
+
+@dataclass(frozen=True)
+class WriteMode:
+    """A write mode's name and label, and whether its ``_id``s must come from the record key
+    (``needs_key_ids``: it acts on tombstones, which have no value)."""
+
+    name: str
+    label: str
+    needs_key_ids: bool = False
+
+
+# Implemented by write_models.WRITE_MODELS under the same names (a unit test checks it).
+WRITE_MODES: dict[str, WriteMode] = {
+    mode.name: mode
+    for mode in (
+        WriteMode("replace", "Replace (insert, replace the _ids that exist; the latest version wins)"),
+        WriteMode("insert", "Insert, keep existing _ids (for records that never change)"),
+        WriteMode(
+            "update", "Update ($set the record's fields; keeps fields a new version lacks; timestamps)"
+        ),
+        WriteMode(
+            "delete_on_tombstone",
+            "Replace, and a tombstone deletes its key's document (id: key)",
+            needs_key_ids=True,
+        ),
+    )
+}
+# Implemented by drain.RETENTION_GAP_POLICIES under the same names (a unit test checks it).
+RETENTION_GAP_POLICIES: dict[str, str] = {
+    "fail": "Fail, loading nothing (the default)",
+    "skip": "Skip the deleted records, count them in the audit, and go on",
+}
+PARALLELISM_CHOICES: dict[str, str] = {
+    ONE_TASK: "One task drains every partition",
+    PER_PARTITION: "One mapped task per partition (dynamic task mapping)",
+}
+
+# Earlier names of options, still accepted in a run's conf (with a warning).
+RENAMED = {"consumer_group": "group_id", "stall_timeout_seconds": "stall_timeout"}
+
+
+def _optional_str(value: Any) -> str | None:
+    return str(value) if value else None
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _optional_tuple(value: Any) -> tuple[str, ...] | None:
+    return tuple(value) if value else None
+
+
+@dataclass(frozen=True)
+class LoadOption:
+    """One load option. ``schema`` is the JSON schema of one value (what the form validates);
+    ``job_field`` where the drain's ``ConsumeJob`` keeps it (``"drain.batch_size"``: a field of its
+    ``drain`` settings), ``to_job`` how an operator argument (maybe a rendered template string)
+    becomes that field. ``form_default`` differs from ``default`` only where the operator has no
+    default (``REQUIRED``) but the form offers one."""
+
+    name: str
+    default: Any
+    schema: Mapping[str, Any]
+    title: str
+    description: str
+    readers: tuple[str, ...]
+    section: str | None = None
+    choices: Mapping[str, str] | None = None
+    job_field: str | None = None
+    to_job: Callable[[Any], Any] | None = None
+    in_form: bool = True
+    form_default: Any = None
+    # Printed with a validation error: a pattern alone does not say what is wrong in words.
+    hint: str | None = None
+    templated: bool = False
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def param(self) -> Param:
+        """The trigger form's ``Param`` for this option."""
+        from airflow.sdk import Param
+
+        keywords: dict[str, Any] = {**self.schema, "title": self.title, "description": self.description}
+        if self.choices is not None:
+            keywords["enum"] = list(self.choices)
+            keywords["values_display"] = dict(self.choices)
+        if self.section is not None:
+            keywords["section"] = self.section
+        if self.hint is not None:
+            keywords["$comment"] = self.hint
+        return Param(self.form_default if self.required else self.default, **keywords)
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+"""The default of an option the operator cannot do without (``topic``, ``mongo_db`` …)."""
+
+LOAD_OPTIONS: list[LoadOption] = [
+    LoadOption(
+        "count",
+        500,
+        {"type": "integer", "minimum": 1, "maximum": MAX_COUNT},
+        "Records to produce",
+        "How many numbered records this run produces (1 … 10,000,000).",
+        readers=(PRODUCE,),
+    ),
+    LoadOption(
+        "start",
+        0,
+        {"type": "integer", "minimum": 0, "maximum": MAX_START},
+        "First number",
+        'The first record is {"num": start}; the last is start + count − 1, which must fit '
+        "int64 (start ≤ 2^63 − 10,000,000).",
+        readers=(PRODUCE,),
+    ),
+    LoadOption(
+        "topic",
+        REQUIRED,
+        {"type": "string", "pattern": TOPIC_PATTERN},
+        "Kafka topic",
+        "Topic to produce to and drain. Letters, digits, '.', '_' and '-'; at most 249.",
+        readers=(PRODUCE, CONSUME),
+        job_field="topic",
+        form_default="testnum",
+        hint="Use letters, digits, dots, underscores and hyphens only (at most 249).",
+        templated=True,
+    ),
+    LoadOption(
+        "mongo_db",
+        REQUIRED,
+        {"type": "string", "pattern": MONGO_DB_PATTERN},
+        "MongoDB database",
+        'Target database. Up to 63 characters; not allowed: space / \\ . " $ * < > : | ?',
+        readers=(CONSUME,),
+        job_field="mongo_db",
+        form_default="testnum",
+        hint='Use at most 63 characters, none of them a space or / \\ . " $ * < > : | ?',
+        templated=True,
+    ),
+    LoadOption(
+        "mongo_collection",
+        REQUIRED,
+        {"type": "string", "pattern": MONGO_COLLECTION_PATTERN},
+        "MongoDB collection",
+        "Target collection (no '$', must not start with 'system.'). Dead letters go to <name>_dlq.",
+        readers=(CONSUME,),
+        job_field="mongo_collection",
+        form_default="testnum",
+        hint="Use a name without '$' that does not start with 'system.'.",
+        templated=True,
+    ),
+    LoadOption(
+        "partitions",
+        3,
+        {"type": "integer", "minimum": 1, "maximum": 1000},
+        "Partitions for a new topic",
+        "Used only when produce creates the topic; an existing topic keeps its own.",
+        readers=(PRODUCE,),
+        section=KAFKA_SECTION,
+    ),
+    LoadOption(
+        "group_id",
+        None,
+        {"type": ["null", "string"]},
+        "Consumer group",
+        "Empty: kafka_to_mongo.<database>.<collection>, one group per target. A new group "
+        "starts at the earliest offset, so its first run reads the whole topic (safe, slower).",
+        readers=(CONSUME,),
+        section=KAFKA_SECTION,
+        job_field="group_id",
+        to_job=_optional_str,
+        templated=True,
+    ),
+    LoadOption(
+        "stall_timeout",
+        30,
+        {"type": "integer", "minimum": 1, "maximum": 3600},
+        "Stall timeout (s)",
+        "How long consume waits on a partition that gets no records below its snapshot "
+        "before it fails the task, naming the partition and offset (everything loaded is "
+        "committed first; the retry goes on from there).",
+        readers=(CONSUME,),
+        section=KAFKA_SECTION,
+        job_field="drain.stall_timeout",
+        to_job=float,
+    ),
+    LoadOption(
+        "batch_size",
+        5_000,
+        {"type": "integer", "minimum": 1, "maximum": 100_000},
+        "Records per write",
+        "How many records consume reads, writes to MongoDB in one bulk write, and commits at a "
+        "time. Larger is faster up to MongoDB's limits; a failed write is retried whole.",
+        readers=(CONSUME,),
+        section=KAFKA_SECTION,
+        job_field="drain.batch_size",
+        to_job=int,
+    ),
+    LoadOption(
+        "on_retention_gap",
+        "fail",
+        {"type": "string"},
+        "Records deleted by retention before they were loaded",
+        "When the group's committed offset is below the earliest record still on the topic, "
+        "the records between were lost to retention. Fail says so and loads nothing; skip "
+        "loads from the earliest record left and records how many were lost per partition.",
+        readers=(CONSUME,),
+        section=KAFKA_SECTION,
+        choices=RETENTION_GAP_POLICIES,
+        job_field="on_retention_gap",
+    ),
+    LoadOption(
+        "parallelism",
+        ONE_TASK,
+        {"type": "string"},
+        "Drains per run",
+        "One consume task for the whole topic, or one per partition, each under the lease of "
+        "its partition. Both load each record exactly once; per partition spreads the work "
+        "over workers. Keep one choice per topic and group (the two hold different leases).",
+        readers=(PLAN,),
+        section=KAFKA_SECTION,
+        choices=PARALLELISM_CHOICES,
+    ),
+    LoadOption(
+        "id_strategy",
+        "key",
+        {"type": "string"},
+        "Document _id",
+        "Where each document's _id comes from. Do not change it on a collection that "
+        "already holds data: the same records would load again under new ids.",
+        readers=(CONSUME,),
+        section=ID_SECTION,
+        choices={name: strategy.label for name, strategy in ID_STRATEGIES.items()},
+        job_field="id_strategy",
+    ),
+    LoadOption(
+        "id_field",
+        None,
+        {"type": ["null", "string"], "minLength": 1},
+        "_id field (only when Document _id is 'A field of the value')",
+        "The value field used as _id; required with that strategy (the run fails before "
+        "producing without it). A record without the field, or with null, is a dead letter.",
+        readers=(CONSUME,),
+        section=ID_SECTION,
+        job_field="id_field",
+        to_job=_optional_str,
+    ),
+    LoadOption(
+        "id_fields",
+        None,
+        {
+            "type": ["null", "array"],
+            "items": {"type": "string", "pattern": ID_FIELD_NAME_PATTERN},
+            "minItems": 1,
+            "maxItems": MAX_ID_FIELDS,
+            "uniqueItems": True,
+        },
+        "_id fields (only when Document _id is 'Several fields of the value')",
+        'The value fields of a business key, in order: the _id is {"<field>": value, …}. '
+        "Required with that strategy. 1–16 names without '.' or a leading '$'.",
+        readers=(CONSUME,),
+        section=ID_SECTION,
+        job_field="id_fields",
+        to_job=_optional_tuple,
+        hint="Use 1 to 16 distinct field names without '.', NUL or a leading '$'.",
+    ),
+    LoadOption(
+        "write_mode",
+        "replace",
+        {"type": "string"},
+        "Write mode",
+        "Every mode loads each record exactly once. Insert keeps the first version of an _id, so "
+        "use it only when a record with a given _id never changes; delete_on_tombstone needs "
+        "Document _id 'Record key'.",
+        readers=(CONSUME,),
+        section=ID_SECTION,
+        choices={name: mode.label for name, mode in WRITE_MODES.items()},
+        job_field="write_mode",
+    ),
+    LoadOption(
+        "max_dead_letters",
+        0,
+        {"type": ["null", "integer"], "minimum": 0},
+        "Dead letters allowed per run",
+        "Records that cannot be loaded go to <collection>_dlq. The run fails (without "
+        "retrying, after loading and committing everything else) when there are more than "
+        "this many. Empty: no count limit.",
+        readers=(CONSUME,),
+        section=DEAD_LETTER_SECTION,
+        job_field="dead_letter_policy.max_count",
+        to_job=_optional_int,
+    ),
+    LoadOption(
+        "max_dead_letter_ratio",
+        None,
+        {"type": ["null", "number"], "minimum": 0, "maximum": 1},
+        "Dead-letter share allowed per run",
+        "Fail when more than this share of the drained records are dead letters (0–1, e.g. 0.01 = 1%).",
+        readers=(CONSUME,),
+        section=DEAD_LETTER_SECTION,
+        job_field="dead_letter_policy.max_ratio",
+        to_job=_optional_float,
+    ),
+    LoadOption(
+        "lease_wait",
+        600.0,
+        {"type": "number", "minimum": 0},
+        "Lease wait (s)",
+        "How long a drain waits for another drain of the same partitions to finish.",
+        readers=(CONSUME,),
+        job_field="lease_wait",
+        to_job=float,
+        in_form=False,
+    ),
+]
+
+
+def option(name: str) -> LoadOption:
+    """The option called ``name``."""
+    return next(found for found in LOAD_OPTIONS if found.name == name)
+
+
+def consume_options() -> list[LoadOption]:
+    """The options ``KafkaToMongoOperator`` takes, in the table's order."""
+    return [found for found in LOAD_OPTIONS if CONSUME in found.readers]
+
+
+def produce_option_names() -> list[str]:
+    """The options ``ProduceNumberedBatchOperator`` takes (each an argument of the same name)."""
+    return [found.name for found in LOAD_OPTIONS if PRODUCE in found.readers]
+
+
+def form_params() -> dict[str, Param]:
+    """The ``kafka_to_mongo`` trigger form: every option with ``in_form``, in the table's order."""
+    return {found.name: found.param() for found in LOAD_OPTIONS if found.in_form}
+
+
+def with_current_names(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with options given under an earlier name (``RENAMED``) moved to their name,
+    logging a warning; a value under the current name wins over one under an earlier name."""
+    moved = dict(values)
+    for old, new in RENAMED.items():
+        if old in moved:
+            value = moved.pop(old)
+            log.warning("Option %r is now called %r; use the new name in the run's conf", old, new)
+            if moved.get(new) in (None, option(new).default):
+                moved[new] = value
+    return moved
+
+
+def job_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``ConsumeJob`` fields the consume options in ``values`` set: ``{"group_id": …,
+    "drain": {"batch_size": …}, …}`` (a dotted ``job_field`` is a field of a nested settings
+    object). Options missing from ``values`` take their default; each goes through ``to_job``."""
+    found: dict[str, Any] = {}
+    for load_option in consume_options():
+        if load_option.job_field is None:
+            continue
+        value = values.get(load_option.name, load_option.default)
+        if value is REQUIRED:
+            raise TypeError(f"the load option {load_option.name!r} is required")
+        if load_option.to_job is not None:
+            value = load_option.to_job(value)
+        owner, _, name = load_option.job_field.rpartition(".")
+        (found.setdefault(owner, {}) if owner else found)[name] = value
+    return found
+
+
+def key_ids_problem(write_mode: str, strategy: str) -> str | None:
+    """The rule between write modes and id strategies, stated once: a mode that acts on
+    tombstones needs ``_id``s from the record key (a tombstone has no value to take one from)."""
+    mode = WRITE_MODES.get(write_mode)
+    chosen = ID_STRATEGIES.get(strategy)
+    if mode is None or chosen is None or not mode.needs_key_ids or chosen.from_key:
+        return None
+    keyed = ", ".join(repr(name) for name, s in ID_STRATEGIES.items() if s.from_key)
+    return (
+        f"write_mode {write_mode!r} deletes the document of a tombstone's key, so it needs "
+        f"id_strategy {keyed} (not {strategy!r}): a tombstone has no value to take an _id from"
+    )
+
+
+def option_problems(values: Mapping[str, Any]) -> list[str]:
+    """What is wrong with ``values`` taken together (each one already passed its own schema).
+
+    Reads only the options present; a missing one takes its default.
+    """
+    problems = []
+    strategy = values.get("id_strategy") or option("id_strategy").default
+    write_mode = values.get("write_mode") or option("write_mode").default
+    for name, choices in (("write_mode", WRITE_MODES), ("on_retention_gap", RETENTION_GAP_POLICIES)):
+        if name in values and values[name] not in choices:
+            problems.append(f"unknown {name} {values[name]!r}; choose one of {', '.join(choices)}")
+    try:
+        id_strategy(strategy).build(values.get("id_field"), values.get("id_fields"))
+    except ValueError as err:
+        problems.append(str(err))
+    if tombstones := key_ids_problem(write_mode, strategy):
+        problems.append(tombstones)
+    start, count = values.get("start"), values.get("count")
+    if isinstance(start, int) and isinstance(count, int) and start + count - 1 > INT64_MAX:
+        problems.append(
+            f"start + count - 1 = {start + count - 1} is beyond int64 ({INT64_MAX}), which MongoDB "
+            f"cannot store as a number; use a start of at most {INT64_MAX - count + 1} for {count} records"
+        )
+    problems += _namespace_problems(values.get("mongo_db"), values.get("mongo_collection"))
+    return problems
+
+
+def _namespace_problems(database: Any, collection: Any) -> list[str]:
+    if not (isinstance(database, str) and isinstance(collection, str)):
+        return []
+    problems = []
+    if len(database.encode()) > MAX_DATABASE_BYTES:
+        problems.append(
+            f"mongo_db {database!r} is {len(database.encode())} bytes in UTF-8; MongoDB allows "
+            f"{MAX_DATABASE_BYTES}"
+        )
+    namespace = f"{database}.{collection}{DEAD_LETTER_SUFFIX}"
+    if len(namespace.encode()) > MAX_NAMESPACE_BYTES:
+        problems.append(
+            f"the dead-letter namespace {namespace!r} is {len(namespace.encode())} bytes; MongoDB allows "
+            f"{MAX_NAMESPACE_BYTES} for <database>.<collection>: shorten mongo_db or mongo_collection"
+        )
+    return problems
+
+
+def check_options(values: Mapping[str, Any], *, done: str = "Nothing was produced or loaded") -> None:
+    """Raise ``ParamsRefusedError`` (not retried) naming every problem of ``option_problems``;
+    called before producing and when a drain starts. ``done`` says what happened so far."""
+    problems = option_problems(values)
+    if problems:
+        raise ParamsRefusedError(
+            "The run's options cannot work together: "
+            + "; ".join(problems)
+            + f". {done}; run again with other options."
+        )
+
+
+def reference_markdown() -> str:
+    """docs/options.md: every load option, generated from ``LOAD_OPTIONS``
+    (``PYTHONPATH=plugins python -m kafka_mongo_etl.options > docs/options.md``)."""
+    lines = [
+        "# Load options",
+        "",
+        "Generated from `plugins/kafka_mongo_etl/options.py` (`LOAD_OPTIONS`); do not edit by hand:",
+        "`PYTHONPATH=plugins .venv/bin/python -m kafka_mongo_etl.options > docs/options.md`.",
+        "Each option has the same name in the `kafka_to_mongo` trigger form (and a run's conf), as a",
+        "`KafkaToMongoOperator` / `ProduceNumberedBatchOperator` argument, and in the drain's `ConsumeJob`.",
+        "",
+        "| Option | Default | Read by | Form section | Values |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for found in LOAD_OPTIONS:
+        default = "required" if found.required else f"`{found.default!r}`"
+        if found.required and found.form_default is not None:
+            default += f" (form: `{found.form_default!r}`)"
+        values = ", ".join(f"`{name}`" for name in found.choices) if found.choices else _schema_words(found)
+        section = (found.section or "(top)") if found.in_form else "not in the form"
+        lines.append(f"| `{found.name}` | {default} | {', '.join(found.readers)} | {section} | {values} |")
+    lines.append("")
+    for found in LOAD_OPTIONS:
+        lines += [f"## `{found.name}` — {found.title}", "", found.description, ""]
+        for name, label in (found.choices or {}).items():
+            lines.append(f"- `{name}`: {label}")
+        if found.choices:
+            lines.append("")
+        needed_by = [f"`{name}`" for name, strategy in ID_STRATEGIES.items() if found.name in strategy.needs]
+        if needed_by:
+            lines += [f"Required by id_strategy {', '.join(needed_by)}.", ""]
+        if found.job_field:
+            lines += [f"In the drain's job: `ConsumeJob.{found.job_field}`.", ""]
+    renamed = ", ".join(f"`{old}` → `{new}`" for old, new in RENAMED.items())
+    lines += [
+        "## Renamed",
+        "",
+        f"Earlier names, still accepted in a run's conf with a warning: {renamed}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _schema_words(found: LoadOption) -> str:
+    kinds = found.schema.get("type")
+    words = " or ".join(kinds) if isinstance(kinds, list) else str(kinds)
+    bounds = [f"{key} {found.schema[key]:,}" for key in ("minimum", "maximum") if key in found.schema]
+    return ", ".join([words, *bounds]) + (f"; {found.hint}" if found.hint else "")
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")
