@@ -33,6 +33,7 @@ from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
+from kafka_mongo_etl.cdc import change_events
 from kafka_mongo_etl.errors import WriteFailedError
 from kafka_mongo_etl.ids import IdFunction
 from kafka_mongo_etl.records import BadRecordError, Document, RecordBuilder, id_identity, where
@@ -300,6 +301,15 @@ class DeleteOnTombstoneModel(ReplaceModel):
         return DeleteOne({"_id": document.id}) if document.body is None else super().rewrite(document, at)
 
 
+class CdcModel(DeleteOnTombstoneModel):
+    """Mirror a table from Debezium change events (``kafka_mongo_etl.cdc``): an insert, snapshot
+    read or update replaces the row's document with its ``after`` image, a delete and its tombstone
+    delete it. The records come from ``cdc.change_events``, which makes the ``_id`` from the event
+    key (the primary key); the writes are ``delete_on_tombstone``'s."""
+
+    name: ClassVar[str] = "cdc"
+
+
 def _fields(document: Document, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
     """The document's fields without ``_id`` (and ``leave_out``)."""
     return {k: v for k, v in document.body.items() if k != "_id" and k not in leave_out}
@@ -322,11 +332,11 @@ def tombstones_delete(builder: RecordBuilder, id_for: IdFunction) -> RecordBuild
 
 
 WRITE_MODELS: dict[str, type[WriteModel]] = {
-    model.name: model for model in (ReplaceModel, InsertModel, UpdateModel, DeleteOnTombstoneModel)
+    model.name: model for model in (ReplaceModel, InsertModel, UpdateModel, DeleteOnTombstoneModel, CdcModel)
 }
 WRITE_MODES = tuple(WRITE_MODELS)
 # The modes that take a tombstone for "delete the key's document": they need its _id from the key.
-TOMBSTONE_MODES = ("delete_on_tombstone",)
+TOMBSTONE_MODES = ("delete_on_tombstone", "cdc")
 
 
 def write_model(mode: str) -> WriteModel:
@@ -339,7 +349,8 @@ def write_model(mode: str) -> WriteModel:
 def record_builder(
     mode: str, builder: RecordBuilder, id_for: IdFunction, id_strategy: str
 ) -> Callable[[Message], Document]:
-    """The record builder ``mode`` needs: tombstones become deletes in ``delete_on_tombstone``."""
+    """The record builder ``mode`` needs: tombstones become deletes in ``delete_on_tombstone``;
+    ``cdc`` reads Debezium change events (``cdc.change_events``) instead of ``builder``."""
     if mode not in TOMBSTONE_MODES:
         return builder
     if id_strategy != "key":
@@ -347,6 +358,8 @@ def record_builder(
             f"write_mode {mode!r} deletes the document of a tombstone's key, so it needs "
             f"id_strategy 'key' (not {id_strategy!r}): a tombstone has no value to take an _id from"
         )
+    if mode == CdcModel.name:
+        return change_events()
     return tombstones_delete(builder, id_for)
 
 
