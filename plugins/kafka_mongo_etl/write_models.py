@@ -334,7 +334,9 @@ def tombstones_delete(builder: RecordBuilder, id_for: IdFunction) -> RecordBuild
 WRITE_MODELS: dict[str, type[WriteModel]] = {
     model.name: model for model in (ReplaceModel, InsertModel, UpdateModel, DeleteOnTombstoneModel, CdcModel)
 }
-WRITE_MODES = tuple(WRITE_MODELS)
+# The modes that load JSON-object records (the write-model tests run each of them over such
+# records); ``cdc`` loads Debezium change events, and its own tests feed it those.
+WRITE_MODES = tuple(name for name in WRITE_MODELS if name != CdcModel.name)
 # The modes that take a tombstone for "delete the key's document": they need its _id from the key.
 TOMBSTONE_MODES = ("delete_on_tombstone", "cdc")
 
@@ -343,7 +345,7 @@ def write_model(mode: str) -> WriteModel:
     try:
         return WRITE_MODELS[mode]()
     except KeyError:
-        raise ValueError(f"unknown write_mode {mode!r}; choose one of {', '.join(WRITE_MODES)}") from None
+        raise ValueError(f"unknown write_mode {mode!r}; choose one of {', '.join(WRITE_MODELS)}") from None
 
 
 def record_builder(
