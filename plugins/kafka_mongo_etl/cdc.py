@@ -13,6 +13,9 @@ alone. This module turns each record into the ``Document`` the write model ``cdc
   tombstone and a create of the new one;
 - ``op`` ``t`` (truncate, sent only when the connector's ``skipped.operations`` lets it through):
   a dead letter (``truncate``). A truncate has no key to delete by and no rows; see docs/cdc.md;
+- an update without the value of an unchanged large (TOASTed) column — Debezium's placeholder
+  ``__debezium_unavailable_value`` stands in for it unless the table has ``REPLICA IDENTITY FULL``:
+  a dead letter (``unavailable_value``), never a document that stores the placeholder;
 - anything else (not an envelope, ``c``/``r``/``u`` without ``after``, an unknown ``op``, a key
   that is not the primary key's JSON): a dead letter (``not_change_event``, ``no_id``).
 
@@ -75,6 +78,12 @@ UPSERT_OPS = {"c": "insert", "r": "snapshot read", "u": "update"}
 DELETE_OP = "d"
 TRUNCATE_OP = "t"
 
+# What Debezium's PostgreSQL connector sends, by default (unavailable.value.placeholder), for a
+# large (TOASTed) column an update did not change when the table's replica identity is not FULL:
+# PostgreSQL's log has no value for it. As text; base64 of those bytes in a bytea column.
+UNAVAILABLE_VALUE = "__debezium_unavailable_value"
+_UNAVAILABLE = {UNAVAILABLE_VALUE, base64.b64encode(UNAVAILABLE_VALUE.encode()).decode()}
+
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -121,6 +130,16 @@ def change_events(settings: CdcSettings | None = None) -> RecordBuilder:
         after = envelope.get("after")
         if not isinstance(after, dict):
             raise _not_change_event(message, f"op {op!r} ({UPSERT_OPS[op]}) without an 'after' row image")
+        unavailable = [name for name, value in after.items() if _unavailable(value)]
+        if unavailable:
+            raise BadRecordError(
+                "unavailable_value",
+                f"change event {where(message)} ({UPSERT_OPS[op]}) lacks the values of the unchanged "
+                f"large (TOASTed) columns {unavailable[:5]}: Debezium sent its placeholder "
+                f"{UNAVAILABLE_VALUE!r}, and replacing the document would store it. Give the table "
+                "REPLICA IDENTITY FULL (ALTER TABLE ... REPLICA IDENTITY FULL) so that its updates carry "
+                "every column, then replay this dead letter or re-snapshot the table",
+            )
         row = _convert(after, _field_schema(schema, "after"), settings, message)
         check_fields(row, message)
         document: dict[str, Any] = {"_id": _id, **row}
@@ -162,6 +181,12 @@ def event_key(message: Message, settings: CdcSettings | None = None) -> Any:
     # integer beyond int64) before the bulk write failed on it.
     encode({"_id": _id}, message)
     return _id
+
+
+def _unavailable(value: Any) -> bool:
+    if isinstance(value, str):
+        return value in _UNAVAILABLE
+    return isinstance(value, list) and any(isinstance(item, str) and item in _UNAVAILABLE for item in value)
 
 
 def _unwrap(value: Any) -> tuple[Any, dict[str, Any] | None]:

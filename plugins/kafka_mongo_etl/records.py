@@ -69,6 +69,7 @@ BAD_RECORD_CODES = {
     "too_large": "the document is over MongoDB's 16 MiB limit",
     "not_change_event": "write_mode cdc: not a Debezium change event (no envelope, no 'after', unknown op)",
     "truncate": "write_mode cdc: a Debezium truncate event, which is not applied (docs/cdc.md)",
+    "unavailable_value": "write_mode cdc: an update without an unchanged TOASTed column's value",
 }
 
 

@@ -6,8 +6,10 @@ to the table."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime as dt
+import decimal
 import json
 from pathlib import Path
 from typing import Any
@@ -300,3 +302,39 @@ def test_the_cdc_mode_takes_its_id_from_the_key_and_writes_like_delete_on_tombst
     assert build(events(SCHEMA, "public.items")[0]).id == 1
     with pytest.raises(ValueError, match="needs id_strategy 'key'"):
         record_builder("cdc", json_document(id_for), id_for, "coordinates")
+
+
+def unscaled_bytes(number: int) -> str:
+    """Connect's Decimal encoding: the unscaled integer, big-endian two's complement, base64."""
+    size = max(1, (number + (number < 0)).bit_length() // 8 + 1)
+    return base64.b64encode(number.to_bytes(size, "big", signed=True)).decode()
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(unscaled=st.integers(-(10**34) + 1, 10**34 - 1), scale=st.integers(0, 30))
+def test_every_decimal_that_decimal128_holds_arrives_exactly_with_its_scale(unscaled, scale) -> None:
+    column = {**DECIMAL, "parameters": {"scale": str(scale)}}
+    struct = {"type": "struct", "fields": [{**column, "field": "x"}]}
+    document = change_events()(schema_event(struct, unscaled_bytes(unscaled)))
+    stored = bson.decode(document.body.raw)["x"]
+    assert stored == Decimal128(decimal.Decimal(unscaled).scaleb(-scale, decimal.Context(prec=40)))
+    assert stored.to_decimal().as_tuple().exponent == -scale
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    # As Debezium 3.6.1 sent them for an unchanged TOASTed text and bytea column (seen in a capture).
+    [
+        "__debezium_unavailable_value",
+        "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==",
+        ["__debezium_unavailable_value"],
+    ],
+)
+def test_an_update_without_an_unchanged_toasted_value_is_a_dead_letter_not_a_placeholder(placeholder) -> None:
+    update = events(PLAIN, "public.items")[2]
+    envelope = json.loads(update.value())
+    envelope["after"]["note"] = placeholder
+    with pytest.raises(BadRecordError) as raised:
+        change_events()(with_value(update, envelope))
+    assert raised.value.code == "unavailable_value" and "['note']" in str(raised.value)
+    assert "REPLICA IDENTITY FULL" in str(raised.value)
