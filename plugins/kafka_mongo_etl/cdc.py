@@ -114,7 +114,7 @@ def change_events(settings: CdcSettings | None = None) -> RecordBuilder:
             raise _not_change_event(message, "the value is not a Debezium envelope (no 'op')")
         op = envelope["op"]
         if op == TRUNCATE_OP:
-            source = envelope.get("source") or {}
+            source = envelope.get("source") if isinstance(envelope.get("source"), dict) else {}
             table = f"{source.get('schema', '?')}.{source.get('table', '?')}"
             raise BadRecordError(
                 "truncate",
@@ -125,7 +125,7 @@ def change_events(settings: CdcSettings | None = None) -> RecordBuilder:
         _id = event_key(message, settings)
         if op == DELETE_OP:
             return Document(id=_id, identity=id_identity(_id), body=None, message=message)
-        if op not in UPSERT_OPS:
+        if not isinstance(op, str) or op not in UPSERT_OPS:
             raise _not_change_event(message, f"unknown op {quote(str(op))} (expected c, r, u, d or t)")
         after = envelope.get("after")
         if not isinstance(after, dict):
@@ -140,7 +140,7 @@ def change_events(settings: CdcSettings | None = None) -> RecordBuilder:
                 "REPLICA IDENTITY FULL (ALTER TABLE ... REPLICA IDENTITY FULL) so that its updates carry "
                 "every column, then replay this dead letter or re-snapshot the table",
             )
-        row = _convert(after, _field_schema(schema, "after"), settings, message)
+        row = _convert(after, _field_schema(schema, "after", message), settings, message)
         check_fields(row, message)
         document: dict[str, Any] = {"_id": _id, **row}
         if settings.keep_source:
@@ -201,10 +201,18 @@ def _unwrap(value: Any) -> tuple[Any, dict[str, Any] | None]:
     return value, None
 
 
-def _field_schema(schema: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
-    if schema is None:
-        return None
-    return next((f for f in schema.get("fields") or [] if f.get("field") == name), None)
+def _field_schema(schema: dict[str, Any] | None, name: str, message: Message) -> dict[str, Any] | None:
+    return None if schema is None else _schema_fields(schema, message).get(name)
+
+
+def _schema_fields(schema: dict[str, Any], message: Message) -> dict[str, Any]:
+    """A struct schema's fields by name; a schema that is not one Connect writes is refused."""
+    fields = schema.get("fields")
+    if not isinstance(fields, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("field"), str) for f in fields
+    ):
+        raise _not_change_event(message, "its schema has a struct without a list of named fields")
+    return {f["field"]: f for f in fields}
 
 
 def _cdc_metadata(envelope: dict[str, Any], op: str) -> dict[str, Any]:
@@ -223,19 +231,22 @@ def _convert(value: Any, schema: dict[str, Any] | None, settings: CdcSettings, m
     """``value`` as BSON by its Connect ``schema`` (None: as the JSON has it)."""
     if value is None or schema is None:
         return value
-    logical = _LOGICAL.get(schema.get("name") or "")
+    if not isinstance(schema, dict):
+        raise _not_change_event(message, f"its schema has {quote(str(schema))} where a schema belongs")
+    name = schema.get("name")
+    logical = _LOGICAL.get(name) if isinstance(name, str) else None
     try:
         if logical is not None:
             return logical(value, schema, settings)
         kind = schema.get("type")
         if kind == "struct" and isinstance(value, dict):
-            fields = {f.get("field"): f for f in schema.get("fields") or []}
+            fields = _schema_fields(schema, message)
             return {name: _convert(item, fields.get(name), settings, message) for name, item in value.items()}
         if kind == "array" and isinstance(value, list):
             return [_convert(item, schema.get("items"), settings, message) for item in value]
         if kind == "bytes" and isinstance(value, str):
             return Binary(base64.b64decode(value, validate=True))
-    except decimal.Inexact:
+    except decimal.DecimalException:
         raise BadRecordError(
             "number_out_of_range",
             f"change event {where(message)} has the decimal {quote(str(value))} of more than 34 digits, "
@@ -247,7 +258,7 @@ def _convert(value: Any, schema: dict[str, Any] | None, settings: CdcSettings, m
             f"change event {where(message)} has the {schema.get('name')} {quote(str(value))}, outside the "
             "dates BSON and Python hold (years 1 to 9999)",
         ) from None
-    except (binascii.Error, TypeError, ValueError, KeyError) as err:
+    except (binascii.Error, AttributeError, TypeError, ValueError, KeyError) as err:
         kind = schema.get("name") or schema.get("type")
         raise _not_change_event(
             message, f"the value {quote(str(value))} is not a valid {kind} ({err})"

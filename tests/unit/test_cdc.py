@@ -21,6 +21,7 @@ from bson import Decimal128
 from confluent_kafka import Message
 from hypothesis import given, settings
 
+from kafka_mongo_etl import cdc as cdc_module
 from kafka_mongo_etl.cdc import CdcSettings, change_events
 from kafka_mongo_etl.ids import id_function
 from kafka_mongo_etl.records import BAD_RECORD_CODES, BadRecordError, json_document
@@ -338,3 +339,62 @@ def test_an_update_without_an_unchanged_toasted_value_is_a_dead_letter_not_a_pla
         change_events()(with_value(update, envelope))
     assert raised.value.code == "unavailable_value" and "['note']" in str(raised.value)
     assert "REPLICA IDENTITY FULL" in str(raised.value)
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+ENVELOPE_PARTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "op": st.sampled_from(["c", "r", "u", "d", "t", "x"]) | JSON,
+        "after": st.dictionaries(st.text(max_size=6), JSON, max_size=4) | JSON,
+        "source": JSON,
+    },
+)
+SCHEMAS = st.none() | st.fixed_dictionaries(
+    {"type": st.just("struct")},
+    optional={
+        "fields": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "field": st.sampled_from(["after", "x", "y"]),
+                    "type": st.sampled_from(["struct", "bytes", "array"]),
+                },
+                optional={
+                    "name": st.sampled_from(sorted(cdc_module._LOGICAL)),
+                    "fields": JSON,
+                    "parameters": JSON,
+                },
+            ),
+            max_size=3,
+        )
+        | JSON
+    },
+)
+
+
+KEYS = JSON | st.fixed_dictionaries({"schema": SCHEMAS.filter(bool), "payload": JSON})
+
+
+@settings(max_examples=500, derandomize=True, deadline=None)
+@given(envelope=ENVELOPE_PARTS, schema=SCHEMAS, key=KEYS, tombstone=st.booleans())
+def test_any_value_becomes_a_document_or_a_bad_record_never_another_error(
+    envelope, schema, key, tombstone
+) -> None:
+    value = None if tombstone else {"schema": schema, "payload": envelope} if schema else envelope
+    message = with_value(events(PLAIN, "public.items")[0], value, json.dumps(key).encode())
+    try:
+        document = change_events()(message)
+    except BadRecordError as err:
+        assert err.code in BAD_RECORD_CODES
+        return
+    assert document.body is None or bson.decode(document.body.raw)["_id"] == document.id
