@@ -3,7 +3,7 @@ connector on Kafka Connect standalone (devstack.debezium) captures a table of a 
 PostgreSQL server into the session's broker, and the drain loads the topic with write_mode
 ``cdc``. After inserts, updates, deletes, primary-key changes, a drain that crashes after a
 written but uncommitted batch, and a full re-read, the collection equals the table row for row
-and type for type."""
+and type for type; a truncate is a dead letter."""
 
 from __future__ import annotations
 
@@ -197,7 +197,13 @@ def test_a_table_is_mirrored_row_for_row_and_type_for_type_through_debezium(
         "date '2026-01-01' + n FROM generate_series(1, 40) AS n"
     )
     capture = PostgresCapture(
-        f"cdc_{group_id[-8:]}", logical_postgres, database, ("public.items",), f"cdc{group_id[-8:]}"
+        f"cdc_{group_id[-8:]}",
+        logical_postgres,
+        database,
+        ("public.items",),
+        f"cdc{group_id[-8:]}",
+        # Let truncates through (Debezium skips them by default): they must become dead letters.
+        extra={"skipped.operations": "none"},
     )
     topic = capture.topic("public.items")
     connect.register(capture)
@@ -241,6 +247,16 @@ def test_a_table_is_mirrored_row_for_row_and_type_for_type_through_debezium(
         documents = {doc["_id"]: doc for doc in collection.find()}
         assert documents[2021]["_cdc"]["op"] == "c" and documents[43]["_cdc"]["op"] == "c"
         assert documents[31]["_cdc"]["op"] == "r" and documents[30]["_cdc"]["op"] == "u"
+
+        # A truncate is not applied: a dead letter that names the table, the documents stay.
+        before = mirror(collection)
+        table.run("TRUNCATE items", 0)
+        wait_for_events(bootstrap, topic, table.events + 1)
+        summary = drain(bootstrap, topic, group_id, sink, collection)
+        assert (summary.records, summary.dead_letters, summary.dead_letter_reasons) == (1, 1, {"truncate": 1})
+        letter = collection.database[f"{collection.name}_dlq"].find_one()
+        assert "public.items" in letter["reason"] and letter["offset"] == table.events
+        assert mirror(collection) == before and table.rows() == []
     finally:
         connect.delete(capture.name)
         wait_until("the connector to let go of its slot", lambda: _slot_free(capture), timeout=60)
