@@ -271,3 +271,56 @@ def _slot_free(capture: PostgresCapture) -> bool:
             "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (capture.slot,)
         ).fetchone()
     return row is None or not row[0]
+
+
+def test_the_drain_task_loads_captured_change_events_with_write_mode_cdc(
+    connections, make_job, kafka_broker, mongo_client, committed_offsets
+) -> None:
+    """The Airflow task's path (``run_consume``: options, lease, audit) with ``write_mode='cdc'``,
+    on the real events of tests/unit/data re-sent with their keys and headers."""
+    import json
+
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from kafka_mongo_etl.errors import ParamsRefusedError
+    from kafka_mongo_etl.tasks import DeadLetterPolicy, run_consume
+
+    captured = json.loads(
+        (Path(__file__).parents[1] / "unit" / "data" / "debezium_postgres_events.json").read_text()
+    )["topics"]
+    job = make_job(write_mode="cdc", dead_letter_policy=DeadLetterPolicy(max_count=None))
+    bootstrap = kafka_broker.bootstrap_servers
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept: its futures need the handle
+    admin.create_topics([NewTopic(job.topic, 1, 1)])[job.topic].result(30)
+    producer = Producer({"bootstrap.servers": bootstrap})
+    records = captured["cap_json_schema:public.items"] + captured["cap_json_schema:public.pairs"]
+    for record in records:
+        producer.produce(
+            job.topic,
+            key=None if record["key"] is None else record["key"].encode(),
+            value=None if record["value"] is None else record["value"].encode(),
+            headers=[(k, v.encode()) for k, v in record["headers"]],
+        )
+    assert producer.flush(60) == 0
+
+    result = run_consume(job)
+    # items: one row left (id 10); pairs: two rows; the truncate of pairs is the one dead letter.
+    assert (result["records"], result["dead_letters"], result["dead_letter_reasons"]) == (
+        12,
+        1,
+        {"truncate": 1},
+    )
+    collection = mongo_client[job.mongo_db][job.mongo_collection]
+    assert {repr(doc["_id"]) for doc in collection.find()} == {
+        "10",
+        repr({"region": "eu", "n": 1}),
+        repr({"region": "us", "n": 2}),
+    }
+    item = collection.find_one({"_id": 10})
+    assert item["price"] == Decimal128("99999999.99") and item["born"] == dt.datetime(2026, 1, 2)
+    assert collection.find_one({"_id": {"region": "eu", "n": 1}})["qty"] == 11
+    assert committed_offsets(job.topic, job.consumer_group)[0] == 12
+
+    with pytest.raises(ParamsRefusedError, match="needs id_strategy 'key'"):
+        run_consume(make_job(write_mode="cdc", id_strategy="coordinates"))
