@@ -143,7 +143,8 @@ def show(
     )
     with psycopg.connect(postgres.dsn("shop")) as connection:
         rows = connection.execute(f"SELECT {', '.join(COLUMNS)} FROM items ORDER BY id").fetchall()
-    documents = list(collection.find().sort("_id", 1))
+    # Fenced writes (branch fence-writes) leave a delete's marker (`_deleted_at`) until a TTL purges it.
+    documents = list(collection.find({"_deleted_at": {"$exists": False}}).sort("_id", 1))
     side_by_side(rows, documents)
     if what == "the changes" and documents:
         print("\nOne document in full:")

@@ -38,6 +38,9 @@ TABLE = """CREATE TABLE items (
     born date
 )"""
 COLUMNS = ["id", "name", "price", "updated_at", "active", "note", "born"]
+# The rows: with fenced writes (branch fence-writes) a delete leaves a marker document with
+# `_deleted_at` until a TTL index purges it; markers are not rows. Without them, this is all.
+LIVE = {"_deleted_at": {"$exists": False}}
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +121,7 @@ def typed(document: dict[str, Any]) -> list[tuple[str, str, Any]]:
 def mirror(collection: Collection) -> list[list[tuple[str, str, Any]]]:
     return [
         typed({k: v for k, v in doc.items() if k not in ("_cdc", "_kafka")})
-        for doc in collection.find().sort("_id", 1)
+        for doc in collection.find(LIVE).sort("_id", 1)
     ]
 
 
@@ -312,7 +315,7 @@ def test_the_drain_task_loads_captured_change_events_with_write_mode_cdc(
         {"truncate": 1},
     )
     collection = mongo_client[job.mongo_db][job.mongo_collection]
-    assert {repr(doc["_id"]) for doc in collection.find()} == {
+    assert {repr(doc["_id"]) for doc in collection.find(LIVE)} == {
         "10",
         repr({"region": "eu", "n": 1}),
         repr({"region": "us", "n": 2}),
