@@ -9,7 +9,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv up down status logs run test lint fmt clean lock check-tools browser chaos bench fuzz faults toxiproxy
+.PHONY: help venv up down status logs run test lint fmt clean lock check-tools browser chaos bench fuzz faults toxiproxy cdc
 
 help:  ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ chaos: check-tools $(STAMP)  ## SIGKILL the tasks at each kill point, retry, che
 
 faults: check-tools $(STAMP) toxiproxy  ## Network faults through Toxiproxy, retries, the exact _id set (TRIALS=5 SEED=)
 	$(PY) -m faults --trials $(or $(TRIALS),5) $(if $(SEED),--seed $(SEED)) --results .artifacts/faults/results.json
+
+cdc: check-tools $(STAMP)  ## A table mirrored through Debezium: PostgreSQL -> Connect -> Kafka -> drain -> MongoDB, printed side by side
+	PYTHONPATH=plugins $(PY) -m devstack.cdc_demo
 
 toxiproxy: $(STAMP)  ## Build the Toxiproxy server from source (go install) into .cache/, for the fault tests
 	$(PY) -m devstack.toxiproxy install

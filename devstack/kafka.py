@@ -31,30 +31,36 @@ def require_java_and_maven() -> None:
 
 def broker_classpath() -> str:
     """The broker's classpath, resolved by Maven from devstack/kafka/pom.xml (cached)."""
-    if CLASSPATH_FILE.exists() and CLASSPATH_FILE.stat().st_mtime >= POM.stat().st_mtime:
-        classpath = CLASSPATH_FILE.read_text().strip()
+    return maven_classpath(POM, CLASSPATH_FILE, "the Kafka broker")
+
+
+def maven_classpath(pom: Path, classpath_file: Path, what: str) -> str:
+    """The classpath of ``pom``'s dependencies, resolved by Maven into .cache/m2 and cached in
+    ``classpath_file`` until the pom changes or a jar disappears; ``what`` names it in errors."""
+    if classpath_file.exists() and classpath_file.stat().st_mtime >= pom.stat().st_mtime:
+        classpath = classpath_file.read_text().strip()
         if all(Path(jar).exists() for jar in classpath.split(os.pathsep)):
             return classpath
     require_java_and_maven()
-    CLASSPATH_FILE.parent.mkdir(parents=True, exist_ok=True)
+    classpath_file.parent.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         [
             "mvn",
             "-q",
             "-B",
             "-f",
-            str(POM),
+            str(pom),
             f"-Dmaven.repo.local={MAVEN_REPO}",
             "dependency:build-classpath",
-            f"-Dmdep.outputFile={CLASSPATH_FILE}",
+            f"-Dmdep.outputFile={classpath_file}",
         ],
         capture_output=True,
         text=True,
         check=False,
     )
     if result.returncode != 0:
-        raise StackError(f"Maven could not resolve the Kafka broker jars:\n{result.stdout[-3000:]}")
-    return CLASSPATH_FILE.read_text().strip()
+        raise StackError(f"Maven could not resolve the jars of {what}:\n{result.stdout[-3000:]}")
+    return classpath_file.read_text().strip()
 
 
 @dataclass

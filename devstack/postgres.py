@@ -18,13 +18,16 @@ import secrets
 import shutil
 import signal
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.process import Account, ManagedProcess, StackError, port_is_free, wait_until
 
 # The account the server runs as when the caller is root; it exists on every Debian/Ubuntu/RHEL.
 ROOT_FALLBACK_ACCOUNT = "nobody"
+# What a change-data-capture client (Debezium's PostgreSQL connector, pgoutput) needs of the server:
+# the WAL carries logical changes (the default 10 walsenders and replication slots are enough).
+LOGICAL_DECODING = {"wal_level": "logical"}
 
 
 def postgres_bin_dir() -> Path:
@@ -64,6 +67,8 @@ class PostgresServer:
     database: str = "airflow"
     # False only for throw-away test clusters: no fsync, so migrations do not wait on the disk.
     durable: bool = True
+    # More server settings (``-c name=value``), e.g. LOGICAL_DECODING for Debezium's connector.
+    extra_settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -135,6 +140,7 @@ class PostgresServer:
         }
         if not self.durable:
             settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+        settings |= self.extra_settings
         argv = [*prefix, str(postgres_bin_dir() / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
         for name, value in settings.items():
             argv += ["-c", f"{name}={value}"]

@@ -91,6 +91,11 @@ WRITE_MODES: dict[str, WriteMode] = {
             "Replace, and a tombstone deletes its key's document (id: key)",
             needs_key_ids=True,
         ),
+        WriteMode(
+            "cdc",
+            "Mirror a table from Debezium change events (upsert the row, delete on d; id: key)",
+            needs_key_ids=True,
+        ),
     )
 }
 # Implemented by drain.RETENTION_GAP_POLICIES under the same names (a unit test checks it).

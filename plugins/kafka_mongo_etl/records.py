@@ -75,6 +75,9 @@ BAD_RECORD_CODES = {
     "no_id": "the record has nothing to make its _id from (no key, no or null id field)",
     "invalid_id": "the _id is an array, or an embedded document with $-prefixed or dotted names",
     "too_large": "the document is over MongoDB's 16 MiB limit, or with its _id over the write statement's",
+    "not_change_event": "write_mode cdc: not a Debezium change event (no envelope, no 'after', unknown op)",
+    "truncate": "write_mode cdc: a Debezium truncate event, which is not applied (docs/cdc.md)",
+    "unavailable_value": "write_mode cdc: an update without an unchanged TOASTed column's value",
 }
 
 

@@ -63,6 +63,7 @@ from kafka_mongo_etl.bulk import (  # noqa: F401 - importable from here too
     check_write_concern,
     refusal,
 )
+from kafka_mongo_etl.cdc import change_events
 from kafka_mongo_etl.errors import WriteFailedError
 from kafka_mongo_etl.ids import IdFunction
 from kafka_mongo_etl.options import WRITE_MODES as WRITE_MODE_NAMES
@@ -506,6 +507,15 @@ def ensure_marker_index(collection: Collection, retention: dt.timedelta = MARKER
         )
 
 
+class CdcModel(DeleteOnTombstoneModel):
+    """Mirror a table from Debezium change events (``kafka_mongo_etl.cdc``): an insert, snapshot
+    read or update replaces the row's document with its ``after`` image, a delete and its tombstone
+    delete it. The records come from ``cdc.change_events``, which makes the ``_id`` from the event
+    key (the primary key); the writes are ``delete_on_tombstone``'s."""
+
+    name: ClassVar[str] = "cdc"
+
+
 def _fields(body: Any, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
     """The document's fields without ``_id`` (and ``leave_out``)."""
     return {k: v for k, v in body.items() if k != "_id" and k not in leave_out}
@@ -528,9 +538,11 @@ def tombstones_delete(builder: RecordBuilder, id_for: IdFunction) -> RecordBuild
 
 
 WRITE_MODELS: dict[str, type[WriteModel]] = {
-    model.name: model for model in (ReplaceModel, InsertModel, UpdateModel, DeleteOnTombstoneModel)
+    model.name: model for model in (ReplaceModel, InsertModel, UpdateModel, DeleteOnTombstoneModel, CdcModel)
 }
-WRITE_MODES = tuple(WRITE_MODELS)
+# The modes that load JSON-object records (the write-model tests run each of them over such
+# records); ``cdc`` loads Debezium change events, and its own tests feed it those.
+WRITE_MODES = tuple(name for name in WRITE_MODELS if name != CdcModel.name)
 # The modes that take a tombstone for "delete the key's document": they need its _id from the key
 # (declared with the modes' names in kafka_mongo_etl.options, which the DAG form reads).
 TOMBSTONE_MODES = tuple(name for name, mode in WRITE_MODE_NAMES.items() if mode.needs_key_ids)
@@ -540,18 +552,21 @@ def write_model(mode: str) -> WriteModel:
     try:
         return WRITE_MODELS[mode]()
     except KeyError:
-        raise ValueError(f"unknown write_mode {mode!r}; choose one of {', '.join(WRITE_MODES)}") from None
+        raise ValueError(f"unknown write_mode {mode!r}; choose one of {', '.join(WRITE_MODELS)}") from None
 
 
 def record_builder(
     mode: str, builder: RecordBuilder, id_for: IdFunction, id_strategy: str
 ) -> Callable[[Message], Document]:
-    """The record builder ``mode`` needs: tombstones become deletes in ``delete_on_tombstone``."""
+    """The record builder ``mode`` needs: tombstones become deletes in ``delete_on_tombstone``;
+    ``cdc`` reads Debezium change events (``cdc.change_events``) instead of ``builder``."""
     if mode not in TOMBSTONE_MODES:
         return builder
     problem = key_ids_problem(mode, id_strategy)
     if problem:
         raise ValueError(problem)
+    if mode == CdcModel.name:
+        return change_events()
     return tombstones_delete(builder, id_for)
 
 
