@@ -165,7 +165,7 @@ def test_tombstone_deletes_need_ids_from_the_key_by_property_not_by_name() -> No
 def test_the_write_path_applies_the_same_rule() -> None:
     from kafka_mongo_etl.write_models import TOMBSTONE_MODES, record_builder
 
-    assert TOMBSTONE_MODES == ("delete_on_tombstone",)
+    assert TOMBSTONE_MODES == ("delete_on_tombstone", "cdc")
     with pytest.raises(ValueError, match="needs id_strategy 'key'"):
         record_builder("delete_on_tombstone", lambda message: message, lambda m, v: "x", "coordinates")
 
