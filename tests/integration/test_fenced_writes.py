@@ -272,7 +272,7 @@ def test_batch_boundaries_do_not_change_what_is_stored(mode, mongo_client, mongo
     runs = iter(range(10**6))
 
     @settings(
-        max_examples=12,
+        max_examples=10,
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
