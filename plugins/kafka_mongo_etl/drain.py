@@ -477,6 +477,14 @@ class Drain:
         self.summary.skipped += result.superseded
         self.summary.deleted += result.deleted
         self.summary.stale += result.stale
+        if result.stale:
+            log.info(
+                "%s of %s writes changed nothing: their documents hold these records or newer ones "
+                "(a re-read, or a late write). If every write of a run is stale, the topic may have "
+                "been re-created: see docs/fencing.md",
+                result.stale,
+                result.written - result.superseded - len(result.rejected),
+            )
         self.summary.batches += 1
         for document, reason in result.rejected:
             if self.dead_letters is None:

@@ -430,7 +430,7 @@ class UpdateModel(WriteModel):
         merged["_id"] = _id
         body = RawBSONDocument(bson.encode(merged))
         id_bytes = len(bson.encode({"_id": _id}))
-        if len(body.raw) > MAX_DOCUMENT_BYTES or (
+        if len(body.raw) + _TIMESTAMP_BYTES > MAX_DOCUMENT_BYTES or (
             len(body.raw) + id_bytes + STATEMENT_OVERHEAD_BYTES > MAX_STATEMENT_BYTES
         ):
             return [Write.single(doc) for doc in versions]  # each fits, their merge does not
