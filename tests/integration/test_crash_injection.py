@@ -132,3 +132,19 @@ def test_overlapping_runs_load_one_copy_of_every_record(stack, topic, mongo_db, 
     assert verification.documents == verification.distinct_ids == 2 * COUNT
     assert verification.offsets_behind == 0
     assert verification.stale == 0 and set(final_versions(stack, result).values()) == {None}
+
+
+def test_the_stale_check_counts_documents_older_than_their_keys_last_version(mongo_client, mongo_db) -> None:
+    from chaos.versions import stale_query
+
+    collection = mongo_client[mongo_db]["records"]
+    collection.insert_many(
+        [
+            {"_id": "b/0", "version": 3},  # the last version
+            {"_id": "b/1", "version": 2},  # stale
+            {"_id": "b/2", "version": 1},  # stale
+            {"_id": "b/3"},  # the DAG produce task's record, after every older version
+        ]
+    )
+
+    assert collection.count_documents(stale_query(3)) == 2
