@@ -88,8 +88,11 @@ def stale_query(final_version: int) -> dict[str, Any]:
     return {VERSION_FIELD: {"$exists": True, "$ne": final_version}}
 
 
-def latest_below(bootstrap_servers: str, topic: str, ends: dict[int, tuple[int, int]]) -> dict[str, int]:
-    """``{key: offset}`` of each key's last record below ``ends`` (``{partition: (low, end)}``).
+def latest_below(
+    bootstrap_servers: str, topic: str, ends: dict[int, tuple[int, int]]
+) -> dict[str, tuple[int, int]]:
+    """``{key: (partition, offset)}`` of each key's last record below ``ends``
+    (``{partition: (low, end)}``).
 
     What a consumer group that committed ``end`` has promised is in MongoDB: for each key, at
     least the version at that offset. Reads the topic with a consumer of its own (no commits).
@@ -99,7 +102,7 @@ def latest_below(bootstrap_servers: str, topic: str, ends: dict[int, tuple[int, 
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     wanted = {p: (low, end) for p, (low, end) in ends.items() if end > low}
-    latest: dict[str, int] = {}
+    latest: dict[str, tuple[int, int]] = {}
     if not wanted:
         return latest
     consumer = Consumer(
@@ -117,7 +120,7 @@ def latest_below(bootstrap_servers: str, topic: str, ends: dict[int, tuple[int, 
                     raise KafkaException(message.error())
                 partition, offset = message.partition(), message.offset()
                 if offset < wanted[partition][1]:
-                    latest[message.key().decode()] = offset
+                    latest[message.key().decode()] = (partition, offset)
             for tp in consumer.position([TopicPartition(topic, p) for p in wanted]):
                 reached[tp.partition] = max(reached[tp.partition], tp.offset)
     finally:

@@ -298,7 +298,7 @@ def _committed_not_written(stack: FaultStack, topic: str, group_id: str, mongo_d
     client: MongoClient = MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=10_000)
     try:
         stored = {
-            doc["_id"]: (doc["_kafka"]["partition"], doc["_kafka"]["offset"])
+            doc["_id"]: (doc.get("_kafka", {}).get("partition"), doc.get("_kafka", {}).get("offset", -1))
             for doc in client[mongo_db][COLLECTION].find({}, {"_kafka.partition": 1, "_kafka.offset": 1})
         }
     finally:
