@@ -32,6 +32,8 @@ from typing import Any
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
+from kafka_mongo_etl.errors import EtlError
+
 log = logging.getLogger(__name__)
 
 AUDIT_COLLECTION = "etl_runs"
@@ -47,7 +49,7 @@ _DOCUMENT_FIELDS = ("_id", "updated_at", "revision", "tries", "totals")
 _LEGACY_ATTEMPT = "before-tries"
 
 
-class AuditConflictError(RuntimeError):
+class AuditConflictError(EtlError):
     """Other tries of the same drain kept changing its audit document; this try's entry is not in it."""
 
 
