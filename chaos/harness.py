@@ -1,5 +1,6 @@
 """``python -m chaos``: randomized crash trials per kill point against a broker and a Mongo-wire
-server started here on free ports; prints a table and exits non-zero on any lost or doubled record.
+server started here on free ports; prints a table and exits non-zero on any lost, doubled or
+stale record (each key has several versions: the last one must be in MongoDB).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from devstack.process import free_port
 log = logging.getLogger("chaos")
 
 SCENARIOS = (*KILL_POINTS, OVERLAPPING_RUNS)
-COLUMNS = ("kill point", "trials", "killed", "lost", "duplicate", "unexpected", "ok", "seconds")
+COLUMNS = ("kill point", "trials", "killed", "lost", "duplicate", "stale", "unexpected", "ok", "seconds")
 
 
 @contextmanager
@@ -79,6 +80,7 @@ def summarize(scenario: str, results: list[TrialResult]) -> dict[str, Any]:
         "killed": "n/a" if scenario == OVERLAPPING_RUNS else sum(r.killed for r in results),
         "lost": sum(v.lost for v in verified),
         "duplicate": sum(v.duplicate for v in verified),
+        "stale": sum(v.stale for v in verified),
         "unexpected": sum(v.unexpected for v in verified),
         "ok": sum(r.ok for r in results),
         "seconds": round(sum(r.seconds for r in results), 1),
@@ -117,9 +119,9 @@ def describe(result: TrialResult) -> str:
         death = f"exit {killed.returncode} at {json.dumps(killed.note)}; after kill {result.after_kill}; "
     error = "" if result.error is None else f"; ERROR {result.error}"
     return (
-        f"{death}{v.documents}/{v.expected} docs, lost {v.lost}, duplicate {v.duplicate}, "
-        f"unexpected {v.unexpected}, mismatched {v.mismatched}, dead letters {v.dead_letters}, "
-        f"offsets behind {v.offsets_behind}{error}"
+        f"{death}{v.documents}/{v.expected} docs ({result.versions} versions per key), lost {v.lost}, "
+        f"duplicate {v.duplicate}, stale {v.stale}, unexpected {v.unexpected}, "
+        f"mismatched {v.mismatched}, dead letters {v.dead_letters}, offsets behind {v.offsets_behind}{error}"
     )
 
 

@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, TopicPartition
 from pymongo import MongoClient
 
 from chaos.points import NO_FAULT, PRODUCE_MID_BATCH, plan_for
+from chaos.versions import latest_below, produce_versions, stale_query, versions_for
 from chaos.work import Work
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class ChildRun:
 
 @dataclass
 class Verification:
-    """The target collection against the expected ``_id`` set, and the group's offsets."""
+    """The target collection against the expected ``_id`` set and final content, and the group's offsets."""
 
     expected: int
     documents: int
@@ -71,6 +72,8 @@ class Verification:
     unexpected: int
     # Documents whose content does not belong to their _id (num/batch differ from the key).
     mismatched: int
+    # Documents holding an older version than the last one produced for their key.
+    stale: int
     # Records of the batch in <collection>_dlq: all trial records are good, so this must be 0.
     dead_letters: int
     # Records between the group's committed offsets and the high watermarks after the retry.
@@ -84,6 +87,7 @@ class Verification:
             or self.duplicate
             or self.unexpected
             or self.mismatched
+            or self.stale
             or self.dead_letters
             or self.offsets_behind
         )
@@ -96,9 +100,10 @@ class TrialResult:
     seed: int
     topic: str
     mongo_db: str
-    # The batch id of each DAG run of the trial, and the records each one produced.
+    # The batch id of each DAG run of the trial, its keys, and the versions of each key.
     batches: list[str]
     count: int
+    versions: int
     plan: dict[str, Any] | None
     runs: list[ChildRun]
     # The state the retry started from: records on the topic, documents in the target,
@@ -201,15 +206,19 @@ def _state(stack: Stack, work: Work) -> dict[str, int]:
         documents = client[work.mongo_db][work.mongo_collection].count_documents({})
     finally:
         client.close()
+    committed_ends = {p: (low, max(committed, low)) for p, (low, _, committed) in offsets.items()}
     return {
         "records_on_topic": sum(high - low for low, high, _ in offsets.values()),
         "records_committed": sum(max(committed, low) - low for low, _, committed in offsets.values()),
+        # Keys with a record below the committed offsets: each must have its document.
+        "keys_committed": len(latest_below(stack.bootstrap_servers, work.topic, committed_ends)),
         "documents": documents,
     }
 
 
 def verify(stack: Stack, work: Work, expected: set[str]) -> Verification:
-    """Compare the target collection with ``expected`` and the group's offsets with the topic."""
+    """Compare the target collection with ``expected`` (ids, and each key's last version:
+    ``work.versions``) and the group's offsets with the topic."""
     client: MongoClient = MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=10_000)
     try:
         database = client[work.mongo_db]
@@ -222,6 +231,7 @@ def verify(stack: Stack, work: Work, expected: set[str]) -> Verification:
             ids.add(doc["_id"])
             if doc["_id"] != f"{doc.get('batch')}/{doc.get('num')}":
                 mismatched += 1
+        stale = collection.count_documents(stale_query(work.versions))
         dead_letters = database[f"{work.mongo_collection}_dlq"].count_documents({})
     finally:
         client.close()
@@ -234,6 +244,7 @@ def verify(stack: Stack, work: Work, expected: set[str]) -> Verification:
         duplicate=documents - len(distinct),
         unexpected=len(ids - expected),
         mismatched=mismatched,
+        stale=stale,
         dead_letters=dead_letters,
         offsets_behind=sum(high - max(committed, low) for low, high, committed in offsets.values()),
         ids=ids,
@@ -273,6 +284,9 @@ def run_trial(
     produce-mid-batch: the killed produce, its retry (the whole batch again), then consume.
     The consume points: the batch is produced here, then the killed consume and its retry.
     The retry is the same DAG run: same batch id (the lease owner), same job, no injection.
+    Every key has 2 or 3 versions (``chaos.versions``): the consume points produce them all
+    here, interleaved; produce-mid-batch produces the older ones here and the killed produce
+    task (and its retry) the last.
     """
     work = Work(
         action="produce" if point == PRODUCE_MID_BATCH else "consume",
@@ -280,6 +294,7 @@ def run_trial(
         run_id=f"trial-{trial}-{seed}",
         count=count or batch_size_for(seed),
         mongo_db=mongo_db or _unique("chaos_"),
+        versions=versions_for(seed),
     )
     plan = plan_for(point, seed, work)
     began = time.monotonic()
@@ -287,17 +302,8 @@ def run_trial(
     after_kill: dict[str, int] = {}
     error = None
     try:
-        if point != PRODUCE_MID_BATCH:
-            from kafka_mongo_etl.tasks import run_produce
-
-            run_produce(
-                kafka_conn_id=work.kafka_conn_id,
-                topic=work.topic,
-                partitions=work.partitions,
-                batch=work.batch,
-                start=work.start,
-                count=work.count,
-            )
+        last = work.versions if point != PRODUCE_MID_BATCH else work.versions - 1
+        _produce_versions(work, range(1, last + 1), seed)
         killed = run_child("killed", point, seed, work, workdir)
         runs.append(killed)
         after_kill = _state(stack, work)
@@ -320,6 +326,7 @@ def run_trial(
         mongo_db=work.mongo_db,
         batches=[work.batch],
         count=work.count,
+        versions=work.versions,
         plan=plan.as_dict(),
         runs=runs,
         after_kill=after_kill,
@@ -343,7 +350,8 @@ def run_overlapping(
 
     Each child produces its batch and then drains the topic, as the DAG's two tasks do; the drain
     lease makes the second drain wait for the first. The second run starts at once or up to 2 s
-    later (drawn from ``seed``). No kill: the check is one copy of each record of both batches.
+    later (drawn from ``seed``). No kill: the check is one copy of each record of both batches,
+    each with its last version (the older ones are produced here first, the last by the runs).
     """
     rng = random.Random(seed)
     topic = topic or _unique("chaos-overlap-")
@@ -357,6 +365,7 @@ def run_overlapping(
             run_id=f"overlap-{trial}-{seed}-{name}",
             count=count,
             mongo_db=mongo_db,
+            versions=versions_for(seed),
         )
         for name in ("scheduled", "manual")
     ]
@@ -364,6 +373,8 @@ def run_overlapping(
     runs: list[ChildRun] = []
     error = None
     try:
+        for work in runs_work:
+            _produce_versions(work, range(1, work.versions), seed)
         with ThreadPoolExecutor(max_workers=len(runs_work)) as pool:
             first = pool.submit(run_child, "run-1", NO_FAULT, seed, runs_work[0], workdir)
             # Half the trials start both runs at once; the others start the second one a little
@@ -386,6 +397,7 @@ def run_overlapping(
         mongo_db=mongo_db,
         batches=[work.batch for work in runs_work],
         count=count,
+        versions=runs_work[0].versions,
         plan={"stagger": stagger},
         runs=runs,
         after_kill={},
@@ -393,6 +405,19 @@ def run_overlapping(
         seconds=round(time.monotonic() - began, 2),
         error=error,
     )
+
+
+def _produce_versions(work: Work, versions: range, seed: int) -> None:
+    if versions:
+        produce_versions(
+            kafka_conn_id=work.kafka_conn_id,
+            topic=work.topic,
+            partitions=work.partitions,
+            batch=work.batch,
+            count=work.count,
+            versions=list(versions),
+            seed=seed,
+        )
 
 
 def drop_database(mongo_uri: str, name: str) -> None:

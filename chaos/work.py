@@ -37,6 +37,8 @@ class Work:
     lease_ttl: float = 3.0
     kafka_conn_id: str = "kafka_default"
     mongo_conn_id: str = "mongo_default"
+    # How many versions of each key are on the topic once the batch is produced (chaos.versions).
+    versions: int = 1
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -85,10 +87,11 @@ class Work:
     def min_writes(self) -> int:
         """A floor on the sink writes (and offset commits) one full drain of this batch makes.
 
-        Each write holds at most ``batch_size`` records, so a drain of ``count`` records writes at
-        least ``ceil(count / batch_size)`` times, and commits after each write.
+        Each write holds at most ``batch_size`` records, so a drain of ``count`` keys with
+        ``versions`` records each writes at least ``ceil(count * versions / batch_size)`` times,
+        and commits after each write.
         """
-        return max(1, math.ceil(self.count / self.batch_size))
+        return max(1, math.ceil(self.count * self.versions / self.batch_size))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -28,6 +28,8 @@ and records an event on the asset `{asset}` when records wait that it has not re
   a burst of any size makes few runs. Each run drains *everything* up to the watermarks it sees
   at start, so records that arrive during a drain wait for the next run, which their arrival
   starts.
+- **Leftovers.** Records a failed run left behind start a run too, without new arrivals: when
+  the lag has not moved for {quiet} s (then twice that, and so on, while nothing drains it).
 - **Exactly once,** as for `kafka_to_mongo`: the drain commits offsets only after MongoDB
   acknowledged the writes, and every `_id` is deterministic.
 - **One drain at a time.** It uses the consumer group `{group}`, the same as `kafka_to_mongo`
@@ -46,6 +48,7 @@ def build_on_arrival(
     mongo_conn_id: str = "mongo_default",
     group_id: str | None = None,
     poll_interval: float = 5.0,
+    quiet_interval: float = 120.0,
     is_paused_upon_creation: bool | None = None,
     **options: Any,
 ) -> DAG:
@@ -58,7 +61,11 @@ def build_on_arrival(
             AssetWatcher(
                 name=f"{dag_id}.lag",
                 trigger=NewRecordsTrigger(
-                    topic=topic, group_id=group, kafka_conn_id=kafka_conn_id, poll_interval=poll_interval
+                    topic=topic,
+                    group_id=group,
+                    kafka_conn_id=kafka_conn_id,
+                    poll_interval=poll_interval,
+                    quiet_interval=quiet_interval,
                 ),
             )
         ],
@@ -71,7 +78,7 @@ def build_on_arrival(
         is_paused_upon_creation=is_paused_upon_creation,
         # One drain at a time: events during a run queue the next one, which coalesces them.
         max_active_runs=1,
-        doc_md=DOC_MD.format(asset=arrivals.name, group=group),
+        doc_md=DOC_MD.format(asset=arrivals.name, group=group, quiet=f"{quiet_interval:g}"),
         tags=["kafka", "mongodb", "etl"],
         default_args={
             "retries": 3,

@@ -1,7 +1,7 @@
 """``python -m faults``: randomized network-fault trials per fault kind against a broker and a
 Mongo-wire server behind Toxiproxy, started here on free ports; prints a table and exits non-zero
-on any lost or doubled record, any commit past the written records, an unbounded failing try or
-an error that does not name its connection.
+on any lost, doubled or stale record (each key has several versions), any commit past the written
+records, an unbounded failing try or an error that does not name its connection.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ COLUMNS = (
     "failed tries",
     "lost",
     "duplicate",
+    "stale",
     "committed unwritten",
     "names connection",
     "failing try s (max)",
@@ -58,6 +59,7 @@ def summarize(kind: str, results: list[FaultTrialResult]) -> dict[str, Any]:
         "failed tries": len(failing),
         "lost": sum(r.verification.lost for r in results),
         "duplicate": sum(r.verification.duplicate for r in results),
+        "stale": sum(r.verification.stale for r in results),
         "committed unwritten": sum(t.committed_not_written or 0 for t in failing),
         "names connection": f"{sum(bool(t.names_connection) for t in failing)}/{len(failing)}",
         "failing try s (max)": max((t.seconds for t in failing), default="-"),
@@ -73,7 +75,10 @@ def describe(result: FaultTrialResult) -> str:
     )
     v = result.verification
     problems = f"; PROBLEMS: {' | '.join(result.problems)}" if result.problems else ""
-    return f"{tries}; {v.documents}/{v.expected} docs, lost {v.lost}, duplicate {v.duplicate}{problems}"
+    return (
+        f"{tries}; {v.documents}/{v.expected} docs ({result.versions} versions per key), lost {v.lost}, "
+        f"duplicate {v.duplicate}, stale {v.stale}{problems}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from pymongo import MongoClient, monitoring
 
 from chaos.trials import topic_offsets
+from chaos.versions import latest_below, produce_versions, stale_query, versions_for
 from devstack.toxiproxy import Proxy
 from faults.kinds import BATCH_SIZE, FAILING_TRY_BOUND, KAFKA_RESET_PRODUCE, FaultPlan, plan_for
 from faults.stack import FaultStack
@@ -158,13 +159,15 @@ class Verification:
     lost: int
     duplicate: int
     unexpected: int
+    # Documents holding an older version than the last one produced for their key.
+    stale: int
     # Records between the group's committed offsets and the high watermarks after the last try.
     offsets_behind: int
     ids: set[Any] = field(default_factory=set, repr=False)
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.duplicate or self.unexpected or self.offsets_behind)
+        return not (self.lost or self.duplicate or self.stale or self.unexpected or self.offsets_behind)
 
 
 @dataclass
@@ -175,6 +178,8 @@ class FaultTrialResult:
     plan: dict[str, Any]
     topic: str
     mongo_db: str
+    # Versions of each key on the topic (chaos.versions): the last must be in MongoDB.
+    versions: int
     tries: list[TryRecord]
     verification: Verification
     # Seconds from the trial's start at which the fault went on and off (None: never injected).
@@ -197,7 +202,7 @@ class FaultTrialResult:
         v = self.verification
         if not v.ok:
             problems.append(
-                f"lost {v.lost}, duplicate {v.duplicate}, unexpected {v.unexpected}, "
+                f"lost {v.lost}, duplicate {v.duplicate}, stale {v.stale}, unexpected {v.unexpected}, "
                 f"offsets behind {v.offsets_behind}"
             )
         for t in self.failing_tries:
@@ -284,34 +289,37 @@ def _when_records_on_topic(
 
 
 def _committed_not_written(stack: FaultStack, topic: str, group_id: str, mongo_db: str) -> int:
-    """Records below the group's committed offsets whose documents are not in MongoDB.
-
-    The trial's topic holds only its batch, from offset 0, each record once: every record below
-    a committed offset ``c`` of partition ``p`` must have its document, ``_kafka`` = (p, < c).
-    """
+    """Keys with a record below the group's committed offsets whose document is missing or holds
+    an earlier record (a key's versions are all on one partition, in order: its document must
+    come from its last record below the committed offset, or a later one)."""
+    offsets = topic_offsets(stack, topic, group_id)
+    committed = {p: (low, max(low, committed)) for p, (low, _high, committed) in offsets.items()}
+    promised = latest_below(stack.bootstrap_servers, topic, committed)
     client: MongoClient = MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=10_000)
     try:
-        collection = client[mongo_db][COLLECTION]
-        missing = 0
-        for partition, (low, _high, committed) in topic_offsets(stack, topic, group_id).items():
-            if committed <= low:
-                continue
-            written = collection.count_documents(
-                {"_kafka.partition": partition, "_kafka.offset": {"$gte": low, "$lt": committed}}
-            )
-            missing += committed - low - written
-        return missing
+        stored = {
+            doc["_id"]: (doc.get("_kafka", {}).get("partition"), doc.get("_kafka", {}).get("offset", -1))
+            for doc in client[mongo_db][COLLECTION].find({}, {"_kafka.partition": 1, "_kafka.offset": 1})
+        }
     finally:
         client.close()
+    return sum(
+        1
+        for key, (partition, offset) in promised.items()
+        if key not in stored or stored[key][0] != partition or stored[key][1] < offset
+    )
 
 
-def verify(stack: FaultStack, topic: str, group_id: str, mongo_db: str, expected: set[str]) -> Verification:
+def verify(
+    stack: FaultStack, topic: str, group_id: str, mongo_db: str, expected: set[str], final_version: int
+) -> Verification:
     client: MongoClient = MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=10_000)
     try:
         collection = client[mongo_db][COLLECTION]
         documents = collection.count_documents({})
         distinct = collection.distinct("_id")
         ids = {doc["_id"] for doc in collection.find({}, {"_id": 1})}
+        stale = collection.count_documents(stale_query(final_version))
     finally:
         client.close()
     offsets = topic_offsets(stack, topic, group_id)
@@ -322,6 +330,7 @@ def verify(stack: FaultStack, topic: str, group_id: str, mongo_db: str, expected
         lost=len(expected - ids),
         duplicate=documents - len(distinct),
         unexpected=len(ids - expected),
+        stale=stale,
         offsets_behind=sum(high - max(committed, low) for low, high, committed in offsets.values()),
         ids=ids,
     )
@@ -343,6 +352,8 @@ def run_fault_trial(
     The produce fault hits ``run_produce``; its retries re-send the batch, then one consume
     loads it. The other faults hit ``run_consume`` of a batch produced beforehand. ``count``
     replaces the plan's record count (a consume fault then starts at the first bulk write).
+    Every key has 2 or 3 versions (``chaos.versions``): the older ones are produced before the
+    produce task (which writes the last), or all of them before the consume.
     """
     from kafka_mongo_etl.drain import DrainSettings
     from kafka_mongo_etl.ids import batch_id, record_key
@@ -368,6 +379,21 @@ def run_fault_trial(
         drain=DrainSettings(batch_size=BATCH_SIZE, stall_timeout=plan.stall_timeout),
     )
 
+    versions = versions_for(seed)
+
+    def produce_versions_up_to(last: int) -> int:
+        if last < 1:
+            return 0
+        return produce_versions(
+            kafka_conn_id="kafka_default",
+            topic=topic,
+            partitions=PARTITIONS,
+            batch=batch,
+            count=plan.count,
+            versions=list(range(1, last + 1)),
+            seed=seed,
+        )
+
     def produce() -> None:
         run_produce(
             kafka_conn_id="kafka_default",
@@ -386,8 +412,9 @@ def run_fault_trial(
     began = time.monotonic()
     tries: list[TryRecord] = []
     if kind == KAFKA_RESET_PRODUCE:
+        older = produce_versions_up_to(versions - 1)
         stop_watching = threading.Event()
-        trigger = _when_records_on_topic(stack, topic, plan.after, stop_watching)
+        trigger = _when_records_on_topic(stack, topic, older + plan.after, stop_watching)
         tries += _tries(
             "produce",
             produce,
@@ -400,7 +427,7 @@ def run_fault_trial(
         if not tries[-1].failed:
             tries += _tries("consume", consume, None, None, stack)
     else:
-        produce()
+        produce_versions_up_to(versions)
         trigger = WRITES.arm(mongo_db, COLLECTION, plan.after)
         tries += _tries(
             "consume",
@@ -416,9 +443,8 @@ def run_fault_trial(
         )
         WRITES.disarm()
     stack.toxiproxy.reset()
-    verification = verify(
-        stack, topic, job.consumer_group, mongo_db, {record_key(batch, n) for n in range(plan.count)}
-    )
+    expected = {record_key(batch, n) for n in range(plan.count)}
+    verification = verify(stack, topic, job.consumer_group, mongo_db, expected, versions)
     return FaultTrialResult(
         kind=kind,
         trial=trial,
@@ -426,6 +452,7 @@ def run_fault_trial(
         plan=plan.as_dict(),
         topic=topic,
         mongo_db=mongo_db,
+        versions=versions,
         tries=tries,
         verification=verification,
         injected_at=None if fault.injected_at is None else round(fault.injected_at - began, 2),

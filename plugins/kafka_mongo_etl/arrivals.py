@@ -14,19 +14,37 @@ offsets (and refuses a connection without ``enable.auto.commit=false``); the mes
 trigger needs ``apache-airflow-providers-common-messaging``, which is not installed. Watching
 the lag fires once for many records and says how many wait, which is what a drain needs.
 
-Coalescing: an event is fired only when some partition holds records the group has not
-committed *and* its high watermark moved past the one in the previous event. So a burst of
-records makes one event per poll at most, a quiet topic none, and records that arrive while a
-drain runs (past its snapshot) make the next event, hence the next run. After a restart of the
-triggerer the first poll fires if anything waits, so nothing is left behind by a lost event.
+When it fires: whenever some partition holds records the group has not committed (lag > 0)
+*and* either
+
+- a high watermark with records waiting moved past the one of the previous event (records
+  arrived), or
+- nothing has drained the lag for ``quiet_interval`` seconds: the group's committed offsets did
+  not move and no event was fired in that time (records a failed run left behind; without this
+  they would wait for the next arrival).
+
+So a burst of records makes one event per poll at most, a quiet topic none, records that arrive
+while a drain runs (past its snapshot) make the next event, hence the next run, and a drain
+that is making progress (its commits move) is never doubled by an event. While nothing drains
+the lag, the quiet events back off (``quiet_interval``, twice that, ... up to
+``max_quiet_interval``) until a commit moves again: a run that keeps failing on the same
+records (a retention gap that needs a decision) is retried ever more rarely, not every minute.
+After a restart of the triggerer the first poll fires if anything waits, so nothing is left
+behind by a lost event.
+
+What an event does in Airflow: it queues the DAG's asset (one ``AssetDagRunQueue`` row per
+asset and DAG), and the scheduler makes *one* run of everything queued. A DAG at its
+``max_active_runs`` gets no new run until one ends, so events during a run (or its retries)
+coalesce into the single run that follows it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
@@ -36,10 +54,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TopicLag:
-    """Per partition: the high watermark and how many records below it the group has not committed."""
+    """Per partition: the high watermark, how many records below it the group has not committed,
+    and the group's committed offset (negative: none yet)."""
 
     high: dict[int, int]
     pending: dict[int, int]
+    committed: dict[int, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -70,17 +90,65 @@ def topic_lag(consumer: Any, topic: str, timeout: float) -> TopicLag:
     committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=timeout)}
     # No commit yet (a negative offset) or one below the log start: the drain starts at the earliest.
     pending = {p: max(0, high - max(committed.get(p, -1), low)) for p, (low, high) in watermarks.items()}
-    return TopicLag(high={p: high for p, (_, high) in watermarks.items()}, pending=pending)
+    return TopicLag(
+        high={p: high for p, (_, high) in watermarks.items()}, pending=pending, committed=committed
+    )
+
+
+ARRIVED = "records arrived"
+LEFT_BEHIND = "records left behind"
+
+
+@dataclass
+class Coalescer:
+    """Decides, poll after poll, whether the lag deserves an event (see the module's docstring).
+
+    ``now`` is a monotonic clock in seconds; call ``fired`` after each event.
+    """
+
+    quiet_interval: float
+    max_quiet_interval: float
+    fired_high: dict[int, int] = field(default_factory=dict)
+    committed: dict[int, int] | None = None
+    # The last time something happened to the lag: an event, or committed offsets that moved.
+    last_activity: float = 0.0
+    # Events fired on a quiet lag since the committed offsets last moved (for the back-off).
+    quiet_events: int = 0
+
+    def reason(self, lag: TopicLag, now: float) -> str | None:
+        """Why to fire an event for ``lag`` now (``ARRIVED``, ``LEFT_BEHIND``), or ``None``."""
+        if self.committed is None or lag.committed != self.committed:
+            # The first look, or a drain committed since the last one: it is draining.
+            self.committed = dict(lag.committed)
+            self.last_activity = now
+            self.quiet_events = 0
+        if not lag.total:
+            return None
+        if lag.moved_past(self.fired_high):
+            return ARRIVED
+        wait = min(self.quiet_interval * 2**self.quiet_events, self.max_quiet_interval)
+        return LEFT_BEHIND if now - self.last_activity >= wait else None
+
+    def fired(self, lag: TopicLag, reason: str, now: float) -> None:
+        self.fired_high = dict(lag.high)
+        self.last_activity = now
+        if reason == LEFT_BEHIND:
+            self.quiet_events += 1
 
 
 class NewRecordsTrigger(BaseEventTrigger):
-    """Fire when ``topic`` holds records that ``group_id`` has not committed, and more than before.
+    """Fire when ``topic`` holds records that ``group_id`` has not committed, and either more
+    arrived or nothing has drained them for a while.
 
     :param topic: the topic to watch.
     :param group_id: the consumer group of the drain the event starts (its lag is what is watched).
     :param kafka_conn_id: the Kafka connection.
     :param poll_interval: seconds between two looks at the lag; the longest an arrival waits.
     :param timeout: seconds each request to the broker may take.
+    :param quiet_interval: seconds a lag may stay undrained (no commit, no event) before an event
+        fires for it; doubled after each such event while nothing drains, up to
+        ``max_quiet_interval``. Longer than a drain's pause between two commits (a batch write,
+        the stall timeout), so a working drain is never doubled.
     """
 
     def __init__(
@@ -91,6 +159,8 @@ class NewRecordsTrigger(BaseEventTrigger):
         kafka_conn_id: str = "kafka_default",
         poll_interval: float = 5.0,
         timeout: float = 15.0,
+        quiet_interval: float = 120.0,
+        max_quiet_interval: float = 3600.0,
     ) -> None:
         super().__init__()
         self.topic = topic
@@ -98,6 +168,8 @@ class NewRecordsTrigger(BaseEventTrigger):
         self.kafka_conn_id = kafka_conn_id
         self.poll_interval = poll_interval
         self.timeout = timeout
+        self.quiet_interval = quiet_interval
+        self.max_quiet_interval = max_quiet_interval
         self._consumer: Any = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -109,6 +181,8 @@ class NewRecordsTrigger(BaseEventTrigger):
                 "kafka_conn_id": self.kafka_conn_id,
                 "poll_interval": self.poll_interval,
                 "timeout": self.timeout,
+                "quiet_interval": self.quiet_interval,
+                "max_quiet_interval": self.max_quiet_interval,
             },
         )
 
@@ -121,7 +195,7 @@ class NewRecordsTrigger(BaseEventTrigger):
         hook = EtlConsumerHook(self.topic, self.group_id, self.kafka_conn_id)
         self._consumer = await sync_to_async(lambda: hook.get_conn)()
         lag_now = sync_to_async(topic_lag)
-        fired: dict[int, int] = {}
+        coalescer = Coalescer(self.quiet_interval, self.max_quiet_interval)
         log.info("Watching %s for records group %s has not loaded", self.topic, self.group_id)
         try:
             while True:
@@ -132,14 +206,23 @@ class NewRecordsTrigger(BaseEventTrigger):
                     log.warning("Could not read the lag of %s (%s); trying again", self.topic, err)
                     await asyncio.sleep(self.poll_interval)
                     continue
-                if lag.total and lag.moved_past(fired):
-                    fired = dict(lag.high)
-                    log.info("%s records wait on %s for group %s", lag.total, self.topic, self.group_id)
+                now = time.monotonic()
+                reason = coalescer.reason(lag, now)
+                if reason is not None:
+                    coalescer.fired(lag, reason, now)
+                    log.info(
+                        "%s records wait on %s for group %s (%s)",
+                        lag.total,
+                        self.topic,
+                        self.group_id,
+                        reason,
+                    )
                     yield TriggerEvent(
                         {
                             "topic": self.topic,
                             "group_id": self.group_id,
                             "pending": lag.total,
+                            "reason": reason,
                             "high_watermarks": {str(p): h for p, h in sorted(lag.high.items())},
                         }
                     )

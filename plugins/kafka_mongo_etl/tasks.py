@@ -25,7 +25,7 @@ from pymongo.errors import (
     WriteConcernError,
 )
 
-from kafka_mongo_etl.audit import AUDIT_COLLECTION, write_audit
+from kafka_mongo_etl.audit import AUDIT_COLLECTION, TryAudit, dead_letter_reasons_since, write_try
 from kafka_mongo_etl.clients import (
     EtlConsumerHook,
     EtlProducerHook,
@@ -61,6 +61,8 @@ MONGO_TIMEOUT_MS = 10_000
 MONGO_OPERATION_TIMEOUT_MS = 20_000
 MONGO_CLOSE_TIMEOUT = 2.0
 MONGO_FAILURE_AUDIT_TIMEOUT = 5.0
+# Airflow's SIGKILL follows its SIGTERM within 5 s, and the drain may have waited 3 s of them.
+MONGO_STOP_AUDIT_TIMEOUT = 1.0
 # Acknowledged by a majority of the replica set and journaled before an offset is committed: a
 # failover cannot roll back a write whose offset is committed (w:1 could, and no retry would
 # re-read it). A connection may lower it in its extra ("w": 1, "journal": false) knowingly.
@@ -214,11 +216,14 @@ def mongo_errors(mongo_conn_id: str, address: str) -> Iterator[None]:
 
 
 def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Drain ``job.topic`` into MongoDB under the drain lease and write the run's audit document.
+    """Drain ``job.topic`` into MongoDB under the drain lease and record the try in the run's audit.
 
-    Raises ``DeadLetterLimitError`` (not retried) when the run's dead letters break the policy,
-    and ``DrainStalledError`` (retried) when partitions stayed below the snapshot, each after
-    everything that was loaded was committed and the audit document written.
+    Every try adds its entry to the drain's audit document (``kafka_mongo_etl.audit``), failed
+    ones too, so the run's dead letters and retention losses add up over its tries. Returns the
+    try's drain summary with the run's ``totals`` so far. Raises ``DeadLetterLimitError`` (not
+    retried) when the try's dead letters break the policy, and ``DrainStalledError`` (retried)
+    when partitions stayed below the snapshot, each after everything that was loaded was
+    committed and the audit written.
     """
     check_options(vars(job), done="Nothing was loaded")
     try:
@@ -237,6 +242,7 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
         "dead_letter_collection": f"{job.mongo_db}.{job.dead_letter_collection}",
         "produced": produced,
     }
+    this_try = TryAudit.begin(_try_number())
     try:
         with mongo_errors(job.mongo_conn_id, address), kafka_errors(job.kafka_conn_id):
             summary = _drain_under_lease(job, database, to_document, address)
@@ -246,7 +252,10 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
         if breach or stall:
             result["state"] = "failed"
             result["error"] = "; ".join(problem for problem in (breach, stall) if problem)
-        write_audit(database[AUDIT_COLLECTION], job.audit_id, result)
+        this_try.state, this_try.error = result["state"], result.get("error")
+        this_try.summary = summary.as_dict()
+        with mongo_errors(job.mongo_conn_id, address):
+            result["totals"] = write_try(database[AUDIT_COLLECTION], job.audit_id, audit, this_try)["totals"]
         if breach:
             raise DeadLetterLimitError(
                 f"{breach}. They are in {job.mongo_db}.{job.dead_letter_collection} with their "
@@ -259,13 +268,23 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
         return result
     except (DeadLetterLimitError, DrainStalledError):
         raise
-    except Exception as err:
-        # Record the failure for the run's audit, then fail the task with the original error.
-        # Bounded: when MongoDB is what failed, this write would wait a whole timeoutMS again.
-        with contextlib.suppress(PyMongoError), pymongo.timeout(MONGO_FAILURE_AUDIT_TIMEOUT):
-            write_audit(
-                database[AUDIT_COLLECTION], job.audit_id, {**audit, "state": "failed", "error": str(err)}
-            )
+    except BaseException as err:
+        # Record the failure in the run's audit, then fail the task with the original error.
+        # Bounded: when MongoDB is what failed, this write would wait a whole timeoutMS again;
+        # a stop (SIGTERM, the execution timeout) has seconds before Airflow kills the process.
+        bound = MONGO_FAILURE_AUDIT_TIMEOUT if isinstance(err, Exception) else MONGO_STOP_AUDIT_TIMEOUT
+        this_try.state, this_try.error = "failed", str(err) or type(err).__name__
+        with contextlib.suppress(PyMongoError), pymongo.timeout(bound):
+            if this_try.summary is None:
+                this_try.dead_letter_reasons = dead_letter_reasons_since(
+                    database[job.dead_letter_collection],
+                    run_id=job.run_id,
+                    group_id=job.consumer_group,
+                    topic=job.topic,
+                    since=this_try.started_at,
+                    partitions=job.partitions,
+                )
+            write_try(database[AUDIT_COLLECTION], job.audit_id, audit, this_try)
         raise
     finally:
         close_client(client)

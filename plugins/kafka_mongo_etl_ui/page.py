@@ -123,6 +123,9 @@ def _runs_table(runs: Sequence[RunRow]) -> str:
             lost = _number(run.lost_to_retention)
             stalled += f' <span class="state state-failed lost">{lost} lost to retention</span>'
         drains = f' <span class="muted drains">({run.drains} drains)</span>' if run.drains > 1 else ""
+        if run.tries > run.drains:
+            failed = f", {run.failed_tries} failed" if run.failed_tries else ""
+            drains += f' <span class="muted tries">({run.tries} tries{failed})</span>'
         rows.append(
             f'<tr class="run" data-run-id="{escape(run.run_id)}">'
             f'<td><a class="run-link" target="_top" href="../{escape(run.run_path)}">'

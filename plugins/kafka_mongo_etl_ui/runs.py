@@ -126,19 +126,28 @@ class RunRow:
     records: int | None = None
     # How many drains (audit documents) this row sums: more than one when consume was mapped.
     drains: int = 1
+    # The tries of its drains (one each unless retried), and how many of them failed.
+    tries: int = 1
+    failed_tries: int = 0
 
     @classmethod
     def from_audit(cls, document: dict[str, Any]) -> RunRow:
+        """One drain's audit document (``kafka_mongo_etl.audit``): its state is the latest try's,
+        its loaded documents, dead letters and losses are what all its tries add up to; the
+        seconds and rate are the latest try's drain (a failed try may not have recorded them)."""
         batch = str(document.get("_id", ""))
         # The audit _id is "<dag_id>/<run_id>" (kafka_mongo_etl.ids.batch_id); a DAG id has no "/".
         dag_id, _, run_from_id = batch.partition("/")
         produced = document.get("produced")
+        # Documents written before tries were kept have no totals: they describe one try.
+        totals = document.get("totals") if isinstance(document.get("totals"), dict) else {}
+        loaded = _as_int(totals["loaded"]) if totals.get("loaded") is not None else None
         return cls(
             dag_id=dag_id,
             run_id=str(document.get("dag_run_id") or run_from_id),
             state=str(document.get("state") or "unknown"),
             produced=_as_int(produced.get("count")) if isinstance(produced, dict) else None,
-            loaded=_as_int(document.get("loaded")),
+            loaded=loaded if loaded is not None else _as_int(document.get("loaded")),
             dead_letters=_as_int(document.get("dead_letters")),
             seconds=_as_float(document.get("seconds")),
             records_per_second=_as_float(document.get("records_per_second")),
@@ -148,6 +157,8 @@ class RunRow:
             dead_letter_reasons=_reason_counts(document.get("dead_letter_reasons")),
             lost_to_retention=sum(count for _, count in _reason_counts(document.get("lost_to_retention"))),
             records=_as_int(document.get("records")),
+            tries=max(1, _as_int(totals.get("tries")) or 1),
+            failed_tries=_as_int(totals.get("failures")) or 0,
         )
 
     @classmethod
@@ -157,7 +168,7 @@ class RunRow:
         Each drain's document carries the same produce summary, so ``produced`` is taken once;
         records, documents and dead letters add up; the drains ran side by side, so the run took
         as long as the longest, and its rate is all records over that time. The run failed if
-        any drain did.
+        any drain did. Their tries, and failed tries, add up.
         """
         if len(drains) == 1:
             return drains[0]
@@ -188,6 +199,8 @@ class RunRow:
             records=records,
             drains=len(drains),
             lost_to_retention=sum(row.lost_to_retention for row in drains),
+            tries=sum(row.tries for row in drains),
+            failed_tries=sum(row.failed_tries for row in drains),
         )
 
     @property

@@ -1,5 +1,6 @@
 """Crash injection, a fixed set: the task process is SIGKILLed at each kill point, its retry (the
-same DAG run) finishes, and the target holds exactly the batch's ``_id`` set.
+same DAG run) finishes, and the target holds exactly the batch's ``_id`` set, each key with the
+last of its 2 or 3 versions (``chaos.versions``).
 
 The randomized version with many trials per point is ``make chaos`` (chaos/harness.py).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pymongo import MongoClient
 
 from chaos.points import (
     ACKNOWLEDGED_PREFIX,
@@ -36,7 +38,7 @@ def batch_ids(batch: str) -> set[str]:
 
 
 def assert_killed_then_recovered(result: TrialResult) -> dict:
-    """The first child died by SIGKILL, the retry exited 0, and no record was lost or doubled."""
+    """The first child died by SIGKILL, the retry exited 0, and no record was lost, doubled or stale."""
     assert result.error is None, result.error
     killed, retry = result.runs[0], result.runs[1]
     assert (killed.role, retry.role) == ("killed", "retry")
@@ -49,8 +51,19 @@ def assert_killed_then_recovered(result: TrialResult) -> dict:
     assert verification.documents == verification.distinct_ids == COUNT
     assert (verification.lost, verification.duplicate, verification.unexpected) == (0, 0, 0)
     assert verification.mismatched == 0 and verification.dead_letters == 0
+    assert verification.stale == 0 and result.versions in (2, 3)
     assert verification.offsets_behind == 0  # the retry drained to the watermark and committed
     return killed.note
+
+
+def final_versions(stack: Stack, result: TrialResult) -> dict[str, int | None]:
+    """``{_id: version}`` of the trial's target (None: the DAG produce task's record, the last)."""
+    client = MongoClient(stack.mongo_uri)
+    try:
+        collection = client[result.mongo_db]["records"]
+        return {doc["_id"]: doc.get("version") for doc in collection.find({}, {"version": 1})}
+    finally:
+        client.close()
 
 
 def test_killed_mid_produce_the_retry_resends_the_batch(stack, topic, mongo_db, tmp_path: Path) -> None:
@@ -58,18 +71,23 @@ def test_killed_mid_produce_the_retry_resends_the_batch(stack, topic, mongo_db, 
 
     note = assert_killed_then_recovered(result)
     assert (note["at"], note["handed"], note["settled"]) == ("produce", 262, 183)
-    # Killed with the first records on the broker, more in the local queue, the rest not handed.
-    assert 183 <= result.after_kill["records_on_topic"] <= 262
+    # Killed with the first records on the broker, more in the local queue, the rest not handed
+    # (after the older versions of every key, produced before the task).
+    older = COUNT * (result.versions - 1)
+    assert older + 183 <= result.after_kill["records_on_topic"] <= older + 262
     assert [run.role for run in result.runs] == ["killed", "retry", "consume"]
+    # The produce task's record (no version) is each key's last.
+    assert set(final_versions(stack, result).values()) == {None}
 
 
 def test_killed_after_fetch_before_the_write(stack, topic, mongo_db, tmp_path: Path) -> None:
     result = run_trial(CONSUME_AFTER_FETCH, 7, stack, tmp_path, topic=topic, mongo_db=mongo_db, count=COUNT)
 
     note = assert_killed_then_recovered(result)
-    assert (note["at"], note["call"]) == ("MongoSink.write", 2)
-    # The first write was committed; the fetched second batch never reached MongoDB.
-    assert result.after_kill["documents"] == result.after_kill["records_committed"] > 0
+    assert (note["at"], note["call"]) == ("MongoSink.write", 3)
+    # The first two writes were committed; the fetched third batch never reached MongoDB.
+    assert result.after_kill["documents"] == result.after_kill["keys_committed"] > 0
+    assert set(final_versions(stack, result).values()) == {result.versions}
 
 
 def test_killed_in_the_middle_of_a_bulk_write(stack, topic, mongo_db, tmp_path: Path) -> None:
@@ -78,10 +96,14 @@ def test_killed_in_the_middle_of_a_bulk_write(stack, topic, mongo_db, tmp_path: 
     )
 
     note = assert_killed_then_recovered(result)
-    assert (note["at"], note["mode"], note["call"]) == ("bulk_write", ACKNOWLEDGED_PREFIX, 2)
+    assert (note["at"], note["mode"], note["call"]) == ("bulk_write", ACKNOWLEDGED_PREFIX, 3)
     assert 0 < note["acknowledged"] < note["requests"]
-    # Part of the second batch is in MongoDB, none of its offsets are committed.
-    assert result.after_kill["documents"] == result.after_kill["records_committed"] + note["acknowledged"]
+    # Killed inside the third bulk write to the target: with several versions per key a batch
+    # takes one or two (inserts of new ids, then replaces of ids already there), so MongoDB holds
+    # every committed key and possibly more, of batches whose offsets are not committed.
+    after = result.after_kill
+    assert after["documents"] >= after["keys_committed"] > 0
+    assert set(final_versions(stack, result).values()) == {result.versions}
 
 
 def test_killed_after_the_write_before_the_commit(stack, topic, mongo_db, tmp_path: Path) -> None:
@@ -90,9 +112,10 @@ def test_killed_after_the_write_before_the_commit(stack, topic, mongo_db, tmp_pa
     )
 
     note = assert_killed_then_recovered(result)
-    assert (note["at"], note["call"]) == ("commit", 2)
-    # The second batch is written but its offsets are not committed: the retry reads it again.
-    assert result.after_kill["documents"] > result.after_kill["records_committed"] > 0
+    assert (note["at"], note["call"]) == ("commit", 3)
+    # The third batch is written but its offsets are not committed: the retry reads it again.
+    assert result.after_kill["documents"] > result.after_kill["keys_committed"] > 0
+    assert set(final_versions(stack, result).values()) == {result.versions}
 
 
 def test_overlapping_runs_load_one_copy_of_every_record(stack, topic, mongo_db, tmp_path: Path) -> None:
@@ -108,3 +131,20 @@ def test_overlapping_runs_load_one_copy_of_every_record(stack, topic, mongo_db, 
     assert verification.ids == batch_ids(first) | batch_ids(second)
     assert verification.documents == verification.distinct_ids == 2 * COUNT
     assert verification.offsets_behind == 0
+    assert verification.stale == 0 and set(final_versions(stack, result).values()) == {None}
+
+
+def test_the_stale_check_counts_documents_older_than_their_keys_last_version(mongo_client, mongo_db) -> None:
+    from chaos.versions import stale_query
+
+    collection = mongo_client[mongo_db]["records"]
+    collection.insert_many(
+        [
+            {"_id": "b/0", "version": 3},  # the last version
+            {"_id": "b/1", "version": 2},  # stale
+            {"_id": "b/2", "version": 1},  # stale
+            {"_id": "b/3"},  # the DAG produce task's record, after every older version
+        ]
+    )
+
+    assert collection.count_documents(stale_query(3)) == 2

@@ -36,6 +36,79 @@ def send(bootstrap: str, topic: str, numbers: range) -> None:
     assert producer.flush(30) == 0
 
 
+def test_records_a_failed_run_left_behind_fire_an_event_without_new_arrivals(
+    connections, kafka_broker, mongo_client, make_job, committed_offsets
+) -> None:
+    """Issue 19, finding 8: the trigger used to fire only when a watermark moved."""
+    from kafka_mongo_etl.arrivals import ARRIVED, LEFT_BEHIND
+    from kafka_mongo_etl.clients import EtlConsumerHook
+    from kafka_mongo_etl.drain import DrainSettings, drain_to_watermark, json_document
+    from kafka_mongo_etl.ids import id_function
+    from kafka_mongo_etl.mongo_sink import MongoSink
+    from kafka_mongo_etl.tasks import run_consume
+
+    job = make_job()
+    bootstrap = kafka_broker.bootstrap_servers
+    create_topic(bootstrap, job.topic, partitions=1)
+    collection = mongo_client[job.mongo_db]["testnum"]
+
+    class FailingAfterTheFirstBatch(MongoSink):
+        writes = 0
+
+        def write(self, documents):
+            self.writes += 1
+            if self.writes > 1:
+                raise RuntimeError("the run fails after its first batch")
+            return super().write(documents)
+
+    def a_run_that_fails_midway() -> None:
+        consumer = EtlConsumerHook(job.topic, job.consumer_group).get_conn
+        try:
+            settings = DrainSettings(batch_size=30, overlap=False)
+            to_document = json_document(id_function("key"))
+            sink = FailingAfterTheFirstBatch(collection)
+            with pytest.raises(RuntimeError, match="after its first batch"):
+                drain_to_watermark(consumer, job.topic, job.consumer_group, sink, to_document, settings)
+        finally:
+            consumer.close()
+
+    trigger = NewRecordsTrigger(
+        topic=job.topic, group_id=job.consumer_group, poll_interval=0.2, quiet_interval=1.0
+    )
+
+    async def scenario() -> None:
+        events: asyncio.Queue = asyncio.Queue()
+
+        async def pump() -> None:
+            async for event in trigger.run():
+                await events.put(event.payload)
+
+        watching = asyncio.create_task(pump())
+        try:
+            await asyncio.to_thread(send, bootstrap, job.topic, range(100))
+            arrived = await asyncio.wait_for(events.get(), 60)
+            while arrived["high_watermarks"] != {"0": 100}:
+                arrived = await asyncio.wait_for(events.get(), 60)
+            assert arrived["reason"] == ARRIVED
+
+            await asyncio.to_thread(a_run_that_fails_midway)
+            committed = (await asyncio.to_thread(committed_offsets, job.topic, job.consumer_group))[0]
+            assert 0 < committed < 100
+            # Nothing new arrives and nothing drains: the leftovers fire an event of their own.
+            left = await asyncio.wait_for(events.get(), 60)
+            while left["reason"] != LEFT_BEHIND:
+                left = await asyncio.wait_for(events.get(), 60)
+            assert (left["pending"], left["high_watermarks"]) == (100 - committed, {"0": 100})
+
+            # The run it starts loads them (that a quiet lag of 0 never fires: tests/unit).
+            assert (await asyncio.to_thread(run_consume, job))["records"] == 100 - committed
+        finally:
+            watching.cancel()
+
+    asyncio.run(scenario())
+    assert {d["_id"] for d in collection.find({}, {"_id": 1})} == {f"k-{n}" for n in range(100)}
+
+
 def test_lag_fires_for_a_partition_whose_watermark_moved_with_records_waiting() -> None:
     lag = TopicLag(high={0: 10, 1: 5}, pending={0: 0, 1: 5})
     assert lag.total == 5

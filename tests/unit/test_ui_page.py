@@ -332,3 +332,74 @@ def test_the_mapped_drains_of_a_run_become_one_row_that_adds_them_up() -> None:
     html = page(runs=rows)
     assert re.findall(r'<tr class="run" data-run-id="([^"]+)"', html) == [row.run_id for row in rows]
     assert html.count('class="muted drains">(3 drains)') == 1
+
+
+def tried(n: int, tries: list[dict], **fields) -> dict:
+    """Run ``n``'s audit document after ``tries`` (``kafka_mongo_etl.audit``'s own merge)."""
+    from kafka_mongo_etl.audit import merged_document
+
+    document = None
+    for number, entry in enumerate(tries, start=1):
+        at = T0 + dt.timedelta(minutes=n, seconds=number)
+        document = merged_document(document, {}, {"try": number, "attempt": f"a{number}", **entry}, at)
+    base = audit(n)
+    return {
+        "_id": base["_id"],
+        "dag_run_id": base["dag_run_id"],
+        "target": base["target"],
+        **document,
+        **fields,
+    }
+
+
+FAILED_WITH_DEAD_LETTERS = {
+    "state": "failed",
+    "error": "3 dead letters, more than the limit of 0",
+    "records": 40,
+    "loaded": 37,
+    "dead_letters": 3,
+    "dead_letter_reasons": {"not_json": 3},
+}
+RETRY_THAT_SUCCEEDS = {"state": "success", "records": 20, "loaded": 20, "seconds": 2.0, "dead_letters": 0}
+
+
+def test_a_run_row_shows_what_all_tries_added_up_to_and_how_many_there_were() -> None:
+    row = RunRow.from_audit(tried(1, [FAILED_WITH_DEAD_LETTERS, RETRY_THAT_SUCCEEDS]))
+
+    assert (row.state, row.error) == ("success", None)
+    assert (row.loaded, row.dead_letters, row.dead_letter_reasons) == (57, 3, (("not_json", 3),))
+    assert (row.tries, row.failed_tries) == (2, 1)
+    # The rate is the latest try's drain.
+    assert (row.records, row.seconds) == (20, 2.0)
+
+    from kafka_mongo_etl_ui.page import _runs_table
+
+    html = _runs_table([row])
+    assert '<span class="muted tries">(2 tries, 1 failed)</span>' in html
+    assert '<td class="num dead-letters">3</td>' in html and '<td class="num loaded">57</td>' in html
+    assert "tries" not in _runs_table([RunRow.from_audit(audit(1))])
+
+
+def test_a_try_that_failed_midway_adds_its_dead_letters_but_no_documents() -> None:
+    midway = {"state": "failed", "error": "no answer", "dead_letters": 2, "dead_letter_reasons": {"x": 2}}
+    row = RunRow.from_audit(tried(1, [midway, RETRY_THAT_SUCCEEDS]))
+
+    assert (row.loaded, row.dead_letters, row.tries, row.failed_tries) == (20, 2, 2, 1)
+
+
+def test_the_mapped_drains_of_a_run_add_up_their_tries() -> None:
+    from kafka_mongo_etl_ui.runs import run_rows
+
+    documents = [
+        drain(2, 0) | tried(2, [FAILED_WITH_DEAD_LETTERS, RETRY_THAT_SUCCEEDS], _id=drain(2, 0)["_id"]),
+        drain(2, 1) | tried(2, [RETRY_THAT_SUCCEEDS], _id=drain(2, 1)["_id"]),
+        drain(2, 2) | tried(2, [{**RETRY_THAT_SUCCEEDS, "state": "failed"}] * 3, _id=drain(2, 2)["_id"]),
+    ]
+
+    (row,) = run_rows(documents)
+
+    assert (row.drains, row.tries, row.failed_tries) == (3, 6, 4)
+    assert (row.state, row.loaded, row.dead_letters) == ("failed", 57 + 20 + 60, 3)
+    from kafka_mongo_etl_ui.page import _runs_table
+
+    assert '(3 drains)</span> <span class="muted tries">(6 tries, 4 failed)</span>' in _runs_table([row])
