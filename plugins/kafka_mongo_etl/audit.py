@@ -32,7 +32,7 @@ from typing import Any
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from kafka_mongo_etl.errors import EtlError
+from kafka_mongo_etl.errors import AuditConflictError
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,6 @@ _IDENTITY_FIELDS = ("topic", "group_id")
 _RUN_FIELDS = ("dag_run_id", "topic", "group_id", "target", "dead_letter_collection", "produced")
 _DOCUMENT_FIELDS = ("_id", "updated_at", "revision", "tries", "totals")
 _LEGACY_ATTEMPT = "before-tries"
-
-
-class AuditConflictError(EtlError):
-    """Other tries of the same drain kept changing its audit document; this try's entry is not in it."""
 
 
 @dataclass

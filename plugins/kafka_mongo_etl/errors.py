@@ -11,6 +11,7 @@
           ├── LeaseLostError            this drain can no longer prove its lease (retried)
           ├── DrainStalledError         partitions stayed below the snapshot (retried)
           ├── WriteFailedError          MongoDB did not write a batch, not for its documents (retried)
+          ├── AuditConflictError        other tries kept changing the run's audit document
           ├── BadRecordError            one record cannot be a document: it becomes a dead letter
           │                             and never fails a task (lives in kafka_mongo_etl.records)
           └── NotRetriedError           also Airflow's AirflowFailException: fails without a retry
@@ -163,3 +164,7 @@ class ParamsRefusedError(NotRetriedError):
 class WriteFailedError(EtlError):
     """MongoDB did not write (part of) a batch for a reason that is not about its documents,
     or could not confirm the write concern. Nothing of the batch is committed; retry."""
+
+
+class AuditConflictError(EtlError):
+    """Other tries of the same drain kept changing its audit document; this try's entry is not in it."""

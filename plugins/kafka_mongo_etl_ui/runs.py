@@ -22,7 +22,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from kafka_mongo_etl.audit import AUDIT_COLLECTION
-from kafka_mongo_etl.tasks import default_group_id
+from kafka_mongo_etl.ids import default_group_id
 
 log = logging.getLogger(__name__)
 
