@@ -50,6 +50,8 @@ class Lease(Protocol):
 
     def abandon(self) -> None: ...
 
+    def settled(self) -> None: ...
+
 
 class DeadLetterSink(Protocol):
     def write(self, dead_letters: list[DeadLetter]) -> None: ...
@@ -317,6 +319,11 @@ class Drain:
         self.unread: set[int] = set()
         self.read_to: dict[int, int] = {}
         self.began = self.last_progress = time.monotonic()
+        # Writes started (in either thread) that have not returned: a stop that interrupted one
+        # in the main thread leaves it counted, as the server may still apply it.
+        self._writes_open = 0
+        self._writes_lock = threading.Lock()
+        self._writer: _Writer | None = None
 
     def run(self) -> DrainSummary:
         self.snapshot()
@@ -325,7 +332,7 @@ class Drain:
             self.consumer.assign(
                 [TopicPartition(self.topic, p, progress[p].start) for p in sorted(self.pending)]
             )
-        writer = _Writer() if self.settings.overlap else None
+        writer = self._writer = _Writer() if self.settings.overlap else None
         in_flight: tuple[Batch, Future[None]] | None = None
         next_report = self.began + self.settings.progress_every
         try:
@@ -348,19 +355,8 @@ class Drain:
             if in_flight is not None:
                 written, in_flight = in_flight, None
                 self.settle(*written)
-        except Exception:
-            # The main thread failed while a write was in flight (a bad record without a
-            # dead-letter sink, say): that write finishes, and is committed if acknowledged,
-            # before the error leaves the drain, as if the batches had been written in turn.
-            if in_flight is not None:
-                self.settle_quietly(*in_flight)
-            raise
-        except BaseException:
-            # A stop (SIGTERM's StopRequested, Airflow's timeout) commits nothing and waits for
-            # a running write only briefly (Airflow's SIGKILL follows a SIGTERM within 5 s);
-            # a write still running then keeps the lease until it expires.
-            if writer is not None and not writer.idle(STOP_WAIT) and self.lease is not None:
-                self.lease.abandon()
+        except BaseException as err:
+            self.stop_writing(in_flight, writer, stopped=not isinstance(err, Exception))
             raise
         finally:
             if writer is not None:
@@ -452,8 +448,54 @@ class Drain:
 
     def store(self, batch: Batch) -> None:
         """What the writer thread does with a batch: its documents, then its dead letters."""
-        self.write(batch)
-        self.dead_letter(batch)
+        with self._writes_lock:
+            self._writes_open += 1
+        try:
+            self.write(batch)
+            self.dead_letter(batch)
+        except Exception:
+            # The server answered (or the client gave up on it): this write is over either way.
+            self._write_over()
+            raise
+        self._write_over()
+
+    def _write_over(self) -> None:
+        with self._writes_lock:
+            self._writes_open -= 1
+
+    def writing(self) -> bool:
+        """Whether a write of this drain may still be running or about to start."""
+        with self._writes_lock:
+            if self._writes_open:
+                return True
+        return self._writer is not None and not self._writer.idle(0)
+
+    def stop_writing(
+        self, in_flight: tuple[Batch, Future[None]] | None, writer: _Writer | None, stopped: bool
+    ) -> None:
+        """What an error on its way out of ``run`` does about the write in flight and the lease.
+
+        An ``Exception`` of the main thread (a bad record without a dead-letter sink, say) lets
+        the write in flight finish and commits it if acknowledged, as if the batches had been
+        written in turn. A stop (``BaseException``: SIGTERM's ``StopRequested``, Airflow's
+        timeout) commits nothing, keeps a write that has not started from starting, and waits for
+        a running one only briefly (Airflow's SIGKILL follows a SIGTERM within 5 s).
+
+        The lease is abandoned *first* and taken back (``settled``) only once no write of this
+        drain can be running: a stop that arrives during any of this (a second SIGTERM, the
+        timeout while the main thread waits for the write in flight) leaves the lease to expire
+        by its ttl instead of releasing it under a write that may still land.
+        """
+        if self.lease is not None:
+            self.lease.abandon()
+        if stopped:
+            if writer is not None:
+                writer.cancel_waiting()
+                writer.idle(STOP_WAIT)
+        elif in_flight is not None:
+            self.settle_quietly(*in_flight)
+        if self.lease is not None and not self.writing():
+            self.lease.settled()
 
     def settle(self, batch: Batch, written: Future[None]) -> None:
         """Wait for ``batch``'s write (its error is raised here), then commit it."""
@@ -559,6 +601,11 @@ class _Writer:
         self._last = future
         return future
 
+    def cancel_waiting(self) -> None:
+        """Keep the write handed over last from starting, if it has not started yet."""
+        if self._last is not None:
+            self._last.cancel()
+
     def idle(self, timeout: float) -> bool:
         """Whether every write handed over has finished, waiting up to ``timeout`` s for it."""
         return self._last is None or wait([self._last], timeout).not_done == set()
@@ -570,7 +617,8 @@ class _Writer:
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             future, work = job
-            future.set_running_or_notify_cancel()
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled by a stop before it started
             try:
                 work()
             except BaseException as err:  # noqa: BLE001 - handed to the main thread by the future

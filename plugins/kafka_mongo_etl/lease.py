@@ -152,6 +152,11 @@ class DrainLease:
         before that write is over or the lease has expired."""
         self._abandoned = True
 
+    def settled(self) -> None:
+        """Take ``abandon()`` back: no write of this owner can still land, so ``release()`` may
+        delete the lease again."""
+        self._abandoned = False
+
     def _extend(self) -> tuple[bool, float]:
         """One renewal at the server: (still ours and live, monotonic send time)."""
         sent = time.monotonic()
