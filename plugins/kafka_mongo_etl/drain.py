@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Collection, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -57,6 +57,14 @@ class DeadLetterSink(Protocol):
     def write(self, dead_letters: list[DeadLetter]) -> None: ...
 
 
+class Ledger(Protocol):
+    """The drain's own record of its committed offsets (``ledger.OffsetLedger``)."""
+
+    def read(self, partitions: Iterable[int]) -> dict[int, int]: ...
+
+    def record(self, offsets: dict[int, int]) -> None: ...
+
+
 @dataclass(frozen=True)
 class DrainSettings:
     batch_size: int = 5_000
@@ -84,6 +92,8 @@ class PartitionProgress:
     # Offsets between the group's committed offset and the low watermark, deleted by retention
     # before they were loaded (only with on_retention_gap="skip"; "fail" stops the drain).
     lost: int = 0
+    # Kafka had forgotten the group's committed offset: the start came from the offset ledger.
+    from_ledger: bool = False
 
     @property
     def done(self) -> bool:
@@ -124,8 +134,8 @@ class DrainSummary:
         return data
 
 
-def high_watermarks(consumer: Consumer, topic: str, timeout: float) -> dict[int, tuple[int, int]]:
-    """``{partition: (low, high)}`` read from the partition leaders now (not cached)."""
+def partitions_of(consumer: Consumer, topic: str, timeout: float) -> list[int]:
+    """The partition ids of ``topic`` from the broker's metadata; ``TopicNotFoundError`` if none."""
     found = topic_metadata(consumer, topic, timeout).topics.get(topic)
     if found is None or found.error is not None or not found.partitions:
         reason = found.error if found is not None else "no metadata"
@@ -133,11 +143,14 @@ def high_watermarks(consumer: Consumer, topic: str, timeout: float) -> dict[int,
             f"topic {topic!r} does not exist on the broker ({reason}); produce to it first or check "
             "the topic name"
         )
+    return sorted(found.partitions)
+
+
+def high_watermarks(consumer: Consumer, topic: str, timeout: float) -> dict[int, tuple[int, int]]:
+    """``{partition: (low, high)}`` read from the partition leaders now (not cached)."""
+    partitions = partitions_of(consumer, topic, timeout)
     deadline = time.monotonic() + timeout
-    return {
-        partition: _watermarks(consumer, TopicPartition(topic, partition), deadline)
-        for partition in sorted(found.partitions)
-    }
+    return {p: _watermarks(consumer, TopicPartition(topic, p), deadline) for p in partitions}
 
 
 _LEADER_MOVING = (
@@ -232,37 +245,57 @@ def start_offsets(
     watermarks: dict[int, tuple[int, int]],
     on_retention_gap: str = "fail",
     group_id: str = "<group>",
+    ledger: dict[int, int] | None = None,
 ) -> dict[int, PartitionProgress]:
     """Where each partition's drain starts (the group's committed offset) and ends (the snapshot).
 
-    A group with no commit yet starts at the low watermark. A committed offset below it means
-    records were deleted by retention before this group loaded them: ``RetentionGapError``
-    (not retried), or with ``on_retention_gap="skip"`` a warning, a start at the low watermark
-    and the count in ``PartitionProgress.lost``. A committed offset above the high watermark
-    means the log was truncated below what the group has read: ``OffsetAboveWatermarkError``.
+    Where Kafka has no committed offset but ``ledger`` (the drain's own record, ``ledger.py``)
+    has one, Kafka forgot it (``offsets.retention.minutes`` after its last commit) and the
+    ledger's offset counts as the committed one. A group with neither starts at the low
+    watermark. A committed offset below it means records were deleted by retention before this
+    group loaded them: ``RetentionGapError`` (not retried), or with ``on_retention_gap="skip"``
+    a warning, a start at the low watermark and the count in ``PartitionProgress.lost``. A
+    committed offset above the high watermark means the log was truncated below what the group
+    has read: ``OffsetAboveWatermarkError``.
     """
     if on_retention_gap not in RETENTION_GAP_POLICIES:
         raise ValueError(
             f"unknown on_retention_gap {on_retention_gap!r}; choose one of "
             f"{', '.join(RETENTION_GAP_POLICIES)}"
         )
+    ledger = ledger or {}
     progress = {}
     gaps: dict[int, tuple[int, int]] = {}
     above: dict[int, tuple[int, int]] = {}
+    forgotten: dict[int, int] = {}
     topic = ""
     for tp in committed:
         if tp.error is not None:
             raise KafkaException(tp.error)
         topic = tp.topic
         low, high = watermarks[tp.partition]
+        offset = tp.offset
+        if offset < 0 and tp.partition in ledger:
+            offset = forgotten[tp.partition] = ledger[tp.partition]
         # A negative offset is "no commit yet" (OFFSET_INVALID): start at the earliest record.
-        start, lost = (low, 0) if tp.offset < 0 else (tp.offset, 0)
-        if 0 <= tp.offset < low:
-            gaps[tp.partition] = (tp.offset, low)
-            start, lost = low, low - tp.offset
-        elif tp.offset > high:
-            above[tp.partition] = (tp.offset, high)
-        progress[tp.partition] = PartitionProgress(start=start, end=high, committed=start, lost=lost)
+        start, lost = (low, 0) if offset < 0 else (offset, 0)
+        if 0 <= offset < low:
+            gaps[tp.partition] = (offset, low)
+            start, lost = low, low - offset
+        elif offset > high:
+            above[tp.partition] = (offset, high)
+        progress[tp.partition] = PartitionProgress(
+            start=start, end=high, committed=start, lost=lost, from_ledger=tp.partition in forgotten
+        )
+    if forgotten:
+        log.warning(
+            "Kafka has no committed offset of group %s for %s, although the drain committed one "
+            "(it forgets them offsets.retention.minutes after their last commit); going on from "
+            "the offset ledger's: %s",
+            group_id,
+            topic,
+            ", ".join(f"p{p} at {offset}" for p, offset in sorted(forgotten.items())),
+        )
     if above:
         raise OffsetAboveWatermarkError(topic, group_id, above)
     if gaps:
@@ -271,7 +304,7 @@ def start_offsets(
             for p, (offset, low) in sorted(gaps.items())
         )
         if on_retention_gap == "fail":
-            raise RetentionGapError(topic, lost)
+            raise RetentionGapError(topic, lost, forgotten=sorted(set(forgotten) & set(gaps)))
         log.warning(
             "Records of %s were deleted by retention before they were loaded, skipped as "
             "on_retention_gap=skip asks: %s",
@@ -304,6 +337,7 @@ class Drain:
         lease: Lease | None = None,
         dead_letters: DeadLetterSink | None = None,
         partitions: Collection[int] | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.consumer = consumer
         self.topic = topic
@@ -313,6 +347,7 @@ class Drain:
         self.lease = lease
         self.dead_letters = dead_letters
         self.only = partitions
+        self.ledger = ledger
         self.summary = DrainSummary(topic=topic, group_id=group_id)
         # Partitions not yet committed up to the snapshot, and those not yet read up to it.
         self.pending: set[int] = set()
@@ -355,6 +390,7 @@ class Drain:
             if in_flight is not None:
                 written, in_flight = in_flight, None
                 self.settle(*written)
+            self.commit_every_partition()
         except BaseException as err:
             self.stop_writing(in_flight, writer, stopped=not isinstance(err, Exception))
             raise
@@ -374,8 +410,10 @@ class Drain:
         committed = committed_offsets(
             self.consumer, [TopicPartition(self.topic, p) for p in watermarks], self.settings.metadata_timeout
         )
+        forgotten = [tp.partition for tp in committed if tp.offset < 0 and tp.error is None]
+        recorded = self.ledger.read(forgotten) if self.ledger is not None and forgotten else {}
         self.summary.partitions = start_offsets(
-            committed, watermarks, self.settings.on_retention_gap, self.summary.group_id
+            committed, watermarks, self.settings.on_retention_gap, self.summary.group_id, recorded
         )
         self.pending = {p for p, progress in self.summary.partitions.items() if not progress.done}
         self.unread = set(self.pending)
@@ -540,10 +578,28 @@ class Drain:
             if self.lease is not None:
                 self.lease.renew()
             _commit(self.consumer, self.topic, offsets)
+            if self.ledger is not None:
+                self.ledger.record(offsets)
             for partition, offset in offsets.items():
                 progress[partition].committed = offset
             self.last_progress = time.monotonic()
         self.pending -= {p for p in self.pending if progress[p].done}
+
+    def commit_every_partition(self) -> None:
+        """At the end, commit every partition's offset again, also those with nothing to read.
+
+        Kafka forgets a committed offset ``offsets.retention.minutes`` after its last commit;
+        a partition that gets no records would otherwise lose its offset, and be re-read from
+        its start, however often the drain runs. Only offsets already committed (so written)
+        are committed again.
+        """
+        offsets = {p: progress.committed for p, progress in self.summary.partitions.items()}
+        if offsets:
+            if self.lease is not None:
+                self.lease.renew()
+            _commit(self.consumer, self.topic, offsets)
+            if self.ledger is not None:
+                self.ledger.record(offsets)
 
     def stalled(self) -> bool:
         """True when a partition stayed below its snapshot for ``stall_timeout`` (an open transaction)."""
@@ -637,16 +693,18 @@ def drain_to_watermark(
     lease: Lease | None = None,
     dead_letters: DeadLetterSink | None = None,
     partitions: Collection[int] | None = None,
+    ledger: Ledger | None = None,
 ) -> DrainSummary:
     """Load ``topic`` from the group's committed offsets (earliest if none) to the snapshot.
 
     ``consumer`` must have ``enable.auto.commit=false``; it is assigned, never subscribed.
     Records that cannot be loaded go to ``dead_letters`` before their offsets are committed;
     without a dead-letter sink the first such record fails the drain. ``partitions`` limits the
-    drain to those partitions (one mapped task per partition). The caller closes the consumer.
+    drain to those partitions (one mapped task per partition). ``ledger`` records every commit
+    and answers where Kafka forgot one (``ledger.py``). The caller closes the consumer.
     """
     return Drain(
-        consumer, topic, group_id, sink, to_document, settings, lease, dead_letters, partitions
+        consumer, topic, group_id, sink, to_document, settings, lease, dead_letters, partitions, ledger
     ).run()
 
 

@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_INVALID, TopicPartition
 
 from kafka_mongo_etl import drain as drain_module
 from kafka_mongo_etl.drain import Drain, DrainSettings
-from kafka_mongo_etl.errors import StopRequested
+from kafka_mongo_etl.errors import RetentionGapError, StopRequested
 from kafka_mongo_etl.ids import id_function
 from kafka_mongo_etl.records import Document, json_document
 from kafka_mongo_etl.tasks import stop_on_sigterm
@@ -407,3 +407,83 @@ def _wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
             return
         done.wait(0.01)
     raise AssertionError("condition not reached")
+
+
+# --- the offset ledger (issue 19, finding 3) ---------------------------------------------------
+
+
+class FakeLedger:
+    def __init__(self, events: list[tuple[Any, ...]], offsets: dict[int, int] | None = None) -> None:
+        self.events = events
+        self.offsets = dict(offsets or {})
+
+    def read(self, partitions: Any) -> dict[int, int]:
+        return {p: self.offsets[p] for p in partitions if p in self.offsets}
+
+    def record(self, offsets: dict[int, int]) -> None:
+        self.offsets.update(offsets)
+        self.events.append(("ledger", dict(offsets)))
+
+
+def test_every_partition_is_committed_at_the_end_also_those_with_nothing_to_read() -> None:
+    """Kafka forgets an offset a week after its last commit: an idle partition is committed
+    again by every drain, and each commit is recorded in the ledger after Kafka took it."""
+    events: list[tuple[Any, ...]] = []
+    logs = {
+        0: FakePartition(versions(["a", "b"], rounds=3)),
+        1: FakePartition(versions(["c"], rounds=2)),  # read to its end before
+        2: FakePartition([]),  # never had a record
+    }
+    consumer = FakeConsumer(logs, events, group_offsets={1: 2})
+    ledger = FakeLedger(events)
+    sink = FakeSink(events)
+    settings = DrainSettings(batch_size=4)
+    Drain(consumer, TOPIC, "g", sink, build_with(), settings, FakeLease(), ledger=ledger).run()
+    assert events[-2:] == [("commit", {0: 6, 1: 2, 2: 0}), ("ledger", {0: 6, 1: 2, 2: 0})]
+    for i, event in enumerate(events):
+        if event[0] == "ledger":
+            assert events[i - 1] == ("commit", event[1]), "recorded only after Kafka took the commit"
+    assert consumer.group_offsets == ledger.offsets == {0: 6, 1: 2, 2: 0}
+    assert {k: v["v"] for k, v in sink.documents.items()} == {"a": 2, "b": 2}
+
+
+def test_a_forgotten_offset_resumes_from_the_ledger_when_the_records_are_still_there() -> None:
+    events: list[tuple[Any, ...]] = []
+    logs = {0: FakePartition(versions(["a", "b", "c"], rounds=2))}  # offsets 0..5
+    consumer = FakeConsumer(logs, events)  # Kafka forgot the group's offsets
+    sink = FakeSink(events)
+    ledger = FakeLedger(events, {0: 4})
+    settings = DrainSettings()
+    summary = Drain(consumer, TOPIC, "g", sink, build_with(), settings, FakeLease(), ledger=ledger).run()
+    assert summary.records == 2 and summary.partitions[0].from_ledger
+    assert summary.partitions[0].start == 4 and summary.lost_to_retention == {}
+    assert set(sink.documents) == {"b", "c"} and consumer.group_offsets == {0: 6}
+
+
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+def test_a_forgotten_offset_below_the_low_watermark_is_a_retention_gap(policy: str) -> None:
+    """Kafka forgot the offset (4) and retention deleted offsets up to 7: records 4..6 were never
+    loaded. Without the ledger this drain would start at 7 and report nothing."""
+    events: list[tuple[Any, ...]] = []
+    logs = {0: FakePartition(versions(["a", "b", "c"], rounds=2)[1:], low=7), 1: FakePartition([])}
+    consumer = FakeConsumer(logs, events, group_offsets={1: 0})
+    sink = FakeSink(events)
+    drain = Drain(
+        consumer,
+        TOPIC,
+        "g",
+        sink,
+        build_with(),
+        DrainSettings(on_retention_gap=policy),
+        FakeLease(),
+        ledger=FakeLedger(events, {0: 4, 1: 0}),
+    )
+    if policy == "fail":
+        with pytest.raises(RetentionGapError, match=r"partition 0: 3 records \(offsets 4\.\.6\)") as err:
+            drain.run()
+        assert "forgotten the group's committed offsets of partition(s) 0 " in str(err.value)
+        assert events == [], "nothing read, written or committed"
+    else:
+        summary = drain.run()
+        assert summary.lost_to_retention == {0: 3} and summary.records == 5
+        assert consumer.group_offsets == {0: 12, 1: 0}

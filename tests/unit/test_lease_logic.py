@@ -43,13 +43,16 @@ class StandInLeases:
     def find_one_and_update(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return {}
 
-    def update_one(self, *args: Any, **kwargs: Any) -> UpdateResult:
+    def update_many(self, *args: Any, **kwargs: Any) -> UpdateResult:
         self.updates += 1
         self.clock[0] += self.delay
         return UpdateResult(self.matched)
 
     def find_one(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return {"owner": "someone-else/try-2/abc", "expires_at": "later"}
+        return {"_id": "drain:t:g", "owner": "someone-else/try-2/abc", "expires_at": "later"}
+
+    def find(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return [self.find_one()]
 
 
 @pytest.fixture
@@ -90,7 +93,7 @@ def test_once_lost_renew_raises_without_asking_the_server(clock) -> None:
 
 
 class Unreachable(StandInLeases):
-    def update_one(self, *args: Any, **kwargs: Any) -> UpdateResult:
+    def update_many(self, *args: Any, **kwargs: Any) -> UpdateResult:
         raise AutoReconnect("connection refused")
 
 
