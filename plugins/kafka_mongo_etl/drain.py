@@ -353,6 +353,8 @@ class Drain:
         self.pending: set[int] = set()
         self.unread: set[int] = set()
         self.read_to: dict[int, int] = {}
+        # partition -> the offset of its latest end-of-partition event (see mark_read).
+        self.fetched_to: dict[int, int] = {}
         self.began = self.last_progress = time.monotonic()
         # Writes started (in either thread) that have not returned: a stop that interrupted one
         # in the main thread leaves it counted, as the server may still apply it.
@@ -433,7 +435,21 @@ class Drain:
         progress = self.summary.partitions
         left = sum(progress[p].end - self.read_to[p] for p in self.unread)
         wanted = max(1, min(self.settings.batch_size, left))
-        return self.consumer.consume(num_messages=wanted, timeout=self.settings.poll_timeout)
+        messages = self.consumer.consume(num_messages=wanted, timeout=self.settings.poll_timeout)
+        return [message for message in messages if not self._end_of_partition(message)]
+
+    def _end_of_partition(self, message: Message) -> bool:
+        """Note an end-of-partition event (``enable.partition.eof``) and leave it out of the batch.
+
+        Its offset is where the consumer's fetcher stands: everything below it was fetched, and
+        every record below it that a read_committed consumer returns came before the event.
+        """
+        error = message.error()
+        if error is None or error.code() != KafkaError._PARTITION_EOF:
+            return False
+        partition = message.partition()
+        self.fetched_to[partition] = max(self.fetched_to.get(partition, -1), message.offset())
+        return True
 
     def read(self) -> Batch:
         return self.mark_read(self.build(self.read_batch()))
@@ -468,14 +484,20 @@ class Drain:
         """Note how far each partition is read; pause those whose position reached the snapshot.
 
         A position at the snapshot is done even when what moved it was not data (transaction
-        markers): the batch commits that position too.
+        markers): the batch commits that position too. So is a partition whose fetcher reached
+        the snapshot (an end-of-partition event at or past it) while the position stayed below:
+        librdkafka moves the position past an aborted transaction's records only when it reads
+        the abort marker, and a marker above the snapshot (another transaction opened before the
+        abort, and is still open) is not read before that transaction ends. The records between
+        are ones a read_committed consumer never returns; committing the snapshot skips nothing.
         """
         progress = self.summary.partitions
         for partition, offset in batch.next_offsets.items():
             self.read_to[partition] = max(self.read_to[partition], offset)
         done = set()
         for tp in self.consumer.position([TopicPartition(self.topic, p) for p in self.unread]):
-            if tp.offset >= progress[tp.partition].end:
+            end = progress[tp.partition].end
+            if tp.offset >= end or self.fetched_to.get(tp.partition, -1) >= end:
                 batch.next_offsets[tp.partition] = progress[tp.partition].end
                 self.read_to[tp.partition] = progress[tp.partition].end
                 done.add(tp.partition)

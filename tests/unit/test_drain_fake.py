@@ -2,8 +2,11 @@
 
 ``FakeConsumer`` answers the dozen calls the drain makes (``list_topics``, ``get_watermark_offsets``,
 ``committed``, ``assign``, ``consume``, ``position``, ``pause``, ``commit``, ``close``, ``poll``) from
-an in-memory log per partition. An offset that holds ``None`` is one a read_committed consumer never
-returns (a transaction marker, an aborted record). The integration tests against the real broker
+an in-memory log per partition. An offset that holds ``None`` is a transaction marker, one that holds
+``ABORTED`` a record of an aborted transaction: a read_committed consumer returns neither, and, as
+librdkafka does, its position moves past a marker but not past aborted records (until the next
+marker or record). With ``eof=True`` it reports reaching the end of what it may fetch, as
+``enable.partition.eof`` does. The integration tests against the real broker
 prove the fake honest where it matters (tests/integration/test_lease.py, test_offset_ledger.py).
 """
 
@@ -14,13 +17,14 @@ import json
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType, SimpleNamespace
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_INVALID, TopicPartition
+from confluent_kafka import OFFSET_INVALID, KafkaError, TopicPartition
 
 from kafka_mongo_etl import drain as drain_module
 from kafka_mongo_etl.drain import Drain, DrainSettings
@@ -33,6 +37,9 @@ from kafka_mongo_etl.write_models import WriteResult
 TOPIC = "t"
 
 
+ABORTED = ("<aborted>", {})
+
+
 @dataclass
 class FakeMessage:
     _topic: str
@@ -40,9 +47,10 @@ class FakeMessage:
     _offset: int
     _key: bytes | None
     _value: bytes | None
+    _error: KafkaError | None = None
 
-    def error(self) -> None:
-        return None
+    def error(self) -> KafkaError | None:
+        return self._error
 
     def topic(self) -> str:
         return self._topic
@@ -103,8 +111,12 @@ class FakeConsumer:
         events: list[tuple[Any, ...]] | None = None,
         group_offsets: dict[int, int] | None = None,
         on_consume: Callable[[FakeConsumer], None] | None = None,
+        eof: bool = False,
     ) -> None:
         self.partitions = partitions
+        self.eof = eof
+        self.fetched: dict[int, int] = {}
+        self.eof_at: dict[int, int] = {}
         self.events = events if events is not None else []
         self.group_offsets = dict(group_offsets or {})
         self.on_consume = on_consume
@@ -133,6 +145,7 @@ class FakeConsumer:
 
     def assign(self, partitions: list[TopicPartition]) -> None:
         self.positions = {tp.partition: tp.offset for tp in partitions}
+        self.fetched = dict(self.positions)
         self.paused = set()
 
     def pause(self, partitions: list[TopicPartition]) -> None:
@@ -149,13 +162,22 @@ class FakeConsumer:
             if p in self.paused:
                 continue
             log = self.partitions[p]
-            while self.positions[p] < log.lso and len(messages) < num_messages:
-                offset = self.positions[p]
-                self.positions[p] += 1
+            while self.fetched[p] < log.lso and len(messages) < num_messages:
+                offset = self.fetched[p]
+                self.fetched[p] += 1
                 entry = log.records[offset - log.low]
+                if entry is ABORTED:
+                    continue  # dropped by the fetcher; the position stays
+                self.positions[p] = offset + 1
                 if entry is not None:
                     key, value = entry
                     messages.append(FakeMessage(TOPIC, p, offset, key.encode(), json.dumps(value).encode()))
+            at = self.fetched[p]
+            if self.eof and at >= log.lso and self.eof_at.get(p) != at and len(messages) < num_messages:
+                self.eof_at[p] = at
+                messages.append(FakeMessage(TOPIC, p, at, None, None, KafkaError(KafkaError._PARTITION_EOF)))
+        if not messages:
+            time.sleep(min(max(timeout, 0), 0.01))  # what consume() waits when nothing comes
         return messages
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> list[TopicPartition]:
@@ -487,3 +509,33 @@ def test_a_forgotten_offset_below_the_low_watermark_is_a_retention_gap(policy: s
         summary = drain.run()
         assert summary.lost_to_retention == {0: 3} and summary.records == 5
         assert consumer.group_offsets == {0: 12, 1: 0}
+
+
+# --- the read_committed corner (issue 19, finding 9) --------------------------------------------
+
+
+def aborted_below_the_snapshot() -> dict[int, FakePartition]:
+    """What the real broker shows (tests/integration/test_read_committed_corner.py): records
+    0..2 committed, 3..5 of a transaction aborted after another one opened at 6 (still open),
+    so the abort marker (7) lies above the last stable offset, 6: the snapshot."""
+    records = [*versions(["a", "b", "c"], rounds=1), ABORTED, ABORTED, ABORTED, ("open", {}), None]
+    return {0: FakePartition(records, stable=6), 1: FakePartition(versions(["d"], rounds=2))}
+
+
+@pytest.mark.parametrize("eof", [False, True], ids=["without end-of-partition events", "with them"])
+def test_aborted_records_below_the_snapshot_with_their_marker_above_do_not_stall_the_drain(eof: bool) -> None:
+    events: list[tuple[Any, ...]] = []
+    consumer = FakeConsumer(aborted_below_the_snapshot(), events, eof=eof)
+    sink = FakeSink(events)
+    settings = DrainSettings(stall_timeout=0.3, poll_timeout=0.01)
+    summary = Drain(consumer, TOPIC, "g", sink, build_with(), settings, FakeLease()).run()
+    assert consumer.positions[0] == 3, "the consumer's position stays below the snapshot"
+    assert set(sink.documents) == {"a", "b", "c", "d"} and sink.documents["d"]["v"] == 1
+    if eof:
+        assert summary.stalled == {}
+        assert consumer.group_offsets == {0: 6, 1: 2}, "the snapshot is committed: nothing was skipped"
+    else:
+        # What the drain does without the events (the consumer as configured before): it stalls
+        # and reports the partition, and every retry stalls again while the transaction is open.
+        assert summary.stalled == {0: 3}
+        assert consumer.group_offsets == {0: 3, 1: 2}
