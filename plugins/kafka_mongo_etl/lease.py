@@ -210,6 +210,8 @@ class DrainLease:
         """One renewal of every held lease at the server: (all still ours and live, send time)."""
         held = list(self._held)
         sent = time.monotonic()
+        if not held:
+            return False, sent  # nothing taken (or all released): nothing to renew
         result = self.collection.update_many(
             {"_id": {"$in": held}, "owner": self.owner, "$expr": _LIVE}, self._set_expiry()
         )

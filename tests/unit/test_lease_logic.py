@@ -138,3 +138,11 @@ def test_sigterm_handling_is_left_alone_outside_the_main_thread() -> None:
     thread.start()
     thread.join()
     assert errors == []
+
+
+def test_a_lease_never_taken_cannot_pass_the_fencing_check(clock) -> None:
+    leases = StandInLeases(clock)
+    lease = DrainLease(leases, ("drain:t:g:0", "drain:t:g:1"), owner="me", ttl=10.0)  # type: ignore[arg-type]
+    with pytest.raises(LeaseLostError):
+        lease.renew()
+    assert leases.updates == 0
