@@ -62,7 +62,10 @@ CONSUMER_REQUIRED: dict[str, Any] = {
     # later (retention deleting records during the drain) must fail the drain rather than jump
     # silently past the deleted records: its retry then meets them in start_offsets.
     "auto.offset.reset": "error",
-    "enable.partition.eof": False,
+    # An end-of-partition event says how far the fetcher has read; the drain needs it to see
+    # that records of an aborted transaction below the snapshot are behind it even while
+    # position() stays on them (drain.Drain._end_of_partition; docs/leases-and-offsets.md).
+    "enable.partition.eof": True,
 }
 
 

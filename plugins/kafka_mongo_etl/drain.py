@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -50,9 +50,19 @@ class Lease(Protocol):
 
     def abandon(self) -> None: ...
 
+    def settled(self) -> None: ...
+
 
 class DeadLetterSink(Protocol):
     def write(self, dead_letters: list[DeadLetter]) -> None: ...
+
+
+class Ledger(Protocol):
+    """The drain's own record of its committed offsets (``ledger.OffsetLedger``)."""
+
+    def read(self, partitions: Iterable[int]) -> dict[int, int]: ...
+
+    def record(self, offsets: dict[int, int]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,8 @@ class PartitionProgress:
     # Offsets between the group's committed offset and the low watermark, deleted by retention
     # before they were loaded (only with on_retention_gap="skip"; "fail" stops the drain).
     lost: int = 0
+    # Kafka had forgotten the group's committed offset: the start came from the offset ledger.
+    from_ledger: bool = False
 
     @property
     def done(self) -> bool:
@@ -125,8 +137,8 @@ class DrainSummary:
         return data
 
 
-def high_watermarks(consumer: Consumer, topic: str, timeout: float) -> dict[int, tuple[int, int]]:
-    """``{partition: (low, high)}`` read from the partition leaders now (not cached)."""
+def partitions_of(consumer: Consumer, topic: str, timeout: float) -> list[int]:
+    """The partition ids of ``topic`` from the broker's metadata; ``TopicNotFoundError`` if none."""
     found = topic_metadata(consumer, topic, timeout).topics.get(topic)
     if found is None or found.error is not None or not found.partitions:
         reason = found.error if found is not None else "no metadata"
@@ -134,11 +146,14 @@ def high_watermarks(consumer: Consumer, topic: str, timeout: float) -> dict[int,
             f"topic {topic!r} does not exist on the broker ({reason}); produce to it first or check "
             "the topic name"
         )
+    return sorted(found.partitions)
+
+
+def high_watermarks(consumer: Consumer, topic: str, timeout: float) -> dict[int, tuple[int, int]]:
+    """``{partition: (low, high)}`` read from the partition leaders now (not cached)."""
+    partitions = partitions_of(consumer, topic, timeout)
     deadline = time.monotonic() + timeout
-    return {
-        partition: _watermarks(consumer, TopicPartition(topic, partition), deadline)
-        for partition in sorted(found.partitions)
-    }
+    return {p: _watermarks(consumer, TopicPartition(topic, p), deadline) for p in partitions}
 
 
 _LEADER_MOVING = (
@@ -235,37 +250,57 @@ def start_offsets(
     watermarks: dict[int, tuple[int, int]],
     on_retention_gap: str = "fail",
     group_id: str = "<group>",
+    ledger: dict[int, int] | None = None,
 ) -> dict[int, PartitionProgress]:
     """Where each partition's drain starts (the group's committed offset) and ends (the snapshot).
 
-    A group with no commit yet starts at the low watermark. A committed offset below it means
-    records were deleted by retention before this group loaded them: ``RetentionGapError``
-    (not retried), or with ``on_retention_gap="skip"`` a warning, a start at the low watermark
-    and the count in ``PartitionProgress.lost``. A committed offset above the high watermark
-    means the log was truncated below what the group has read: ``OffsetAboveWatermarkError``.
+    Where Kafka has no committed offset but ``ledger`` (the drain's own record, ``ledger.py``)
+    has one, Kafka forgot it (``offsets.retention.minutes`` after its last commit) and the
+    ledger's offset counts as the committed one. A group with neither starts at the low
+    watermark. A committed offset below it means records were deleted by retention before this
+    group loaded them: ``RetentionGapError`` (not retried), or with ``on_retention_gap="skip"``
+    a warning, a start at the low watermark and the count in ``PartitionProgress.lost``. A
+    committed offset above the high watermark means the log was truncated below what the group
+    has read: ``OffsetAboveWatermarkError``.
     """
     if on_retention_gap not in RETENTION_GAP_POLICIES:
         raise ValueError(
             f"unknown on_retention_gap {on_retention_gap!r}; choose one of "
             f"{', '.join(RETENTION_GAP_POLICIES)}"
         )
+    ledger = ledger or {}
     progress = {}
     gaps: dict[int, tuple[int, int]] = {}
     above: dict[int, tuple[int, int]] = {}
+    forgotten: dict[int, int] = {}
     topic = ""
     for tp in committed:
         if tp.error is not None:
             raise KafkaException(tp.error)
         topic = tp.topic
         low, high = watermarks[tp.partition]
+        offset = tp.offset
+        if offset < 0 and tp.partition in ledger:
+            offset = forgotten[tp.partition] = ledger[tp.partition]
         # A negative offset is "no commit yet" (OFFSET_INVALID): start at the earliest record.
-        start, lost = (low, 0) if tp.offset < 0 else (tp.offset, 0)
-        if 0 <= tp.offset < low:
-            gaps[tp.partition] = (tp.offset, low)
-            start, lost = low, low - tp.offset
-        elif tp.offset > high:
-            above[tp.partition] = (tp.offset, high)
-        progress[tp.partition] = PartitionProgress(start=start, end=high, committed=start, lost=lost)
+        start, lost = (low, 0) if offset < 0 else (offset, 0)
+        if 0 <= offset < low:
+            gaps[tp.partition] = (offset, low)
+            start, lost = low, low - offset
+        elif offset > high:
+            above[tp.partition] = (offset, high)
+        progress[tp.partition] = PartitionProgress(
+            start=start, end=high, committed=start, lost=lost, from_ledger=tp.partition in forgotten
+        )
+    if forgotten:
+        log.warning(
+            "Kafka has no committed offset of group %s for %s, although the drain committed one "
+            "(it forgets them offsets.retention.minutes after their last commit); going on from "
+            "the offset ledger's: %s",
+            group_id,
+            topic,
+            ", ".join(f"p{p} at {offset}" for p, offset in sorted(forgotten.items())),
+        )
     if above:
         raise OffsetAboveWatermarkError(topic, group_id, above)
     if gaps:
@@ -274,7 +309,7 @@ def start_offsets(
             for p, (offset, low) in sorted(gaps.items())
         )
         if on_retention_gap == "fail":
-            raise RetentionGapError(topic, lost)
+            raise RetentionGapError(topic, lost, forgotten=sorted(set(forgotten) & set(gaps)))
         log.warning(
             "Records of %s were deleted by retention before they were loaded, skipped as "
             "on_retention_gap=skip asks: %s",
@@ -307,6 +342,7 @@ class Drain:
         lease: Lease | None = None,
         dead_letters: DeadLetterSink | None = None,
         partitions: Collection[int] | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.consumer = consumer
         self.topic = topic
@@ -316,12 +352,20 @@ class Drain:
         self.lease = lease
         self.dead_letters = dead_letters
         self.only = partitions
+        self.ledger = ledger
         self.summary = DrainSummary(topic=topic, group_id=group_id)
         # Partitions not yet committed up to the snapshot, and those not yet read up to it.
         self.pending: set[int] = set()
         self.unread: set[int] = set()
         self.read_to: dict[int, int] = {}
+        # partition -> the offset of its latest end-of-partition event (see mark_read).
+        self.fetched_to: dict[int, int] = {}
         self.began = self.last_progress = time.monotonic()
+        # Writes started (in either thread) that have not returned: a stop that interrupted one
+        # in the main thread leaves it counted, as the server may still apply it.
+        self._writes_open = 0
+        self._writes_lock = threading.Lock()
+        self._writer: _Writer | None = None
 
     def run(self) -> DrainSummary:
         self.snapshot()
@@ -330,7 +374,7 @@ class Drain:
             self.consumer.assign(
                 [TopicPartition(self.topic, p, progress[p].start) for p in sorted(self.pending)]
             )
-        writer = _Writer() if self.settings.overlap else None
+        writer = self._writer = _Writer() if self.settings.overlap else None
         in_flight: tuple[Batch, Future[None]] | None = None
         next_report = self.began + self.settings.progress_every
         try:
@@ -353,19 +397,9 @@ class Drain:
             if in_flight is not None:
                 written, in_flight = in_flight, None
                 self.settle(*written)
-        except Exception:
-            # The main thread failed while a write was in flight (a bad record without a
-            # dead-letter sink, say): that write finishes, and is committed if acknowledged,
-            # before the error leaves the drain, as if the batches had been written in turn.
-            if in_flight is not None:
-                self.settle_quietly(*in_flight)
-            raise
-        except BaseException:
-            # A stop (SIGTERM's StopRequested, Airflow's timeout) commits nothing and waits for
-            # a running write only briefly (Airflow's SIGKILL follows a SIGTERM within 5 s);
-            # a write still running then keeps the lease until it expires.
-            if writer is not None and not writer.idle(STOP_WAIT) and self.lease is not None:
-                self.lease.abandon()
+            self.commit_every_partition()
+        except BaseException as err:
+            self.stop_writing(in_flight, writer, stopped=not isinstance(err, Exception))
             raise
         finally:
             if writer is not None:
@@ -383,8 +417,10 @@ class Drain:
         committed = committed_offsets(
             self.consumer, [TopicPartition(self.topic, p) for p in watermarks], self.settings.metadata_timeout
         )
+        forgotten = [tp.partition for tp in committed if tp.offset < 0 and tp.error is None]
+        recorded = self.ledger.read(forgotten) if self.ledger is not None and forgotten else {}
         self.summary.partitions = start_offsets(
-            committed, watermarks, self.settings.on_retention_gap, self.summary.group_id
+            committed, watermarks, self.settings.on_retention_gap, self.summary.group_id, recorded
         )
         self.pending = {p for p, progress in self.summary.partitions.items() if not progress.done}
         self.unread = set(self.pending)
@@ -404,7 +440,21 @@ class Drain:
         progress = self.summary.partitions
         left = sum(progress[p].end - self.read_to[p] for p in self.unread)
         wanted = max(1, min(self.settings.batch_size, left))
-        return self.consumer.consume(num_messages=wanted, timeout=self.settings.poll_timeout)
+        messages = self.consumer.consume(num_messages=wanted, timeout=self.settings.poll_timeout)
+        return [message for message in messages if not self._end_of_partition(message)]
+
+    def _end_of_partition(self, message: Message) -> bool:
+        """Note an end-of-partition event (``enable.partition.eof``) and leave it out of the batch.
+
+        Its offset is where the consumer's fetcher stands: everything below it was fetched, and
+        every record below it that a read_committed consumer returns came before the event.
+        """
+        error = message.error()
+        if error is None or error.code() != KafkaError._PARTITION_EOF:
+            return False
+        partition = message.partition()
+        self.fetched_to[partition] = max(self.fetched_to.get(partition, -1), message.offset())
+        return True
 
     def read(self) -> Batch:
         return self.mark_read(self.build(self.read_batch()))
@@ -437,14 +487,20 @@ class Drain:
         """Note how far each partition is read; pause those whose position reached the snapshot.
 
         A position at the snapshot is done even when what moved it was not data (transaction
-        markers): the batch commits that position too.
+        markers): the batch commits that position too. So is a partition whose fetcher reached
+        the snapshot (an end-of-partition event at or past it) while the position stayed below:
+        librdkafka moves the position past an aborted transaction's records only when it reads
+        the abort marker, and a marker above the snapshot (another transaction opened before the
+        abort, and is still open) is not read before that transaction ends. The records between
+        are ones a read_committed consumer never returns; committing the snapshot skips nothing.
         """
         progress = self.summary.partitions
         for partition, offset in batch.next_offsets.items():
             self.read_to[partition] = max(self.read_to[partition], offset)
         done = set()
         for tp in self.consumer.position([TopicPartition(self.topic, p) for p in self.unread]):
-            if tp.offset >= progress[tp.partition].end:
+            end = progress[tp.partition].end
+            if tp.offset >= end or self.fetched_to.get(tp.partition, -1) >= end:
                 batch.next_offsets[tp.partition] = progress[tp.partition].end
                 self.read_to[tp.partition] = progress[tp.partition].end
                 done.add(tp.partition)
@@ -455,8 +511,54 @@ class Drain:
 
     def store(self, batch: Batch) -> None:
         """What the writer thread does with a batch: its documents, then its dead letters."""
-        self.write(batch)
-        self.dead_letter(batch)
+        with self._writes_lock:
+            self._writes_open += 1
+        try:
+            self.write(batch)
+            self.dead_letter(batch)
+        except Exception:
+            # The server answered (or the client gave up on it): this write is over either way.
+            self._write_over()
+            raise
+        self._write_over()
+
+    def _write_over(self) -> None:
+        with self._writes_lock:
+            self._writes_open -= 1
+
+    def writing(self) -> bool:
+        """Whether a write of this drain may still be running or about to start."""
+        with self._writes_lock:
+            if self._writes_open:
+                return True
+        return self._writer is not None and not self._writer.idle(0)
+
+    def stop_writing(
+        self, in_flight: tuple[Batch, Future[None]] | None, writer: _Writer | None, stopped: bool
+    ) -> None:
+        """What an error on its way out of ``run`` does about the write in flight and the lease.
+
+        An ``Exception`` of the main thread (a bad record without a dead-letter sink, say) lets
+        the write in flight finish and commits it if acknowledged, as if the batches had been
+        written in turn. A stop (``BaseException``: SIGTERM's ``StopRequested``, Airflow's
+        timeout) commits nothing, keeps a write that has not started from starting, and waits for
+        a running one only briefly (Airflow's SIGKILL follows a SIGTERM within 5 s).
+
+        The lease is abandoned *first* and taken back (``settled``) only once no write of this
+        drain can be running: a stop that arrives during any of this (a second SIGTERM, the
+        timeout while the main thread waits for the write in flight) leaves the lease to expire
+        by its ttl instead of releasing it under a write that may still land.
+        """
+        if self.lease is not None:
+            self.lease.abandon()
+        if stopped:
+            if writer is not None:
+                writer.cancel_waiting()
+                writer.idle(STOP_WAIT)
+        elif in_flight is not None:
+            self.settle_quietly(*in_flight)
+        if self.lease is not None and not self.writing():
+            self.lease.settled()
 
     def settle(self, batch: Batch, written: Future[None]) -> None:
         """Wait for ``batch``'s write (its error is raised here), then commit it."""
@@ -511,10 +613,28 @@ class Drain:
             if self.lease is not None:
                 self.lease.renew()
             _commit(self.consumer, self.topic, offsets)
+            if self.ledger is not None:
+                self.ledger.record(offsets)
             for partition, offset in offsets.items():
                 progress[partition].committed = offset
             self.last_progress = time.monotonic()
         self.pending -= {p for p in self.pending if progress[p].done}
+
+    def commit_every_partition(self) -> None:
+        """At the end, commit every partition's offset again, also those with nothing to read.
+
+        Kafka forgets a committed offset ``offsets.retention.minutes`` after its last commit;
+        a partition that gets no records would otherwise lose its offset, and be re-read from
+        its start, however often the drain runs. Only offsets already committed (so written)
+        are committed again.
+        """
+        offsets = {p: progress.committed for p, progress in self.summary.partitions.items()}
+        if offsets:
+            if self.lease is not None:
+                self.lease.renew()
+            _commit(self.consumer, self.topic, offsets)
+            if self.ledger is not None:
+                self.ledger.record(offsets)
 
     def stalled(self) -> bool:
         """True when a partition stayed below its snapshot for ``stall_timeout`` (an open transaction)."""
@@ -572,6 +692,11 @@ class _Writer:
         self._last = future
         return future
 
+    def cancel_waiting(self) -> None:
+        """Keep the write handed over last from starting, if it has not started yet."""
+        if self._last is not None:
+            self._last.cancel()
+
     def idle(self, timeout: float) -> bool:
         """Whether every write handed over has finished, waiting up to ``timeout`` s for it."""
         return self._last is None or wait([self._last], timeout).not_done == set()
@@ -583,7 +708,8 @@ class _Writer:
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             future, work = job
-            future.set_running_or_notify_cancel()
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled by a stop before it started
             try:
                 work()
             except BaseException as err:  # noqa: BLE001 - handed to the main thread by the future
@@ -602,16 +728,18 @@ def drain_to_watermark(
     lease: Lease | None = None,
     dead_letters: DeadLetterSink | None = None,
     partitions: Collection[int] | None = None,
+    ledger: Ledger | None = None,
 ) -> DrainSummary:
     """Load ``topic`` from the group's committed offsets (earliest if none) to the snapshot.
 
     ``consumer`` must have ``enable.auto.commit=false``; it is assigned, never subscribed.
     Records that cannot be loaded go to ``dead_letters`` before their offsets are committed;
     without a dead-letter sink the first such record fails the drain. ``partitions`` limits the
-    drain to those partitions (one mapped task per partition). The caller closes the consumer.
+    drain to those partitions (one mapped task per partition). ``ledger`` records every commit
+    and answers where Kafka forgot one (``ledger.py``). The caller closes the consumer.
     """
     return Drain(
-        consumer, topic, group_id, sink, to_document, settings, lease, dead_letters, partitions
+        consumer, topic, group_id, sink, to_document, settings, lease, dead_letters, partitions, ledger
     ).run()
 
 

@@ -123,10 +123,17 @@ class RetentionGapError(NotRetriedError):
     Not retried: a retry finds the same gap. Nothing was read or committed.
     """
 
-    def __init__(self, topic: str, lost: str) -> None:
+    def __init__(self, topic: str, lost: str, forgotten: list[int] | None = None) -> None:
+        where = "the committed offsets are below the partitions' low watermarks"
+        if forgotten:
+            where = (
+                f"Kafka had also forgotten the group's committed offsets of partition(s) "
+                f"{', '.join(map(str, forgotten))} (offsets.retention.minutes after their last commit), "
+                "and the drain's offset ledger (etl_offsets) shows them below the low watermarks"
+            )
         super().__init__(
             f"records of topic {topic!r} were deleted by retention before this consumer group loaded "
-            f"them ({lost}): the committed offsets are below the partitions' low watermarks. Nothing was "
+            f"them ({lost}): {where}. Nothing was "
             "loaded or committed. To accept the loss and go on from the earliest records left, run "
             "with on_retention_gap='skip' (the run's summary and audit count what was lost); to keep it "
             "from happening, run more often than the topic's retention.ms, or raise it."

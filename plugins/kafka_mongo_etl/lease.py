@@ -1,16 +1,23 @@
-"""One drain per (topic, consumer group) at a time, fenced, across every kind of run.
+"""One drain per (topic, consumer group, partition) at a time, fenced, across every kind of run.
 
-Manual, scheduled and backfill runs — and other DAGs draining the same topic into the same
-target — share one lease document in ``<db>.etl_leases``. Its owner is one task *try*
-(``lease_owner``: run id, try number and a random part), never a whole run, so a zombie try and
-its retry are two owners.
+Every drain holds one lease document per partition it drains, ``drain:{topic}:{group}:{p}`` in
+``<db>.etl_leases`` (``partition_leases``): a whole-topic drain lists the topic's partitions and
+takes all their leases, a per-partition drain takes its own. So a whole-topic drain and the
+per-partition drains of the same group exclude each other whatever ``parallelism`` each run
+uses, while per-partition drains of different partitions run side by side. Manual, scheduled,
+backfill and on-arrival runs — and other DAGs draining the same topic into the same target —
+share the same documents. The leases are taken one by one in ascending partition order (two
+drains that want overlapping sets never wait for each other in a circle), renewed together by
+one ``update_many`` that must match every one, and released together. The owner is one task
+*try* (``lease_owner``: run id, try number and a random part), never a whole run, so a zombie
+try and its retry are two owners.
 
 - **Expiry is the server's**: ``expires_at`` is set to ``$$NOW + ttl`` inside an update pipeline
   and compared with ``$$NOW``, so a worker whose clock is off (even by years) can neither steal
   a live lease nor keep a dead one.
 - **A heartbeat thread renews it** every ``ttl / 3``, however long a write takes.
 - **Every offset commit is fenced**: the drain calls ``renew()`` right before it commits, and
-  ``renew()`` succeeds only if this owner still holds an unexpired lease *and* MongoDB said so
+  ``renew()`` succeeds only if this owner still holds every one of its unexpired leases *and* MongoDB said so
   quickly enough that the lease is certain to outlast the commit; otherwise it raises
   ``LeaseLostError`` and nothing more is committed. A heartbeat that finds the lease lost makes
   the next ``renew()`` raise without asking the server.
@@ -29,7 +36,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,16 +75,23 @@ def lease_owner(run_id: str, try_number: int | None) -> str:
     return f"{run_id}/try-{attempt}/{secrets.token_hex(6)}"
 
 
+def partition_leases(topic: str, group_id: str, partitions: Iterable[int]) -> tuple[str, ...]:
+    """The lease names of a drain of ``partitions``, in the order every drain takes them."""
+    return tuple(f"drain:{topic}:{group_id}:{p}" for p in sorted(set(partitions)))
+
+
 @dataclass
 class DrainLease:
-    """The lease named ``name`` in ``collection``, held (or wanted) by ``owner`` for ``ttl`` s.
+    """The leases ``names`` in ``collection``, held (or wanted) together by ``owner`` for ``ttl`` s.
 
-    ``where`` names the MongoDB connection in error messages. Use ``held()`` around a drain:
-    it takes the lease, runs the heartbeat and releases the lease on the way out.
+    ``names`` is one name or several, taken in the order given (``partition_leases`` gives
+    every drain the same order). ``where`` names the MongoDB connection in error messages. Use
+    ``held()`` around a drain: it takes the leases, runs the heartbeat and releases them on the
+    way out.
     """
 
     collection: Collection
-    name: str
+    names: Sequence[str] | str
     owner: str
     ttl: float = LEASE_TTL
     where: str = "MongoDB"
@@ -89,6 +103,20 @@ class DrainLease:
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _heartbeat: threading.Thread | None = field(default=None, init=False, repr=False)
     _abandoned: bool = field(default=False, init=False, repr=False)
+    # The names taken so far, in order; all of ``names`` once acquire() returned.
+    _held: list[str] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.names = (self.names,) if isinstance(self.names, str) else tuple(self.names)
+        if not self.names or len(set(self.names)) != len(self.names):
+            raise ValueError(f"a drain lease needs distinct names, got {self.names!r}")
+
+    @property
+    def name(self) -> str:
+        """The leases as error messages and logs name them."""
+        if len(self.names) == 1:
+            return self.names[0]
+        return f"{self.names[0]} .. {self.names[-1]} ({len(self.names)} leases)"
 
     @property
     def lost(self) -> str | None:
@@ -100,15 +128,16 @@ class DrainLease:
         return [{"$set": {"expires_at": expires, "renewed_at": "$$NOW", **more}}]
 
     def _confirmed(self, sent: float) -> None:
+        """Every held lease was extended by a request sent at ``sent``."""
         with self._state:
             self._valid_until = max(self._valid_until, sent + self.ttl)
 
-    def _try_take(self) -> bool:
+    def _try_take(self, name: str) -> bool:
         sent = time.monotonic()
         free_or_ours = {"$or": [{"$not": [_LIVE]}, {"$eq": ["$owner", self.owner]}]}
         try:
             self.collection.find_one_and_update(
-                {"_id": self.name, "$expr": free_or_ours},
+                {"_id": name, "$expr": free_or_ours},
                 self._set_expiry(
                     owner=self.owner, taken_at="$$NOW", host=socket.gethostname(), pid=os.getpid()
                 ),
@@ -116,35 +145,55 @@ class DrainLease:
             )
         except DuplicateKeyError:
             return False  # the document exists, live, with another owner
-        self._confirmed(sent)
+        with self._state:
+            # The leases are only as certain as the one confirmed longest ago.
+            until = sent + self.ttl
+            self._valid_until = min(self._valid_until, until) if self._held else until
+            self._held.append(name)
         return True
 
-    def holder(self) -> dict[str, Any]:
-        """The lease document as it is now (``{}`` when there is none)."""
-        return self.collection.find_one({"_id": self.name}) or {}
+    def holder(self, name: str | None = None) -> dict[str, Any]:
+        """The lease document ``name`` (default: the first) as it is now (``{}`` when there is none)."""
+        return self.collection.find_one({"_id": name or self.names[0]}) or {}
 
     def acquire(self, wait: float, check_every: float | None = None) -> None:
-        """Take the lease, waiting up to ``wait`` seconds for its holder to finish or expire."""
+        """Take every lease, in order, waiting up to ``wait`` seconds in all for their holders to
+        finish or expire; those already taken are renewed meanwhile. On failure, those taken are
+        released again."""
         check_every = check_every if check_every is not None else min(2.0, self.ttl / 3)
         deadline = time.monotonic() + wait
+        with self._state:
+            self._held = []
+            self._lost = None
+        self._abandoned = False
+        try:
+            for name in self.names:
+                self._take(name, wait, deadline, check_every)
+        except BaseException:
+            self.release()
+            raise
+        log.info("Took %s as %s (ttl %.0fs)", self.name, self.owner, self.ttl)
+
+    def _take(self, name: str, wait: float, deadline: float, check_every: float) -> None:
         logged = False
-        while not self._try_take():
-            holder = self.holder()
+        while not self._try_take(name):
+            holder = self.holder(name)
             if time.monotonic() >= deadline:
                 raise DrainBusyError(
                     f"another drain ({holder.get('owner', '?')}, on {holder.get('host', '?')}) holds "
-                    f"{self.name} until {holder.get('expires_at', '?')} (server time); waited {wait:.0f}s. "
+                    f"{name} until {holder.get('expires_at', '?')} (server time); waited {wait:.0f}s. "
                     "The task's retry will try again."
                 )
             if not logged:
-                log.info("Waiting for %s, held by %s", self.name, holder.get("owner"))
+                log.info("Waiting for %s, held by %s", name, holder.get("owner"))
                 logged = True
             # Polling a lock held by another process: there is no event to wait on.
             time.sleep(check_every)
-        with self._state:
-            self._lost = None
-        self._abandoned = False
-        log.info("Took %s as %s (ttl %.0fs)", self.name, self.owner, self.ttl)
+            if self._held:
+                # Those taken already must not expire while this one is awaited.
+                ours, _sent = self._extend()
+                if not ours:
+                    raise LeaseLostError(self._mark_lost(self._taken_over()))
 
     def abandon(self) -> None:
         """Leave the lease to expire by its ttl instead of releasing it: a write of this owner
@@ -152,13 +201,21 @@ class DrainLease:
         before that write is over or the lease has expired."""
         self._abandoned = True
 
+    def settled(self) -> None:
+        """Take ``abandon()`` back: no write of this owner can still land, so ``release()`` may
+        delete the lease again."""
+        self._abandoned = False
+
     def _extend(self) -> tuple[bool, float]:
-        """One renewal at the server: (still ours and live, monotonic send time)."""
+        """One renewal of every held lease at the server: (all still ours and live, send time)."""
+        held = list(self._held)
         sent = time.monotonic()
-        result = self.collection.update_one(
-            {"_id": self.name, "owner": self.owner, "$expr": _LIVE}, self._set_expiry()
+        if not held:
+            return False, sent  # nothing taken (or all released): nothing to renew
+        result = self.collection.update_many(
+            {"_id": {"$in": held}, "owner": self.owner, "$expr": _LIVE}, self._set_expiry()
         )
-        if result.matched_count == 1:
+        if result.matched_count == len(held):
             self._confirmed(sent)
             return True, sent
         return False, sent
@@ -170,17 +227,23 @@ class DrainLease:
             return self._lost
 
     def _taken_over(self) -> str:
+        held = list(self._held)
         try:
-            holder = self.holder()
+            found = {d["_id"]: d for d in self.collection.find({"_id": {"$in": held}})}
         except PyMongoError:
-            holder = {}
-        now_held = (
-            f"{holder['owner']} holds it until {holder.get('expires_at')} (server time)"
-            if holder.get("owner") and holder["owner"] != self.owner
-            else "it expired"
-        )
+            found = {}
+        lost = []
+        for name in held:
+            holder = found.get(name, {})
+            if holder.get("owner") and holder["owner"] != self.owner:
+                until = holder.get("expires_at")
+                lost.append(f"{name}: {holder['owner']} holds it until {until} (server time)")
+            elif name not in found:
+                lost.append(f"{name}: it expired")
+        if not lost:
+            lost.append(f"{self.name}: it expired")
         return (
-            f"{self.name} is no longer held by this drain ({self.owner}): {now_held}. This try was "
+            f"{self.name} is no longer held by this drain ({self.owner}): {'; '.join(lost)}. This try was "
             f"frozen or cut off from {self.where} for longer than the lease's {self.ttl:.0f}s ttl. "
             "Stopping before committing more offsets: everything committed so far was written, and "
             "the task's retry continues from there."
@@ -259,7 +322,7 @@ class DrainLease:
             self.release()
 
     def release(self) -> None:
-        """Delete the lease if this owner holds it; another owner's lease is never touched.
+        """Delete the leases this owner holds; another owner's lease is never touched.
 
         Best effort: when MongoDB does not answer within a few seconds the lease expires by
         itself after its ttl.
@@ -272,9 +335,12 @@ class DrainLease:
                 self.ttl,
             )
             return
+        held = list(self._held) or list(self.names)
         try:
             with pymongo.timeout(RELEASE_TIMEOUT):
-                deleted = self.collection.delete_one({"_id": self.name, "owner": self.owner}).deleted_count
+                deleted = self.collection.delete_many(
+                    {"_id": {"$in": held}, "owner": self.owner}
+                ).deleted_count
         except PyMongoError as err:
             log.warning(
                 "Could not release %s (%s); it expires by itself within %.0fs",

@@ -33,7 +33,7 @@ from kafka_mongo_etl.clients import (
     admin_client,
     kafka_errors,
 )
-from kafka_mongo_etl.drain import DrainSummary, drain_to_watermark
+from kafka_mongo_etl.drain import DrainSummary, drain_to_watermark, partitions_of
 from kafka_mongo_etl.errors import (
     ConnectionProblem,
     DeadLetterLimitError,
@@ -43,7 +43,8 @@ from kafka_mongo_etl.errors import (
 )
 from kafka_mongo_etl.ids import default_group_id, id_function  # noqa: F401 (re-exported)
 from kafka_mongo_etl.job import ConsumeJob, DeadLetterPolicy  # noqa: F401 (re-exported)
-from kafka_mongo_etl.lease import DrainLease, lease_owner
+from kafka_mongo_etl.lease import DrainLease, lease_owner, partition_leases
+from kafka_mongo_etl.ledger import LEDGER_COLLECTION, OffsetLedger
 from kafka_mongo_etl.mongo_sink import MongoDeadLetterSink, MongoSink
 from kafka_mongo_etl.options import check_options
 from kafka_mongo_etl.produce import ensure_topic, produce_batch
@@ -350,29 +351,42 @@ def stop_on_sigterm() -> Iterator[None]:
 
 
 def _drain_under_lease(job: ConsumeJob, database: Database, to_document: Any, address: str) -> DrainSummary:
-    # Drains of disjoint partitions do not overlap, so each partition set has its own lease.
-    lease = DrainLease(
-        database[LEASE_COLLECTION],
-        name=f"drain:{job.topic}:{job.consumer_group}{job.scope}",
-        owner=lease_owner(job.run_id, _try_number()),
-        ttl=job.lease_ttl,
-        where=f"MongoDB connection {job.mongo_conn_id!r} ({address})",
-    )
-    with stop_on_sigterm(), lease.held(wait=job.lease_wait):
+    """The drain, under the leases of every partition it drains (``lease.partition_leases``).
+
+    A whole-topic drain lists the topic's partitions first, takes all their leases, and then
+    drains exactly those (a partition added meanwhile waits for the next run): so it excludes
+    the per-partition drains of the same group, and they exclude it, whatever ``parallelism``
+    each run uses.
+    """
+    with stop_on_sigterm():
         consumer = None
         try:
             consumer = EtlConsumerHook(job.topic, job.consumer_group, job.kafka_conn_id).get_conn
-            return drain_to_watermark(
-                consumer,
-                job.topic,
-                job.consumer_group,
-                MongoSink(database[job.mongo_collection], job.write_mode),
-                to_document,
-                dataclasses.replace(job.drain, on_retention_gap=job.on_retention_gap),
-                lease,
-                MongoDeadLetterSink(database[job.dead_letter_collection], job.run_id, job.consumer_group),
-                job.partitions,
+            partitions = (
+                sorted(set(job.partitions))
+                if job.partitions is not None
+                else partitions_of(consumer, job.topic, KAFKA_METADATA_TIMEOUT)
             )
+            lease = DrainLease(
+                database[LEASE_COLLECTION],
+                partition_leases(job.topic, job.consumer_group, partitions),
+                owner=lease_owner(job.run_id, _try_number()),
+                ttl=job.lease_ttl,
+                where=f"MongoDB connection {job.mongo_conn_id!r} ({address})",
+            )
+            with lease.held(wait=job.lease_wait):
+                return drain_to_watermark(
+                    consumer,
+                    job.topic,
+                    job.consumer_group,
+                    MongoSink(database[job.mongo_collection], job.write_mode),
+                    to_document,
+                    dataclasses.replace(job.drain, on_retention_gap=job.on_retention_gap),
+                    lease,
+                    MongoDeadLetterSink(database[job.dead_letter_collection], job.run_id, job.consumer_group),
+                    partitions,
+                    OffsetLedger(database[LEDGER_COLLECTION], job.topic, job.consumer_group),
+                )
         finally:
             if consumer is not None:
                 consumer.close()

@@ -24,7 +24,7 @@ from kafka_mongo_etl.clients import EtlConsumerHook
 from kafka_mongo_etl.drain import STOP_WAIT, DrainSettings, drain_to_watermark
 from kafka_mongo_etl.errors import DrainBusyError, LeaseLostError, StopRequested
 from kafka_mongo_etl.ids import id_function, record_key
-from kafka_mongo_etl.lease import DrainLease, lease_owner
+from kafka_mongo_etl.lease import DrainLease, lease_owner, partition_leases
 from kafka_mongo_etl.mongo_sink import MongoSink
 from kafka_mongo_etl.records import json_document
 from kafka_mongo_etl.tasks import LEASE_COLLECTION, run_consume, run_produce
@@ -74,7 +74,8 @@ def test_a_drain_whose_writes_outlast_the_ttl_keeps_its_lease_and_commits_them(
     produce(job.topic, job.batch, 400)
     rival = DrainLease(
         mongo_client[job.mongo_db][LEASE_COLLECTION],
-        f"drain:{job.topic}:{job.consumer_group}",
+        # A per-partition drain of the last partition: the whole-topic drain holds its lease too.
+        partition_leases(job.topic, job.consumer_group, [2]),
         owner=lease_owner("another-run", 1),
         ttl=1.5,
     )
@@ -308,9 +309,12 @@ def test_a_stop_during_a_write_commits_nothing_more_and_a_running_write_keeps_th
     )
     collection = mongo_client[job.mongo_db]["testnum"]
     build = json_document(id_function("key"))
+    second_write = threading.Event()
 
     def to_document(message):
         if message.offset() == 250:  # batch 3, read while batch 2 is written
+            # Once that write has started: a stop cancels a write that has not started yet.
+            assert second_write.wait(60)
             raise StopRequested("SIGTERM")
         return build(message)
 
@@ -320,6 +324,7 @@ def test_a_stop_during_a_write_commits_nothing_more_and_a_running_write_keeps_th
         def write(self, documents):
             self.writes += 1
             if self.writes == 2:
+                second_write.set()
                 time.sleep(write_seconds)
             return super().write(documents)
 

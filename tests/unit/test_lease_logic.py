@@ -43,13 +43,16 @@ class StandInLeases:
     def find_one_and_update(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return {}
 
-    def update_one(self, *args: Any, **kwargs: Any) -> UpdateResult:
+    def update_many(self, *args: Any, **kwargs: Any) -> UpdateResult:
         self.updates += 1
         self.clock[0] += self.delay
         return UpdateResult(self.matched)
 
     def find_one(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return {"owner": "someone-else/try-2/abc", "expires_at": "later"}
+        return {"_id": "drain:t:g", "owner": "someone-else/try-2/abc", "expires_at": "later"}
+
+    def find(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return [self.find_one()]
 
 
 @pytest.fixture
@@ -90,7 +93,7 @@ def test_once_lost_renew_raises_without_asking_the_server(clock) -> None:
 
 
 class Unreachable(StandInLeases):
-    def update_one(self, *args: Any, **kwargs: Any) -> UpdateResult:
+    def update_many(self, *args: Any, **kwargs: Any) -> UpdateResult:
         raise AutoReconnect("connection refused")
 
 
@@ -135,3 +138,11 @@ def test_sigterm_handling_is_left_alone_outside_the_main_thread() -> None:
     thread.start()
     thread.join()
     assert errors == []
+
+
+def test_a_lease_never_taken_cannot_pass_the_fencing_check(clock) -> None:
+    leases = StandInLeases(clock)
+    lease = DrainLease(leases, ("drain:t:g:0", "drain:t:g:1"), owner="me", ttl=10.0)  # type: ignore[arg-type]
+    with pytest.raises(LeaseLostError):
+        lease.renew()
+    assert leases.updates == 0
