@@ -50,8 +50,10 @@ how many per partition (`on_retention_gap=skip` loads on and counts them in the 
 
 **Guarantees.** Nothing is lost: an offset is committed only after its record is in MongoDB.
 Nothing is doubled: a retry, a cleared run or a repeated backfill date re-sends the same keys,
-and a re-read overwrites the same `_id`. One drain per topic and consumer group runs at a time
-(a lease in `<mongo_db>.etl_leases`); a second one waits for it.
+and a re-read overwrites the same `_id`; a late or older write never overwrites newer content
+(every write is fenced by the record's partition and offset). One drain per partition and
+consumer group runs at a time, whatever the parallelism (a lease per partition in
+`<mongo_db>.etl_leases`); a second one waits for it.
 
 **Assets.** After each successful load, `consume` records an asset event on its collection,
 `mongodb://<host>:<port>/<mongo_db>/<mongo_collection>` (through the asset alias

@@ -149,8 +149,9 @@ class KafkaToMongoOperator(BaseOperator):
     """Drain ``topic`` up to the high watermarks seen at start into ``mongo_db.mongo_collection``.
 
     Exactly once in effect: offsets are committed only after MongoDB acknowledged the writes,
-    every ``_id`` is deterministic, and one drain per topic, consumer group and set of partitions
-    runs at a time (a lease in ``<mongo_db>.etl_leases``). Records that cannot be loaded go to
+    every ``_id`` is deterministic, every write is fenced by its record's position, and one drain
+    per partition and consumer group runs at a time (a lease per partition in
+    ``<mongo_db>.etl_leases``). Records that cannot be loaded go to
     ``<mongo_collection>_dlq``; more than the dead-letter limits fail the task, without a retry,
     after everything else is loaded. Writes the run's audit to ``<mongo_db>.etl_runs`` and
     returns the drain summary.

@@ -300,7 +300,7 @@ LOAD_OPTIONS: list[LoadOption] = [
         "Drains per run",
         "One consume task for the whole topic, or one per partition, each under the lease of "
         "its partition. Both load each record exactly once; per partition spreads the work "
-        "over workers. Keep one choice per topic and group (the two hold different leases).",
+        "over workers. Both take the same per-partition leases, so they never overlap.",
         readers=(PLAN,),
         section=KAFKA_SECTION,
         choices=PARALLELISM_CHOICES,

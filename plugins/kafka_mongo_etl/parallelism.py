@@ -1,8 +1,8 @@
 """How a run splits its drain: one task for the whole topic, or one mapped task per partition.
 
-Each drain holds the lease of exactly the partitions it drains (``ConsumeJob.scope``), so the
-mapped drains of one run run side by side, while two runs' drains of the same partitions still
-take turns.
+Each drain holds one lease per partition it drains (``lease.partition_leases``; a whole-topic
+drain takes them all), so the mapped drains of one run run side by side, while any two drains
+of the same partition — per partition or whole topic, from any run — take turns.
 """
 
 from __future__ import annotations
