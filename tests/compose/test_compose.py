@@ -515,7 +515,8 @@ def test_airflow_init_migrates_and_writes_the_admin_password(
 
 def dag_file_defaults() -> dict[str, Any]:
     """Defaults read from the DAG file's syntax tree (no Airflow import): keyword defaults of the DAG
-    factory (dag_id, kafka_conn_id, mongo_conn_id) and the first argument of each ``Param``."""
+    factory (dag_id, kafka_conn_id, mongo_conn_id); and each form param's default, from the option
+    table the form is made of (``kafka_mongo_etl.options``, which imports no client)."""
     defaults: dict[str, Any] = {}
     for node in ast.walk(ast.parse(DAG_FILE.read_text())):
         if isinstance(node, ast.FunctionDef):
@@ -533,6 +534,12 @@ def dag_file_defaults() -> dict[str, Any]:
                     and isinstance(value.args[0], ast.Constant)
                 ):
                     defaults[f"param:{key.value}"] = value.args[0].value
+    from kafka_mongo_etl.options import LOAD_OPTIONS  # plugins/ is on pytest's path
+
+    for option in LOAD_OPTIONS:
+        defaults.setdefault(
+            f"param:{option.name}", option.form_default if option.required else option.default
+        )
     return defaults
 
 
