@@ -16,6 +16,9 @@ ENV VIRTUAL_ENV=/home/airflow/venv
 COPY --chown=airflow:0 requirements.txt /home/airflow/requirements.txt
 # The ETL package (kafka_mongo_etl, and kafka_mongo_etl_ui, whose ETL page registers through the
 # airflow.plugins entry point), built from the same plugins/ tree the local stack runs: one copy.
+# COPY creates missing parent directories as root, whatever --chown says: made here first, as airflow,
+# so that pip can write the package's build metadata (egg-info) into plugins/.
+RUN mkdir -p /home/airflow/src/plugins
 COPY --chown=airflow:0 pyproject.toml README.md /home/airflow/src/
 COPY --chown=airflow:0 plugins/kafka_mongo_etl /home/airflow/src/plugins/kafka_mongo_etl
 COPY --chown=airflow:0 plugins/kafka_mongo_etl_ui /home/airflow/src/plugins/kafka_mongo_etl_ui

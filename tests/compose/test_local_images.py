@@ -146,3 +146,20 @@ def test_the_override_changes_only_what_the_stand_ins_need() -> None:
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT",
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL",
     }
+
+
+def test_every_directory_a_copy_lands_in_is_made_first_by_the_airflow_user() -> None:
+    # COPY makes a missing parent directory as root, --chown or not, and the build then runs as
+    # airflow: pip could not write the package's egg-info into a root-owned /home/airflow/src/plugins.
+    made: set[str] = {"/home/airflow"}
+    for line in DOCKERFILE.read_text().replace("\\\n", " ").splitlines():
+        if line.startswith("RUN ") and "mkdir -p" in line:
+            for path in line.split("mkdir -p", 1)[1].split("&&")[0].split():
+                parts = Path(path).parts
+                made.update(str(Path(*parts[:end])) for end in range(2, len(parts) + 1))
+        elif line.startswith("COPY ") and "/home/airflow/" in line:
+            destination = line.split()[-1]
+            directory = (
+                destination.rstrip("/") if destination.endswith("/") else str(Path(destination).parent)
+            )
+            assert directory in made, f"{line!r}: {directory} would be made by COPY, owned by root"
