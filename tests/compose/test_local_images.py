@@ -163,3 +163,11 @@ def test_every_directory_a_copy_lands_in_is_made_first_by_the_airflow_user() -> 
                 destination.rstrip("/") if destination.endswith("/") else str(Path(destination).parent)
             )
             assert directory in made, f"{line!r}: {directory} would be made by COPY, owned by root"
+
+
+def test_the_kafka_stand_in_runs_a_compose_command_as_given(raw: dict[str, Any]) -> None:
+    # kafka-init gives a command on the Kafka image; an ENTRYPOINT that starts the broker swallowed it.
+    assert raw["services"]["kafka-init"]["command"][0] == "/opt/kafka/bin/kafka-topics.sh"
+    dockerfile = (LOCAL / "kafka" / "Dockerfile").read_text()
+    assert not re.search(r"^ENTRYPOINT", dockerfile, flags=re.MULTILINE)
+    assert 'CMD ["/opt/kafka/bin/run-broker.sh"]' in dockerfile
