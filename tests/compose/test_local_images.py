@@ -171,3 +171,23 @@ def test_the_kafka_stand_in_runs_a_compose_command_as_given(raw: dict[str, Any])
     dockerfile = (LOCAL / "kafka" / "Dockerfile").read_text()
     assert not re.search(r"^ENTRYPOINT", dockerfile, flags=re.MULTILINE)
     assert 'CMD ["/opt/kafka/bin/run-broker.sh"]' in dockerfile
+
+
+def _seconds(duration: str) -> float:
+    return float(duration.removesuffix("s"))
+
+
+def test_a_healthcheck_that_starts_airflow_is_stopped_before_its_timeout(raw: dict[str, Any]) -> None:
+    # Docker leaves a check that outlives `timeout` running; on a busy machine Airflow's CLI checks
+    # piled up, three per container, each a full Airflow import.
+    for name, service in raw["services"].items():
+        healthcheck = service.get("healthcheck")
+        if not healthcheck:
+            continue
+        test = healthcheck["test"]
+        command = test[1] if test[0] == "CMD-SHELL" else " ".join(test[1:])
+        if not re.search(r"\b(airflow|celery) ", command) or "curl" in command:
+            continue
+        bounded = re.match(r"timeout (\d+) ", command)
+        assert bounded, f"{name}: healthcheck {command!r} is not run under timeout"
+        assert int(bounded[1]) < _seconds(healthcheck["timeout"]), name
