@@ -36,7 +36,6 @@ import yaml
 from pymongo import MongoClient
 
 from devstack.process import StackError, free_port
-from devstack.run import DAG_ID, AirflowApi
 from kafka_mongo_etl.ids import batch_id, record_key
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,6 +62,7 @@ LOCAL_BUILDS = {
     "KAFKA_IMAGE": "kafka",
     "MONGO_IMAGE": "mongo",
 }
+DAG_ID = "kafka_to_mongo"
 PROJECT = "k2m-compose-test"
 ONE_SHOT = {"airflow-init", "kafka-init"}
 HEALTH_TIMEOUT = 900.0
@@ -79,6 +79,54 @@ def sh(*command: str | Path, check: bool = True, capture: bool = False, **kwargs
         tail = ((result.stdout or "") + (result.stderr or ""))[-2000:]
         raise StackError(f"{' '.join(map(str, command))[:200]} exited {result.returncode}\n{tail}")
     return result.stdout or ""
+
+
+@dataclass
+class Api:
+    """Airflow's REST API (/api/v2) with a JWT from /auth/token (SimpleAuthManager). Waits up to
+    ``timeout`` per call: on a busy 2-core machine the API server took 40 s to answer /health.
+    Nothing is retried, so a trigger is never sent twice."""
+
+    base_url: str
+    token: str = ""
+    timeout: float = 180.0
+
+    def sign_in(self, username: str, password: str) -> Api:
+        self.token = self._send("POST", "/auth/token", {"username": username, "password": password})[
+            "access_token"
+        ]
+        return self
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self._send(method, f"/api/v2{path}", body)
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        request = urllib.request.Request(
+            f"{self.base_url}{path}",
+            data=json.dumps(body).encode() if body is not None else None,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as err:
+            detail = err.read().decode(errors="replace")[:500]
+            raise StackError(f"{method} {path} answered {err.code}: {detail}") from None
+
+    def wait_for_dag(self, dag_id: str, timeout: float) -> None:
+        """The dag-processor parses a new file on its own schedule: wait until it has this DAG."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.call("GET", f"/dags/{dag_id}")
+                return
+            except StackError:
+                if time.monotonic() > deadline:
+                    raise StackError(
+                        f"the dag-processor has not parsed {dag_id} in {timeout:.0f} s"
+                    ) from None
+                time.sleep(3)
 
 
 @dataclass
@@ -284,6 +332,17 @@ class Stack:
             **kwargs,
         )
 
+    def up(self, *args: str) -> None:
+        """``up -d`` and wait on every healthcheck. docker-compose gives up on a dependency that is
+        unhealthy for a moment (a slow check on a busy machine); then wait, and ask once more."""
+        try:
+            self.compose("up", "-d", "--no-build", *args, capture=True)
+        except StackError as err:
+            print(f"    {str(err).splitlines()[-1]}; waiting on the healthchecks, then up again", flush=True)
+            self.wait_healthy()
+            self.compose("up", "-d", "--no-build", *args, capture=True)
+        self.wait_healthy()
+
     def containers(self) -> list[dict[str, Any]]:
         ids = docker(
             "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}", capture=True
@@ -319,9 +378,9 @@ class Stack:
                 )
             time.sleep(3)
 
-    def api(self) -> AirflowApi:
+    def api(self) -> Api:
         url = f"http://127.0.0.1:{self.env['AIRFLOW_HOST_PORT']}"
-        return AirflowApi.sign_in(url, "admin", self.env["AIRFLOW_ADMIN_PASSWORD"])
+        return Api(url).sign_in("admin", self.env["AIRFLOW_ADMIN_PASSWORD"])
 
     def mongo(self) -> MongoClient:
         return MongoClient(
@@ -339,7 +398,7 @@ def run_path(run_id: str) -> str:
     return f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
 
 
-def wait_for_run(api: AirflowApi, run_id: str, timeout: float = RUN_TIMEOUT) -> None:
+def wait_for_run(api: Api, run_id: str, timeout: float = RUN_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while (state := api.call("GET", run_path(run_id))["state"]) not in ("success", "failed"):
         if time.monotonic() > deadline:
@@ -375,11 +434,11 @@ def check_batches(client: MongoClient, database: str, counts: dict[str, int]) ->
     )
 
 
-def trigger(api: AirflowApi, conf: dict[str, Any]) -> str:
+def trigger(api: Api, conf: dict[str, Any]) -> str:
     return api.call("POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
 
 
-def kill_worker_mid_drain(stack: Stack, api: AirflowApi, client: MongoClient) -> None:
+def kill_worker_mid_drain(stack: Stack, api: Api, client: MongoClient) -> None:
     """Kill the worker container running ``consume`` once part of the batch is in MongoDB; the
     retry on the other worker must leave exactly the batch's documents."""
     database, count = "compose_test_kill", 20000
@@ -410,7 +469,7 @@ def kill_worker_mid_drain(stack: Stack, api: AirflowApi, client: MongoClient) ->
     check_batches(client, database, {run_id: count})
 
 
-def backfill(stack: Stack, api: AirflowApi, client: MongoClient) -> None:
+def backfill(stack: Stack, api: Api, client: MongoClient) -> None:
     """``airflow backfill create`` in the airflow-cli container for two past hours; the scheduler
     runs them; each run's batch must be in MongoDB exactly."""
     database, count = "compose_test_backfill", 300
@@ -463,8 +522,7 @@ def main() -> int:
             build_images()
         stack = Stack.create()
         with timings.step("docker-compose up, wait for every healthcheck"):
-            stack.compose("up", "-d", "--no-build", capture=True)
-            stack.wait_healthy()
+            stack.up()
         api, client = stack.api(), stack.mongo()
         with timings.step("trigger kafka_to_mongo (REST), check its 1000 documents"):
             api.wait_for_dag(DAG_ID, 300)
@@ -473,8 +531,7 @@ def main() -> int:
             wait_for_run(api, run_id)
             check_batches(client, "compose_test", {run_id: 1000})
         with timings.step("scale airflow-worker to 2"):
-            stack.compose("up", "-d", "--no-build", "--scale", "airflow-worker=2", capture=True)
-            stack.wait_healthy()
+            stack.up("--scale", "airflow-worker=2")
         with timings.step("kill the worker running a drain, check the _id set after the retry"):
             kill_worker_mid_drain(stack, api, client)
         with timings.step("backfill with the CLI in the airflow-cli container"):
