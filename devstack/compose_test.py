@@ -180,7 +180,7 @@ def engine_answers() -> bool:
 class Engine:
     """The Docker engine on SOCKET; stops it only if ``start`` started it."""
 
-    started: bool = False
+    dockerd: subprocess.Popen[bytes] | None = None
     bridge_sysctl_was: str | None = None
 
     def start(self) -> None:
@@ -195,7 +195,7 @@ class Engine:
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         ENGINE_DIR.mkdir(parents=True, exist_ok=True)
         log = (ENGINE_DIR / "dockerd.log").open("ab")
-        subprocess.Popen(
+        self.dockerd = subprocess.Popen(
             [
                 "dockerd",
                 f"--data-root={ENGINE_DIR / 'data'}",
@@ -208,17 +208,18 @@ class Engine:
             stderr=log,
             start_new_session=True,
         )
-        self.started = True
         wait_for("the Docker engine", 60, engine_answers, f"see {ENGINE_DIR / 'dockerd.log'}")
 
     def stop(self) -> None:
         if self.bridge_sysctl_was is not None:
             BRIDGE_SYSCTL.write_text(self.bridge_sysctl_was)
-        if not self.started or not PIDFILE.exists():
+        if self.dockerd is None:
             return
-        pid = int(PIDFILE.read_text())
-        os.kill(pid, signal.SIGTERM)
-        wait_for("dockerd to stop", 60, lambda: not Path(f"/proc/{pid}").exists(), "kill it by hand")
+        self.dockerd.send_signal(signal.SIGTERM)
+        try:
+            self.dockerd.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise StackError(f"dockerd (pid {self.dockerd.pid}) still running 60 s after SIGTERM") from None
 
 
 def wait_for(what: str, timeout: float, ready: Any, hint: str) -> None:
@@ -237,8 +238,9 @@ def debian_base() -> None:
     with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
         root = Path(scratch) / "rootfs"
         sh("debootstrap", "--variant=minbase", "bookworm", root, capture=True)
-        (root / IMAGE_CA).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(HOST_CA, root / IMAGE_CA.lstrip("/"))
+        image_ca = root / IMAGE_CA.lstrip("/")
+        image_ca.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(HOST_CA, image_ca)
         shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         docker(
