@@ -191,3 +191,10 @@ def test_a_healthcheck_that_starts_airflow_is_stopped_before_its_timeout(raw: di
         bounded = re.match(r"timeout (\d+) ", command)
         assert bounded, f"{name}: healthcheck {command!r} is not run under timeout"
         assert int(bounded[1]) < _seconds(healthcheck["timeout"]), name
+
+
+def test_the_airflow_build_context_leaves_out_the_stand_ins() -> None:
+    # ./Dockerfile builds from the repository root; the Kafka stand-in's jars (54 MB) are not its business.
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert "docker/local" in ignored
+    assert not re.search(r"^(COPY|ADD) .*docker/local", DOCKERFILE.read_text(), flags=re.MULTILINE)
