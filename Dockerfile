@@ -7,12 +7,18 @@
 # the runtime lock alone, in a virtualenv that sees none of the image's own: installing the lock over the
 # full image's preinstalled providers broke them (they need python-dateutil<3 and protobuf<7, the lock
 # pins newer), and pip said so and exited 0.
-FROM apache/airflow:slim-3.3.2-python3.11
+# AIRFLOW_BASE_IMAGE: the official image by default; docker-compose.yaml passes its own variable of the
+# same name, which docker/local-images.env points at docker/local/airflow on a machine without a registry.
+ARG AIRFLOW_BASE_IMAGE=apache/airflow:slim-3.3.2-python3.11
+FROM ${AIRFLOW_BASE_IMAGE}
 
 ENV VIRTUAL_ENV=/home/airflow/venv
 COPY --chown=airflow:0 requirements.txt /home/airflow/requirements.txt
 # The ETL package (kafka_mongo_etl, and kafka_mongo_etl_ui, whose ETL page registers through the
 # airflow.plugins entry point), built from the same plugins/ tree the local stack runs: one copy.
+# COPY creates missing parent directories as root, whatever --chown says: made here first, as airflow,
+# so that pip can write the package's build metadata (egg-info) into plugins/.
+RUN mkdir -p /home/airflow/src/plugins
 COPY --chown=airflow:0 pyproject.toml README.md /home/airflow/src/
 COPY --chown=airflow:0 plugins/kafka_mongo_etl /home/airflow/src/plugins/kafka_mongo_etl
 COPY --chown=airflow:0 plugins/kafka_mongo_etl_ui /home/airflow/src/plugins/kafka_mongo_etl_ui

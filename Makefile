@@ -9,7 +9,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv up down status logs run test lint fmt clean lock check-tools browser chaos bench fuzz faults toxiproxy cdc
+.PHONY: help venv up down status logs run test lint fmt clean lock check-tools browser chaos bench fuzz faults toxiproxy cdc compose-test
 
 help:  ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ bench: check-tools $(STAMP)  ## Benchmarks on their own broker, server and Airfl
 fuzz: $(STAMP)  ## The record path's property tests with many more generated records (EXAMPLES=50000)
 	RECORD_PATH_PROFILE=fuzz FUZZ_EXAMPLES=$(or $(EXAMPLES),50000) $(PY) -m pytest \
 		tests/unit/test_record_path_properties.py -q -o timeout=0 --hypothesis-show-statistics
+
+compose-test: check-tools $(STAMP)  ## Build the images here and run docker-compose.yaml end to end (root; not in make test)
+	PYTHONPATH=plugins $(PY) -m devstack.compose_test
 
 lint: $(STAMP)  ## ruff check and format check
 	$(VENV)/bin/ruff check .
