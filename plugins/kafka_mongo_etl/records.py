@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import bson
+import msgspec
 from bson.errors import InvalidDocument
 from bson.raw_bson import RawBSONDocument
 from confluent_kafka import Message
@@ -169,9 +170,25 @@ def _json_float(literal: str) -> float:
     return number
 
 
-# One decoder for every record: json.loads with hooks would build a new one per call.
+# The reference decoder: json.loads with the hooks above (one decoder for every record, since
+# json.loads with hooks would build a new one per call). What it accepts and how it reads it is the
+# record path's definition of JSON; the fast decoder below only ever agrees with it.
 _DECODER = json.JSONDecoder(parse_int=_json_int, parse_float=_json_float)
+# msgspec reads the common record about 4 times faster. It refuses what the reference decoder
+# takes or reports differently (NaN and Infinity, finite literals beyond double, lone surrogate
+# escapes, a BOM, nesting past its recursion limit, invalid UTF-8, malformed JSON): every refusal
+# goes to the reference decoder, which accepts the record or raises the error it always raised.
+_FAST_DECODER = msgspec.json.Decoder()
+_FAST_REFUSALS = (msgspec.DecodeError, ValueError, RecursionError)
+# msgspec takes integers of any size, and a duplicate name hides an earlier value, so the int64
+# rule is checked on the text: an integer literal beyond int64 has at least 19 digits, and a value
+# without 19 digits in a row (every digit read as a 9) has none. One with such a run (a long
+# literal, or digits in a string) goes to the reference decoder.
+_DIGITS_AS_NINES = bytes.maketrans(b"012345678", b"999999999")
+_DIGIT_RUN = b"9" * 19
 _CONTAINERS = (dict, list)
+# The types a JSON value decodes to, containers aside: a container holding only these needs no walk.
+_SCALARS = frozenset((str, int, float, bool, type(None)))
 
 
 def decode_json(message: Message) -> dict[str, Any]:
@@ -179,6 +196,19 @@ def decode_json(message: Message) -> dict[str, Any]:
     raw = message.value()
     if raw is None:
         raise BadRecordError("tombstone", f"record {where(message)} has no value (a tombstone)")
+    if _DIGIT_RUN in raw.translate(_DIGITS_AS_NINES):
+        return _decode_exactly(raw, message)
+    try:
+        value = _FAST_DECODER.decode(raw)
+    except _FAST_REFUSALS:
+        return _decode_exactly(raw, message)
+    if type(value) is not dict:
+        return _decode_exactly(raw, message)
+    return value
+
+
+def _decode_exactly(raw: bytes, message: Message) -> dict[str, Any]:
+    """The reference decoder: the record's value, or the ``BadRecordError`` that says why not."""
     # Decoded here, not by json.loads: that would also take UTF-16 and UTF-32 by their BOM.
     try:
         text = raw.decode("utf-8")
@@ -204,19 +234,30 @@ def decode_json(message: Message) -> dict[str, Any]:
     return value
 
 
+def _names_need_a_look(names: dict[str, Any]) -> bool:
+    """Whether any of ``names`` may break a rule (``$`` first, NUL, 254 characters or more):
+    one join and two searches instead of three tests per name; the names it flags are checked one
+    by one. (A name of fewer than 254 characters cannot hold 254 dots.)"""
+    joined = "\x01" + "\x01".join(names)
+    return "\x01$" in joined or "\x00" in joined or max(map(len, names), default=0) >= MAX_NAME_PARTS
+
+
 def check_fields(value: dict[str, Any], message: Message) -> None:
     """The value's nesting and field names by MongoDB's rules (see the module's docstring).
 
     ``value`` holds the document's top-level fields (``_id`` and ``_kafka`` aside).
     """
-    nested = []
-    for key, child in value.items():
-        if key[:1] == "$" or "\x00" in key or len(key) >= MAX_NAME_PARTS:
-            _check_name(key, message, top_level=True)
+    if not value:
+        return
+    if _names_need_a_look(value):
+        for key in value:
+            if key[:1] == "$" or "\x00" in key or len(key) >= MAX_NAME_PARTS:
+                _check_name(key, message, top_level=True)
+    if _SCALARS.issuperset(map(type, value.values())):
+        return
+    for child in value.values():
         if isinstance(child, _CONTAINERS):
-            nested.append(child)
-    for child in nested:
-        _check_tree(child, 2, message, in_id=False)
+            _check_tree(child, 2, message, in_id=False)
 
 
 def check_id(_id: Any, message: Message) -> None:
@@ -264,12 +305,15 @@ def _check_tree(root: dict[str, Any] | list[Any], depth: int, message: Message, 
     while stack:
         container, depth = stack.pop()
         if isinstance(container, dict):
-            for key in container:
-                if in_id or "\x00" in key or len(key) >= MAX_NAME_PARTS:
-                    _check_name(key, message, in_id=in_id)
+            if in_id or _names_need_a_look(container):
+                for key in container:
+                    if in_id or "\x00" in key or len(key) >= MAX_NAME_PARTS:
+                        _check_name(key, message, in_id=in_id)
             children: Any = container.values()
         else:
             children = container
+        if _SCALARS.issuperset(map(type, children)):
+            continue
         for child in children:
             if isinstance(child, _CONTAINERS):
                 if depth == MAX_NESTING:
