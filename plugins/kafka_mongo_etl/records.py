@@ -28,6 +28,7 @@ from typing import Any
 
 import bson
 import msgspec
+from bson import DEFAULT_CODEC_OPTIONS, _dict_to_bson
 from bson.errors import InvalidDocument
 from bson.raw_bson import RawBSONDocument
 from confluent_kafka import Message
@@ -187,8 +188,6 @@ _FAST_REFUSALS = (msgspec.DecodeError, ValueError, RecursionError)
 _DIGITS_AS_NINES = bytes.maketrans(b"012345678", b"999999999")
 _DIGIT_RUN = b"9" * 19
 _CONTAINERS = (dict, list)
-# The types a JSON value decodes to, containers aside: a container holding only these needs no walk.
-_SCALARS = frozenset((str, int, float, bool, type(None)))
 
 
 def decode_json(message: Message) -> dict[str, Any]:
@@ -234,30 +233,19 @@ def _decode_exactly(raw: bytes, message: Message) -> dict[str, Any]:
     return value
 
 
-def _names_need_a_look(names: dict[str, Any]) -> bool:
-    """Whether any of ``names`` may break a rule (``$`` first, NUL, 254 characters or more):
-    one join and two searches instead of three tests per name; the names it flags are checked one
-    by one. (A name of fewer than 254 characters cannot hold 254 dots.)"""
-    joined = "\x01" + "\x01".join(names)
-    return "\x01$" in joined or "\x00" in joined or max(map(len, names), default=0) >= MAX_NAME_PARTS
-
-
 def check_fields(value: dict[str, Any], message: Message) -> None:
     """The value's nesting and field names by MongoDB's rules (see the module's docstring).
 
     ``value`` holds the document's top-level fields (``_id`` and ``_kafka`` aside).
     """
-    if not value:
-        return
-    if _names_need_a_look(value):
-        for key in value:
-            if key[:1] == "$" or "\x00" in key or len(key) >= MAX_NAME_PARTS:
-                _check_name(key, message, top_level=True)
-    if _SCALARS.issuperset(map(type, value.values())):
-        return
-    for child in value.values():
+    nested = []
+    for key, child in value.items():
+        if key[:1] == "$" or "\x00" in key or len(key) >= MAX_NAME_PARTS:
+            _check_name(key, message, top_level=True)
         if isinstance(child, _CONTAINERS):
-            _check_tree(child, 2, message, in_id=False)
+            nested.append(child)
+    for child in nested:
+        _check_tree(child, 2, message, in_id=False)
 
 
 def check_id(_id: Any, message: Message) -> None:
@@ -305,15 +293,12 @@ def _check_tree(root: dict[str, Any] | list[Any], depth: int, message: Message, 
     while stack:
         container, depth = stack.pop()
         if isinstance(container, dict):
-            if in_id or _names_need_a_look(container):
-                for key in container:
-                    if in_id or "\x00" in key or len(key) >= MAX_NAME_PARTS:
-                        _check_name(key, message, in_id=in_id)
+            for key in container:
+                if in_id or "\x00" in key or len(key) >= MAX_NAME_PARTS:
+                    _check_name(key, message, in_id=in_id)
             children: Any = container.values()
         else:
             children = container
-        if _SCALARS.issuperset(map(type, children)):
-            continue
         for child in children:
             if isinstance(child, _CONTAINERS):
                 if depth == MAX_NESTING:
@@ -330,7 +315,9 @@ def _too_deep(message: Message) -> BadRecordError:
 def encode(document: dict[str, Any], message: Message) -> RawBSONDocument:
     """The document's BSON, at most ``MAX_DOCUMENT_BYTES``."""
     try:
-        raw = bson.encode(document)
+        # What bson.encode calls once it has checked its arguments: the same bytes (the property
+        # tests compare them with bson.encode's) without a third of a microsecond per record.
+        raw = _dict_to_bson(document, False, DEFAULT_CODEC_OPTIONS)
     except UnicodeEncodeError as err:
         raise BadRecordError(
             "invalid_string",
