@@ -187,6 +187,17 @@ def _sections(results: dict[str, Any]) -> dict[str, str]:
     return fields
 
 
+def _shared(meta: dict[str, Any]) -> str:
+    """A sentence when the load averages say other work shared the machine during the run."""
+    loads = [*meta["load_average_at_start"], *meta.get("load_average_at_end", [])]
+    if max(loads, default=0) <= meta["cpus"]:
+        return ""
+    return (
+        " **Other work shared the machine during this run** (load averages above the CPU count): "
+        "the contenders took turns, so their ratios hold better than their absolute rates."
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     meta, values = results["meta"], results["ratios"]
     rows = [[LABELS[key], f"`{key}`", _fmt(value), _verdict(key, value)] for key, value in values.items()]
@@ -202,6 +213,7 @@ def markdown(results: dict[str, Any]) -> str:
         cpus=meta["cpus"],
         load_average=meta["load_average_at_start"],
         load_average_end=meta.get("load_average_at_end", "not recorded"),
+        shared=_shared(meta),
         minutes=_fmt(meta.get("duration_seconds", 0) / 60, 1),
         versions=", ".join(f"{name} {version}" for name, version in versions.items()),
         cap=f"{meta['tutorial_cap_seconds']:g}",
