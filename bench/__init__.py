@@ -8,4 +8,4 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 # The parts of a run, in the order they run; ``--sections`` picks a subset.
-SECTIONS = ("profile", "produce", "load", "memory", "airflow")
+SECTIONS = ("profile", "produce", "load", "peers", "memory", "scale", "airflow")

@@ -19,11 +19,11 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from bench import REPO, SECTIONS, load, memory, produce, report
+from bench import REPO, SECTIONS, load, memory, peers, produce, report
 from bench.load import LoadContender, LoadTarget
 from bench.services import BenchServices
 from bench.timing import alternate
-from bench.topics import create_topic, records_on, unique
+from bench.topics import create_topic, delete_topic, records_on, unique
 from kafka_mongo_etl.clients import PRODUCER_REQUIRED, PRODUCER_TUNING
 from kafka_mongo_etl.drain import DrainSettings
 from kafka_mongo_etl.produce import produce_batch
@@ -31,6 +31,9 @@ from kafka_mongo_etl.produce import produce_batch
 log = logging.getLogger(__name__)
 
 SMALL = 500  # warm-up size (the DAG's default count)
+# The scale section's sizes (times N) and partitions; its drains use the null sink (see run_scale).
+SCALE = (1, 10, 50)
+SCALE_PARTITIONS = 6
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,12 @@ def load_contenders(tutorial_cap: float) -> list[LoadContender]:
             partial(load.tutorial, cap_seconds=tutorial_cap),
         ),
         LoadContender("null_sink", "ours, null sink (no MongoDB write)", load.ours_null_sink, writes=False),
+        LoadContender(
+            "raw_decode",
+            "raw loop: json.loads, _id, _kafka, bson.encode (no write)",
+            load.raw_decode,
+            writes=False,
+        ),
     ]
 
 
@@ -134,6 +143,40 @@ def _meta(options: Options) -> dict[str, Any]:
     }
 
 
+def run_peers(bs: str, uri: str, topic: str, n: int, reps: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """Ours, the sink connector and Bento in turn on the shared topic, each launch to last document.
+
+    A peer that cannot be built or started here is left out, and why is returned by name."""
+    unavailable = {}
+    for name, prepare in (("connector", peers.connect_classpath), ("bento", peers.bento_binary)):
+        log.info("Peers: preparing %s (resolved or built once, into .cache/)", name)
+        try:
+            prepare()
+        except (OSError, subprocess.SubprocessError, RuntimeError) as err:
+            log.error("Peers: %s is left out: %s", name, err)
+            unavailable[name] = str(err)[-2000:]
+    runnable = [peer for peer in peers.PEERS_RUN if peer.name not in unavailable]
+    log.info("Peers: %s, first to last document (%s records)", ", ".join(p.name for p in runnable), n)
+    return alternate(
+        runnable, reps, lambda peer: peers.measure(peer, LoadTarget(bs, uri, topic, n))
+    ), unavailable
+
+
+def run_scale(bs: str, uri: str, n: int) -> dict[str, Any]:
+    """Our drain at each size of ``SCALE`` over 6 partitions, in a fresh interpreter each: rate and
+    peak RSS. With the null sink: the question is whether our own cost per record and our memory
+    stay flat as the topic grows; with writes, the local server (about 15,000 documents/s, slower
+    as its collection grows) would set the rate and make 50 x N take minutes. Memory with writes
+    is the memory section's."""
+    scale = {}
+    for factor in SCALE:
+        log.info("Scale: %s records over %s partitions, null sink", factor * n, SCALE_PARTITIONS)
+        topic = fill_topic(bs, f"bench_scale{factor}", factor * n, partitions=SCALE_PARTITIONS)
+        scale[f"{factor}n"] = memory.peak_rss(topic, uri, null_sink=True)
+        delete_topic(bs, topic)
+    return scale
+
+
 def run(services: BenchServices, options: Options) -> dict[str, Any]:
     began = time.monotonic()
     bs, n, uri, sections = services.bootstrap_servers, options.n, services.mongo_uri, options.sections
@@ -155,18 +198,23 @@ def run(services: BenchServices, options: Options) -> dict[str, Any]:
         results["profiles"] = {
             "produce": profile("produce", lambda: produce.ours(bs, produce_topic, n)),
             "drain": profile("drain", lambda: load.ours(LoadTarget(bs, uri, topic, n))),
+            "null_sink": profile("null_sink", lambda: load.ours_null_sink(LoadTarget(bs, uri, topic, n))),
         }
     if "produce" in sections:
         for key, size in (("produce", n), ("produce_10n", 10 * n)):
             results[key] = alternate(produce.CONTENDERS, options.reps, partial(produce.measure, bs, size))
     if "load" in sections:
         results["load"] = alternate(load_contenders(options.tutorial_cap), options.reps, drains(topic, n))
+    if "peers" in sections:
+        results["peers"], results["peers_unavailable"] = run_peers(bs, uri, topic, n, options.reps)
     if "memory" in sections:
         log.info("Peak RSS of our consume at %s and %s records (subprocesses)", n, 10 * n)
         results["memory"] = {
             "n": memory.peak_rss(topic, uri),
             "10n": memory.peak_rss(fill_topic(bs, "bench_rss10", 10 * n), uri),
         }
+    if "scale" in sections:
+        results["scale"] = run_scale(bs, uri, n)
     if "airflow" in sections:
         from bench import airflow_runs
 

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import bson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 from pymongo import MongoClient, ReplaceOne
 from pymongo.collection import Collection
@@ -93,7 +94,7 @@ def ours_null_sink(target: LoadTarget) -> dict[str, Any]:
         summary = drain_to_watermark(consumer, target.topic, target.group, NullSink(), to_document)
     finally:
         consumer.close()
-    return {"records": summary.records}
+    return {"records": summary.records, "drain_seconds": summary.seconds}
 
 
 def _raw_loop(target: LoadTarget, write: Write) -> dict[str, Any]:
@@ -185,6 +186,24 @@ def raw(target: LoadTarget, write_model: Callable[[Collection], Write], concurre
         if pool:
             pool.shutdown()
         client.close()
+
+
+def raw_decode(target: LoadTarget) -> dict[str, Any]:
+    """The raw loop with the write left out: ``json.loads``, ``_id`` and ``_kafka``, ``bson.encode``
+    and nothing else for each record (none of MongoDB's rules, no dead letters): what a record costs
+    a hand-written loop, to hold our null sink against."""
+    encoded = 0
+
+    def decode(messages: list[Message]) -> None:
+        nonlocal encoded
+        for message in messages:
+            bson.encode(_document(message))
+            encoded += 1
+
+    result = _raw_loop(target, decode)
+    if encoded != result["records"]:
+        raise RuntimeError(f"raw_decode encoded {encoded} of {result['records']} records")
+    return result
 
 
 def tutorial(target: LoadTarget, cap_seconds: float) -> dict[str, Any]:

@@ -1,36 +1,42 @@
-"""What encoding at decode time costs: the record path now vs the dict path it replaced.
+"""What each stage of the record path costs, per record, against a naive decode loop.
 
-    .venv/bin/python -m bench.record_path [--records 100000] [--repeats 5]
+    .venv/bin/python -m bench.record_path [--records 100000] [--repeats 5] [--before FILE]
 
-Times, on the project's own records (``{"num": n, "batch": ...}`` keyed ``batch/n``):
+On the project's own records (``{"num": n, "batch": ...}`` keyed ``batch/n``), pure CPU, no broker
+or server. The stages, each timed on inputs the previous one made:
 
-- ``dict path``: the record path before issue 10 (decode, checks, a dict), without the BSON
-  encoding, which happened later, inside pymongo's bulk write;
-- ``dict path + encode``: the same plus encoding each upsert as pymongo does for a dict;
-- ``record path``: today's path (decode, MongoDB's rules, BSON once, the identity);
-- ``record path + encode``: the same plus encoding each upsert as pymongo does, which for a
-  ``RawBSONDocument`` body copies its bytes.
+- ``decode``: ``decode_json`` (UTF-8, JSON, int64 and double); ``checks``: ``check_id`` and
+  ``check_fields`` (MongoDB's names and nesting); ``document``: the dict with ``_id`` first and
+  ``_kafka``; ``encode``: BSON and the 16 MiB bound; ``whole``: ``json_document``'s builder, which
+  adds the identity and the ``Document``;
+- ``naive``: ``json.loads``, ``_id``, ``_kafka``, ``bson.encode`` (the bench's ``raw_decode``).
 
-Pure CPU, no broker or server; the contenders take turns, ``--repeats`` times; the best time
-is the one least disturbed by other work on the machine. Not part of ``make bench``.
+``--before FILE`` loads another version of records.py (``git show REV:plugins/kafka_mongo_etl/
+records.py > FILE``) and times its stages in the same rounds, so a busy machine hits both alike.
+Contenders take turns in each repeat; the best time is the one least disturbed by other work.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib.util
 import json
-import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import bson
 from confluent_kafka import Message
 
+from kafka_mongo_etl import records
 from kafka_mongo_etl.ids import batch_id, id_function, record_key
-from kafka_mongo_etl.records import json_document
 
 BATCH = batch_id("kafka_to_mongo", "manual__2026-12-01T00:00:00+00:00")
+STAGES = ("decode", "checks", "document", "encode", "whole")
 
 
 def messages(count: int) -> list[Message]:
@@ -46,76 +52,89 @@ def messages(count: int) -> list[Message]:
     ]
 
 
-def dict_path(message: Message) -> tuple[Any, dict[str, Any]]:
-    """The pre-issue-10 record path, as it was (checks that could raise other errors included)."""
-    value = json.loads(message.value().decode("utf-8"))
-    if not isinstance(value, dict):
-        raise ValueError("not an object")
-    if [key for key in value if key.startswith("$")]:
-        raise ValueError("invalid field")
-    _id = message.key().decode("utf-8")
-    value.pop("_id", None)
-    value["_kafka"] = {"partition": message.partition(), "offset": message.offset()}
-    return _id, value
+def stages(module: ModuleType, batch: list[Message]) -> dict[str, Callable[[], Any]]:
+    """One callable per stage of ``module``'s record path over ``batch``."""
+    by_key = id_function("key")
+    values = [module.decode_json(m) for m in batch]
+    ids = [by_key(m, v) for m, v in zip(batch, values, strict=True)]
+    documents = [
+        {"_id": i, **v, "_kafka": {"partition": m.partition(), "offset": m.offset()}}
+        for m, v, i in zip(batch, values, ids, strict=True)
+    ]
+    to_document = module.json_document(by_key)
+
+    def checks() -> None:
+        for message, value, _id in zip(batch, values, ids, strict=True):
+            module.check_id(_id, message)
+            module.check_fields(value, message)
+
+    return {
+        "decode": lambda: [module.decode_json(m) for m in batch],
+        "checks": checks,
+        "document": lambda: [
+            {"_id": i, **v, "_kafka": {"partition": m.partition(), "offset": m.offset()}}
+            for m, v, i in zip(batch, values, ids, strict=True)
+        ],
+        "encode": lambda: [module.encode(d, m) for d, m in zip(documents, batch, strict=True)],
+        "whole": lambda: [to_document(m) for m in batch],
+    }
 
 
-def upsert_bytes(_id: Any, body: Any) -> bytes:
-    """One update statement of a bulk write, encoded the way pymongo encodes it."""
-    return bson.encode({"q": {"_id": _id}, "u": body, "upsert": True})
+def naive(batch: list[Message]) -> None:
+    for message in batch:
+        value = json.loads(message.value())
+        value["_id"] = message.key().decode()
+        value["_kafka"] = {"partition": message.partition(), "offset": message.offset()}
+        bson.encode(value)
 
 
-def timed(contenders: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
-    """Each contender's times, run in turn within each repeat (so a busy spell hits them all)."""
-    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+def load_records(path: Path) -> ModuleType:
+    """Another version of records.py, as a module of its own (it imports the current errors, ids)."""
+    spec = importlib.util.spec_from_file_location("records_before", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def best_of(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Each contender's best CPU time (what this process ran, not what a busy machine gave others),
+    run in turn within each repeat."""
+    best = dict.fromkeys(contenders, float("inf"))
     for _ in range(repeats):
         for name, work in contenders.items():
-            began = time.perf_counter()
+            began = time.process_time()
             work()
-            seconds[name].append(time.perf_counter() - began)
-    return seconds
+            best[name] = min(best[name], time.process_time() - began)
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--before", type=Path, help="another records.py to time beside this one")
     args = parser.parse_args()
     batch = messages(args.records)
-    to_document = json_document(id_function("key"))
-
-    def old() -> None:
-        for message in batch:
-            dict_path(message)
-
-    def old_encoded() -> None:
-        for message in batch:
-            upsert_bytes(*dict_path(message))
-
-    def new() -> None:
-        for message in batch:
-            to_document(message)
-
-    def new_encoded() -> None:
-        for message in batch:
-            document = to_document(message)
-            upsert_bytes(document.id, document.body)
-
-    times = timed(
-        {
-            "dict path": old,
-            "dict path + encode": old_encoded,
-            "record path": new,
-            "record path + encode": new_encoded,
-        },
-        args.repeats,
-    )
-    print(f"{args.records} records, {args.repeats} runs each, alternating: best and median")
-    for name, seconds in times.items():
-        best, median = min(seconds), statistics.median(seconds)
-        print(f"  {name:<22} {best:7.3f} s  {median:7.3f} s  {args.records / best:>10,.0f} records/s at best")
-    for stage in ("", " + encode"):
-        ratio = min(times[f"record path{stage}"]) / min(times[f"dict path{stage}"])
-        print(f"  record path{stage} / dict path{stage}: {ratio:.2f} (best times)")
+    versions = {"now": records, **({"before": load_records(args.before)} if args.before else {})}
+    contenders = {"naive": lambda: naive(batch)}
+    for version, module in versions.items():
+        contenders.update({f"{version}.{stage}": work for stage, work in stages(module, batch).items()})
+    # The prepared inputs of every stage, for both versions, are hundreds of thousands of objects
+    # that the drain never holds at once; frozen, the collector's passes cost what the work's own
+    # garbage costs, and not whichever stage happens to trigger a full pass over them.
+    gc.collect()
+    gc.freeze()
+    best = best_of(contenders, args.repeats)
+    micro = {name: 1e6 * seconds / args.records for name, seconds in best.items()}
+    print(f"{args.records} records, best of {args.repeats} turns; CPU microseconds per record")
+    print(f"  {'stage':<10}" + "".join(f"{version:>10}" for version in versions))
+    for stage in STAGES:
+        print(f"  {stage:<10}" + "".join(f"{micro[f'{version}.{stage}']:>10.2f}" for version in versions))
+    print(f"  {'naive':<10}{micro['naive']:>10.2f}")
+    for version in versions:
+        print(f"  naive / {version}.whole: {micro['naive'] / micro[f'{version}.whole']:.2f}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,11 @@ TARGETS = {
     "drain_vs_tutorial": (">=", 20.0),
     "produce_vs_raw": (">=", 0.9),
     "rss_10n_vs_n": ("<=", 1.2),
+    "null_sink_vs_raw_decode": (">=", 1.0),
+    "drain_vs_connector": (">=", 3.0),
+    "drain_vs_bento": (">=", 1.5),
+    "rate_50n_vs_n": (">=", 0.9),
+    "rss_50n_vs_n": ("<=", 1.2),
 }
 # key: (numerator, denominator), each "section.contender": the ratio of their median rates.
 RATIOS = {
@@ -36,6 +41,9 @@ RATIOS = {
     "reread_vs_first_load": ("load.ours_reread", "load.ours"),
     "overlap_vs_in_turn": ("load.ours", "load.ours_in_turn"),
     "null_sink_vs_drain": ("load.null_sink", "load.ours"),
+    "null_sink_vs_raw_decode": ("load.null_sink", "load.raw_decode"),
+    "drain_vs_connector": ("peers.ours", "peers.connector"),
+    "drain_vs_bento": ("peers.ours", "peers.bento"),
     "concurrent_upsert_vs_raw_upsert": ("load.raw_upsert_concurrent", "load.raw_upsert"),
     "concurrent_insert_vs_raw_insert": ("load.raw_insert_concurrent", "load.raw_insert"),
     "produce_vs_raw": ("produce.ours", "produce.raw"),
@@ -46,7 +54,11 @@ LABELS = {
     **{key: f"{a.replace('.', ': ')} / {b.split('.')[1]}" for key, (a, b) in RATIOS.items()},
     "mongo_share_of_drain_time": "load: share of ours' wall time spent writing (1 - null_sink / ours)",
     "rss_10n_vs_n": "memory: peak RSS of our consume, 10 x N / N",
+    "rate_50n_vs_n": "scale: records/s of our drain (null sink), 50 x N / N",
+    "rss_50n_vs_n": "scale: peak RSS of our drain (null sink), 50 x N / N",
 }
+# Figures derived from two measurements that are not a ratio of rates (may be 0 or negative).
+SHARES = ("mongo_share_of_drain_time",)
 
 
 def _rate(results: dict[str, Any], where: str) -> float | None:
@@ -62,6 +74,9 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
     out["mongo_share_of_drain_time"] = round(1 - null_s / ours_s, 3) if null_s and ours_s else None
     rss = results.get("memory")
     out["rss_10n_vs_n"] = ratio(rss["10n"]["peak_rss_kb"], rss["n"]["peak_rss_kb"]) if rss else None
+    scale = results.get("scale")
+    for key, field in (("rate_50n_vs_n", "records_per_second"), ("rss_50n_vs_n", "peak_rss_kb")):
+        out[key] = ratio(scale["50n"][field], scale["1n"][field]) if scale else None
     return out
 
 
@@ -107,11 +122,39 @@ def _rates_table(sections: dict[str, dict[str, Any]]) -> str:
     return _table(["contender", "what", "records", "median s", "records/s", "ours / this"], rows)
 
 
+def _peers_table(peers: dict[str, Any], unavailable: dict[str, str]) -> str:
+    rows = [
+        [
+            f"`{name}`",
+            entry["label"],
+            f"{statistics.median(entry['records']):,.0f}",
+            _fmt(entry["median_seconds"], 3),
+            _fmt(entry["median_records_per_second"], 0),
+            _fmt(ratio(peers["ours"]["median_records_per_second"], entry["median_records_per_second"])),
+            _fmt(statistics.median(d["startup_seconds"] for d in entry["detail"]), 1),
+        ]
+        for name, entry in peers.items()
+    ]
+    header = ["contender", "what", "records after the first", "first to last s", "records/s", "ours / this"]
+    notes = [f"\n\n**{name} could not run here:** {reason}" for name, reason in unavailable.items()]
+    return _table([*header, "start-up s"], rows) + "".join(notes)
+
+
 def _sections(results: dict[str, Any]) -> dict[str, str]:
     """The template's fields that depend on which sections ran."""
     fields = dict.fromkeys(
-        ("load", "produce", "memory", "airflow", "tutorial"), "(not run in this benchmark)"
+        ("load", "produce", "peers", "memory", "scale", "airflow", "tutorial"), "(not run in this benchmark)"
     )
+    if results.get("peers") is not None:
+        fields["peers"] = _peers_table(results["peers"], results.get("peers_unavailable") or {})
+    if results.get("scale"):
+        rows = [
+            [size.replace("n", " x N"), f"{entry['records']:,}", _fmt(entry["drain_seconds"], 2)]
+            + [_fmt(entry["records_per_second"], 0), f"{entry['peak_rss_kb'] / 1024:.0f}"]
+            for size, entry in results["scale"].items()
+        ]
+        header = ["size", "records", "drain s (client start-up aside)", "records/s", "peak RSS MiB"]
+        fields["scale"] = _table(header, rows)
     if results.get("load"):
         fields["load"] = _rates_table({"": results["load"]})
         tutorial = results["load"]["tutorial"]
@@ -145,6 +188,17 @@ def _sections(results: dict[str, Any]) -> dict[str, str]:
     return fields
 
 
+def _shared(meta: dict[str, Any]) -> str:
+    """A sentence when the load averages say other work shared the machine during the run."""
+    loads = [*meta["load_average_at_start"], *meta.get("load_average_at_end", [])]
+    if max(loads, default=0) <= meta["cpus"]:
+        return ""
+    return (
+        " **Other work shared the machine during this run** (load averages above the CPU count): "
+        "the contenders took turns, so their ratios hold better than their absolute rates."
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     meta, values = results["meta"], results["ratios"]
     rows = [[LABELS[key], f"`{key}`", _fmt(value), _verdict(key, value)] for key, value in values.items()]
@@ -160,6 +214,7 @@ def markdown(results: dict[str, Any]) -> str:
         cpus=meta["cpus"],
         load_average=meta["load_average_at_start"],
         load_average_end=meta.get("load_average_at_end", "not recorded"),
+        shared=_shared(meta),
         minutes=_fmt(meta.get("duration_seconds", 0) / 60, 1),
         versions=", ".join(f"{name} {version}" for name, version in versions.items()),
         cap=f"{meta['tutorial_cap_seconds']:g}",

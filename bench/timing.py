@@ -29,14 +29,14 @@ class Series:
     samples: list[Sample] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
+        rates = [s.records / s.seconds for s in self.samples if s.seconds > 0]
         return {
             "label": self.label,
             "records": [s.records for s in self.samples],
             "seconds": [round(s.seconds, 4) for s in self.samples],
             "median_seconds": round(statistics.median(s.seconds for s in self.samples), 4),
-            "median_records_per_second": round(
-                statistics.median(s.records / s.seconds for s in self.samples if s.seconds > 0), 1
-            ),
+            # None when no sample took measurable time (a peer whose every record landed at once).
+            "median_records_per_second": round(statistics.median(rates), 1) if rates else None,
             "detail": [s.detail for s in self.samples],
         }
 

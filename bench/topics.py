@@ -46,3 +46,9 @@ def records_on(bootstrap_servers: str, topic: str) -> int:
         return sum(high - low for low, high in offsets)
     finally:
         consumer.close()
+
+
+def delete_topic(bootstrap_servers: str, topic: str, timeout: float = 30.0) -> None:
+    """Delete ``topic`` (a large one the rest of the run does not need: its disk back)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin.delete_topics([topic])[topic].result(timeout)

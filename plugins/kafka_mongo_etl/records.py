@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import bson
+import msgspec
+from bson import DEFAULT_CODEC_OPTIONS, _dict_to_bson
 from bson.errors import InvalidDocument
 from bson.raw_bson import RawBSONDocument
 from confluent_kafka import Message
@@ -181,8 +183,22 @@ def _json_float(literal: str) -> float:
     return number
 
 
-# One decoder for every record: json.loads with hooks would build a new one per call.
+# The reference decoder: json.loads with the hooks above (one decoder for every record, since
+# json.loads with hooks would build a new one per call). What it accepts and how it reads it is the
+# record path's definition of JSON; the fast decoder below only ever agrees with it.
 _DECODER = json.JSONDecoder(parse_int=_json_int, parse_float=_json_float)
+# msgspec reads the common record about 4 times faster. It refuses what the reference decoder
+# takes or reports differently (NaN and Infinity, finite literals beyond double, lone surrogate
+# escapes, a BOM, nesting past its recursion limit, invalid UTF-8, malformed JSON): every refusal
+# goes to the reference decoder, which accepts the record or raises the error it always raised.
+_FAST_DECODER = msgspec.json.Decoder()
+_FAST_REFUSALS = (msgspec.DecodeError, ValueError, RecursionError)
+# msgspec takes integers of any size, and a duplicate name hides an earlier value, so the int64
+# rule is checked on the text: an integer literal beyond int64 has at least 19 digits, and a value
+# without 19 digits in a row (every digit read as a 9) has none. One with such a run (a long
+# literal, or digits in a string) goes to the reference decoder.
+_DIGITS_AS_NINES = bytes.maketrans(b"012345678", b"999999999")
+_DIGIT_RUN = b"9" * 19
 _CONTAINERS = (dict, list)
 
 
@@ -191,6 +207,19 @@ def decode_json(message: Message) -> dict[str, Any]:
     raw = message.value()
     if raw is None:
         raise BadRecordError("tombstone", f"record {where(message)} has no value (a tombstone)")
+    if _DIGIT_RUN in raw.translate(_DIGITS_AS_NINES):
+        return _decode_exactly(raw, message)
+    try:
+        value = _FAST_DECODER.decode(raw)
+    except _FAST_REFUSALS:
+        return _decode_exactly(raw, message)
+    if type(value) is not dict:
+        return _decode_exactly(raw, message)
+    return value
+
+
+def _decode_exactly(raw: bytes, message: Message) -> dict[str, Any]:
+    """The reference decoder: the record's value, or the ``BadRecordError`` that says why not."""
     # Decoded here, not by json.loads: that would also take UTF-16 and UTF-32 by their BOM.
     try:
         text = raw.decode("utf-8")
@@ -298,7 +327,9 @@ def _too_deep(message: Message) -> BadRecordError:
 def encode(document: dict[str, Any], message: Message) -> RawBSONDocument:
     """The document's BSON, at most ``MAX_DOCUMENT_BYTES``."""
     try:
-        raw = bson.encode(document)
+        # What bson.encode calls once it has checked its arguments: the same bytes (the property
+        # tests compare them with bson.encode's) without a third of a microsecond per record.
+        raw = _dict_to_bson(document, False, DEFAULT_CODEC_OPTIONS)
     except UnicodeEncodeError as err:
         raise BadRecordError(
             "invalid_string",

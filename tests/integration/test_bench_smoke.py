@@ -1,6 +1,7 @@
 """The benchmark harness end to end on a tiny N: every produce and load contender moves exactly
-the records it was given, the memory probe loads them all in its own interpreter, and the
-results have the shape results.json and BENCHMARKS.md need.
+the records it was given, the memory probe loads them all in its own interpreter, the scale
+section drains every size, each peer (the sink connector, Bento, ours) loads exactly the topic,
+and the results have the shape results.json and BENCHMARKS.md need.
 
 No timing is asserted: a benchmark reports, it does not pass or fail on speed.
 """
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import json
 
-from bench import harness, report
+import pytest
+
+from bench import harness, peers, report
 from bench.services import BenchServices
 
 N = 200
@@ -20,7 +23,11 @@ def test_every_contender_moves_exactly_n_records_and_the_report_shows_the_target
 ) -> None:
     services = BenchServices(tmp_path, kafka_broker, mongo_server, airflow_home)
     options = harness.Options(
-        n=N, reps=1, tutorial_cap=120.0, warm_up=False, sections=frozenset({"produce", "load", "memory"})
+        n=N,
+        reps=1,
+        tutorial_cap=120.0,
+        warm_up=False,
+        sections=frozenset({"produce", "load", "memory", "scale"}),
     )
 
     results = harness.run(services, options)
@@ -31,18 +38,30 @@ def test_every_contender_moves_exactly_n_records_and_the_report_shows_the_target
             assert [d["on_topic"] for d in entry["detail"]] == [size], (section, name)
     contenders = {c.name for c in harness.load_contenders(tutorial_cap=1.0)}
     assert set(results["load"]) == contenders
-    for name in contenders - {"null_sink"}:
+    for name in contenders - {"null_sink", "raw_decode"}:
         detail = results["load"][name]["detail"]
         assert [(d["records"], d["in_mongo"]) for d in detail] == [(N, N)], name
     assert results["load"]["tutorial"]["detail"][0]["capped_at_seconds"] is None
-    assert [d["records"] for d in results["load"]["null_sink"]["detail"]] == [N]
+    for name in ("null_sink", "raw_decode"):
+        assert [d["records"] for d in results["load"][name]["detail"]] == [N], name
     memory = results["memory"]
     assert (memory["n"]["in_mongo"], memory["10n"]["in_mongo"]) == (N, 10 * N)
     assert memory["10n"]["peak_rss_kb"] > memory["10n"]["rss_before_consume_kb"] > 0
 
+    scale = results["scale"]
+    assert [(scale[f"{f}n"]["records"], scale[f"{f}n"]["in_mongo"]) for f in harness.SCALE] == [
+        (f * N, 0) for f in harness.SCALE
+    ]
+    assert all(entry["peak_rss_kb"] > entry["rss_before_consume_kb"] > 0 for entry in scale.values())
+
     ratios = results["ratios"]
     assert set(report.TARGETS) <= set(ratios)
-    assert all(value is not None and value > 0 for value in ratios.values()), ratios
+    not_run = {key for key, (a, _) in report.RATIOS.items() if a.startswith("peers.")}
+    assert {key for key, value in ratios.items() if value is None} == not_run, ratios
+    # A share of wall time is a difference of two timings: at this N, on a busy machine, the
+    # drain with the null sink can take longer than the one that writes, and the share go below 0.
+    assert all(ratios[key] < 1 for key in report.SHARES), ratios
+    assert all(value > 0 for key, value in ratios.items() if key not in not_run | set(report.SHARES)), ratios
     report.write_json(results, tmp_path / "results.json")
     report.write_chart(results, tmp_path / "results.png")
     report.write_markdown(results, tmp_path / "BENCHMARKS.md")
@@ -69,3 +88,24 @@ def test_a_capped_tutorial_reports_the_records_it_moved_not_n(
 
     assert sample.detail["capped_at_seconds"] == 0.5
     assert 0 < sample.records == sample.detail["in_mongo"] < records
+
+
+@pytest.mark.timeout(1800)  # the first run builds Bento from the Go module proxy (minutes)
+def test_each_peer_loads_exactly_the_topic_and_reports_its_start_up(
+    connections, kafka_broker, mongo_server, airflow_home
+) -> None:
+    # More than two of the batches every contender writes (5,000), so that each one's documents
+    # arrive over time and it has a rate from its first document to its last.
+    n = 12_000
+    bs = kafka_broker.bootstrap_servers
+    topic = harness.fill_topic(bs, "bench_peers", n)
+
+    measured, unavailable = harness.run_peers(bs, mongo_server.uri, topic, n, reps=1)
+
+    assert unavailable == {}
+    assert set(measured) == {peer.name for peer in peers.PEERS_RUN}
+    for name, entry in measured.items():
+        [detail] = entry["detail"]
+        assert (detail["records"], detail["in_mongo"]) == (n, n), name
+        assert detail["startup_seconds"] > 0, name
+        assert entry["records"] == [n - detail["documents_at_first_sight"]] != [0], name

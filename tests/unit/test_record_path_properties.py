@@ -30,6 +30,8 @@ from kafka_mongo_etl.records import (
     MAX_NAME_PARTS,
     MAX_NESTING,
     BadRecordError,
+    _decode_exactly,
+    decode_json,
     id_identity,
     json_document,
     where,
@@ -316,6 +318,26 @@ def outcome(message: Message, strategy: str, ids: dict[str, Any]) -> str:
 def test_every_record_becomes_a_document_mongodb_accepts_or_a_bad_record(message, id_setting) -> None:
     strategy, ids = id_setting
     event(outcome(message, strategy, ids))
+
+
+def read_as(decode: Any, message: Message) -> str | tuple[str, str]:
+    """What a decoder makes of a record: the value's repr (types, order, -0.0 and NaN included),
+    or the error's code and reason."""
+    try:
+        return repr(decode(message))
+    except BadRecordError as err:
+        return err.code, str(err)
+
+
+@PROFILE
+@given(message=messages())
+def test_the_fast_decoder_reads_every_value_as_the_reference_decoder_does(message) -> None:
+    """msgspec reads most records; whatever it reads, and whatever it refuses, the outcome is the
+    reference decoder's (json with the int64 and double hooks), to the letter of the reason."""
+    assume(message.value() is not None)
+    fast = read_as(decode_json, message)
+    assert fast == read_as(lambda m: _decode_exactly(m.value(), m), message)
+    event("read" if isinstance(fast, str) else fast[0])
 
 
 class _DeadLetters:
