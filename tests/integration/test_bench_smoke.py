@@ -3,12 +3,16 @@ the records it was given, the memory probe loads them all in its own interpreter
 section drains every size, each peer (the sink connector, Bento, ours) loads exactly the topic,
 and the results have the shape results.json and BENCHMARKS.md need.
 
-No timing is asserted: a benchmark reports, it does not pass or fail on speed.
+No timing is asserted: a benchmark reports, it does not pass or fail on speed. The peers' test
+builds Bento from the Go module proxy and starts Kafka Connect, minutes on a fresh machine, so
+`make test` leaves it out; `BENCH_PEERS=1 .venv/bin/python -m pytest
+tests/integration/test_bench_smoke.py` runs it (`make bench` runs the peers anyway).
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -90,6 +94,9 @@ def test_a_capped_tutorial_reports_the_records_it_moved_not_n(
     assert 0 < sample.records == sample.detail["in_mongo"] < records
 
 
+@pytest.mark.skipif(
+    not os.environ.get("BENCH_PEERS"), reason="builds Bento and starts Connect: set BENCH_PEERS=1 to run it"
+)
 @pytest.mark.timeout(1800)  # the first run builds Bento from the Go module proxy (minutes)
 def test_each_peer_loads_exactly_the_topic_and_reports_its_start_up(
     connections, kafka_broker, mongo_server, airflow_home
