@@ -610,11 +610,7 @@ class Drain:
         progress = self.summary.partitions
         offsets = batch.next_offsets
         if offsets:
-            if self.lease is not None:
-                self.lease.renew()
-            _commit(self.consumer, self.topic, offsets)
-            if self.ledger is not None:
-                self.ledger.record(offsets)
+            self.commit_fenced(offsets)
             for partition, offset in offsets.items():
                 progress[partition].committed = offset
             self.last_progress = time.monotonic()
@@ -630,11 +626,15 @@ class Drain:
         """
         offsets = {p: progress.committed for p, progress in self.summary.partitions.items()}
         if offsets:
-            if self.lease is not None:
-                self.lease.renew()
-            _commit(self.consumer, self.topic, offsets)
-            if self.ledger is not None:
-                self.ledger.record(offsets)
+            self.commit_fenced(offsets)
+
+    def commit_fenced(self, offsets: dict[int, int]) -> None:
+        """The lease's fencing check, the synchronous commit, then the ledger's record of it."""
+        if self.lease is not None:
+            self.lease.renew()
+        _commit(self.consumer, self.topic, offsets)
+        if self.ledger is not None:
+            self.ledger.record(offsets)
 
     def stalled(self) -> bool:
         """True when a partition stayed below its snapshot for ``stall_timeout`` (an open transaction)."""
