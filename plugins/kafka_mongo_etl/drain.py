@@ -292,6 +292,20 @@ def start_offsets(
         progress[tp.partition] = PartitionProgress(
             start=start, end=high, committed=start, lost=lost, from_ledger=tp.partition in forgotten
         )
+    _check_starts(topic, group_id, on_retention_gap, forgotten, above, gaps)
+    return progress
+
+
+def _check_starts(
+    topic: str,
+    group_id: str,
+    on_retention_gap: str,
+    forgotten: dict[int, int],
+    above: dict[int, tuple[int, int]],
+    gaps: dict[int, tuple[int, int]],
+) -> None:
+    """Say where the ledger stood in for Kafka, and raise or warn for what ``start_offsets`` found
+    outside the log: offsets above it, records deleted below it."""
     if forgotten:
         log.warning(
             "Kafka has no committed offset of group %s for %s, although the drain committed one "
@@ -316,7 +330,6 @@ def start_offsets(
             topic,
             lost,
         )
-    return progress
 
 
 class Drain:
