@@ -271,24 +271,34 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
         raise
     except BaseException as err:
         # Record the failure in the run's audit, then fail the task with the original error.
-        # Bounded: when MongoDB is what failed, this write would wait a whole timeoutMS again;
-        # a stop (SIGTERM, the execution timeout) has seconds before Airflow kills the process.
-        bound = MONGO_FAILURE_AUDIT_TIMEOUT if isinstance(err, Exception) else MONGO_STOP_AUDIT_TIMEOUT
-        this_try.state, this_try.error = "failed", str(err) or type(err).__name__
-        with contextlib.suppress(PyMongoError), pymongo.timeout(bound):
-            if this_try.summary is None:
-                this_try.dead_letter_reasons = dead_letter_reasons_since(
-                    database[job.dead_letter_collection],
-                    run_id=job.run_id,
-                    group_id=job.consumer_group,
-                    topic=job.topic,
-                    since=this_try.started_at,
-                    partitions=job.partitions,
-                )
-            write_try(database[AUDIT_COLLECTION], job.audit_id, audit, this_try)
+        _audit_failure(job, database, audit, this_try, err)
         raise
     finally:
         close_client(client)
+
+
+def _audit_failure(
+    job: ConsumeJob, database: Database, audit: dict[str, Any], this_try: TryAudit, err: BaseException
+) -> None:
+    """Add the failed try to the run's audit, with the dead letters it wrote before it failed.
+
+    Bounded, and never raising: when MongoDB is what failed, this write would wait a whole
+    timeoutMS again; a stop (SIGTERM, the execution timeout) has seconds before Airflow kills
+    the process.
+    """
+    bound = MONGO_FAILURE_AUDIT_TIMEOUT if isinstance(err, Exception) else MONGO_STOP_AUDIT_TIMEOUT
+    this_try.state, this_try.error = "failed", str(err) or type(err).__name__
+    with contextlib.suppress(PyMongoError), pymongo.timeout(bound):
+        if this_try.summary is None:
+            this_try.dead_letter_reasons = dead_letter_reasons_since(
+                database[job.dead_letter_collection],
+                run_id=job.run_id,
+                group_id=job.consumer_group,
+                topic=job.topic,
+                since=this_try.started_at,
+                partitions=job.partitions,
+            )
+        write_try(database[AUDIT_COLLECTION], job.audit_id, audit, this_try)
 
 
 def _stall_problem(job: ConsumeJob, summary: DrainSummary) -> str | None:
