@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from chaos.versions import produce_versions, stale_query
 from chaos.work import Work
 from kafka_mongo_etl.clients import EtlConsumerHook
 from kafka_mongo_etl.drain import STOP_WAIT, DrainSettings, drain_to_watermark
@@ -238,18 +239,28 @@ def test_a_zombie_try_and_its_retry_never_both_commit(
     """Try 1 runs in its own process and is frozen (SIGSTOP: a paused VM, a worker cut off from
     Airflow) mid-drain; its retry takes the expired lease and loads everything; then try 1 wakes
     up. It must fail with LeaseLostError and commit nothing: a commit of its would move the
-    group's offsets back from the high watermarks to where it was frozen."""
+    group's offsets back from the high watermarks to where it was frozen. Every key has three
+    versions, interleaved: the write the zombie sends when it wakes holds older versions than
+    its retry stored, and the fence must keep the newer content (issue 19)."""
     work = Work(
         action="consume",
         topic=f"zombie-{os.getpid()}-{time.monotonic_ns()}",
         run_id="zombie-run",
-        count=2000,
+        count=700,
         mongo_db=f"zombie_{time.monotonic_ns()}",
         batch_size=100,
         lease_ttl=2.0,
         lease_wait=30.0,
     )
-    produce(work.topic, work.batch, work.count)
+    records = produce_versions(
+        kafka_conn_id="kafka_default",
+        topic=work.topic,
+        partitions=3,
+        batch=work.batch,
+        count=work.count,
+        versions=(1, 2, 3),
+        seed=7,
+    )
     log = tmp_path / "zombie.log"
     with open(log, "wb") as output:
         zombie = subprocess.Popen(
@@ -265,12 +276,12 @@ def test_a_zombie_try_and_its_retry_never_both_commit(
         )
         assert zombie.poll() is None, log.read_text()[-3000:]
         frozen_at = committed_offsets(work.topic, work.group_id, 3)
-        assert sum(frozen_at.values()) < work.count
+        assert sum(frozen_at.values()) < records
 
         # Waits for the frozen try's lease to expire, then drains the rest.
         run_consume(work.consume_job(drain=DrainSettings(batch_size=500)))
         done = committed_offsets(work.topic, work.group_id, 3)
-        assert sum(done.values()) == work.count
+        assert sum(done.values()) == records
 
         os.kill(zombie.pid, signal.SIGCONT)
         assert zombie.wait(timeout=60) != 0
@@ -284,6 +295,9 @@ def test_a_zombie_try_and_its_retry_never_both_commit(
     collection = mongo_client[work.mongo_db][work.mongo_collection]
     assert collection.count_documents({}) == work.count
     assert {d["_id"] for d in collection.find({}, {"_id": 1})} == work.expected_ids()
+    # The final content: every key at its last version, written after the zombie's late write.
+    assert collection.count_documents(stale_query(3)) == 0
+    assert {d["version"] for d in collection.find({}, {"version": 1})} == {3}
     mongo_client.drop_database(work.mongo_db)
 
 
