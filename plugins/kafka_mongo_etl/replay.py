@@ -246,6 +246,9 @@ def _replay_batch(
             continue
         documents.append(document)
         letter_of[id(document)] = letter
+    # The write model folds versions of one _id in read order (the last wins), and _id order is
+    # not offset order ("t:0:10" < "t:0:9"): write them in the order the partition holds them.
+    documents.sort(key=lambda doc: (doc.message.topic(), doc.message.partition(), doc.message.offset()))
     # Write first (fenced: never over newer content), delete after: see the module's docstring.
     result = sink.write(documents)
     summary.stale += result.stale
@@ -266,7 +269,9 @@ def _replay_batch(
             )
         summary.changed += len(notes) - len(outcome.refused) - outcome.count("nMatched")
     if loaded:
-        deletes = [DeleteOne({"_id": letter["_id"], "failed_at": letter["failed_at"]}) for letter in loaded]
+        deletes = [
+            DeleteOne({"_id": letter["_id"], "failed_at": letter.get("failed_at")}) for letter in loaded
+        ]
         deleted = _delete(letters, deletes)
         summary.loaded += deleted
         summary.changed += len(loaded) - deleted
@@ -279,7 +284,7 @@ def _delete(letters: Any, deletes: list[DeleteOne]) -> int:
 
 def _note(letter: dict[str, Any], update: dict[str, Any]) -> UpdateOne:
     # Matched only while the dead letter is the one read: a drain that wrote it again meanwhile wins.
-    return UpdateOne({"_id": letter["_id"], "failed_at": letter["failed_at"]}, update)
+    return UpdateOne({"_id": letter["_id"], "failed_at": letter.get("failed_at")}, update)
 
 
 def _failed_again(letter: dict[str, Any], code: str, reason: str, stage: str, now: dt.datetime) -> UpdateOne:

@@ -148,6 +148,20 @@ def test_a_replay_never_overwrites_newer_content(job, db, kafka_broker) -> None:
     assert db.testnum_dlq.count_documents({}) == 0
 
 
+def test_versions_of_one_key_replay_in_offset_order_not_id_order(job, db, kafka_broker) -> None:
+    """Dead-letter _ids sort as text ("t:0:10" before "t:0:9"); the latest version must still win."""
+    send(kafka_broker.bootstrap_servers, job.topic, [("k", {"other": n}) for n in range(11)])
+    assert run(job, 1)["dead_letters"] == 11
+    db.command("collMod", "testnum", validator={})
+
+    summary = replay_dead_letters(db, "testnum", DeadLetterSelection(run_id="run-1"))
+
+    assert (summary.selected, summary.loaded, summary.stale) == (11, 11, 0)
+    assert content(db, "k") == {"_id": "k", "other": 10}
+    assert db.testnum.find_one({"_id": "k"})["_kafka"] == {"partition": 0, "offset": 10, "applied": {"0": 10}}
+    assert db.testnum_dlq.count_documents({}) == 0
+
+
 def test_a_crash_between_write_and_delete_loads_exactly_once(job, db, kafka_broker, monkeypatch) -> None:
     send(kafka_broker.bootstrap_servers, job.topic, [("a", {"other": 1}), ("b", {"other": 2})])
     assert run(job, 1)["dead_letters"] == 2
