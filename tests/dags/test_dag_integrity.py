@@ -30,6 +30,7 @@ def test_dag_folder_has_no_import_errors(dagbag: DagBag) -> None:
         "kafka_to_mongo",
         "kafka_to_mongo_after_load",
         "kafka_to_mongo_on_arrival",
+        "kafka_to_mongo_replay",
     ]
 
 
@@ -336,3 +337,58 @@ def test_a_conf_with_the_old_option_names_still_reaches_the_drains(dag, monkeypa
     (planned,) = drains.python_callable()
     assert (planned["group_id"], planned["stall_timeout"]) == ("orders-loader", 90)
     assert "consumer_group" not in planned and "stall_timeout_seconds" not in planned
+
+
+@pytest.fixture(scope="module")
+def replay_dag(dagbag: DagBag):
+    return dagbag.dags["kafka_to_mongo_replay"]
+
+
+def test_replay_is_triggered_by_hand_with_retries_and_allowed_tags(replay_dag) -> None:
+    assert replay_dag.schedule is None
+    assert replay_dag.task_ids == ["replay"]
+    (task,) = replay_dag.tasks
+    assert task.retries >= 2 and task.retry_exponential_backoff and task.execution_timeout is not None
+    assert set(replay_dag.tags) <= ALLOWED_TAGS and replay_dag.tags
+    assert "exactly once" in (replay_dag.doc_md or "").lower()
+
+
+def test_the_replay_form_reuses_the_load_options(replay_dag) -> None:
+    from kafka_mongo_etl.options import option
+
+    for name in ("mongo_db", "mongo_collection", "write_mode", "id_strategy", "id_field", "id_fields"):
+        ours, theirs = replay_dag.params.get_param(name).schema, option(name).param().schema
+        assert {k: v for k, v in ours.items() if k != "section"} == {
+            k: v for k, v in theirs.items() if k != "section"
+        }, name
+    for name in replay_dag.params:
+        param = replay_dag.params.get_param(name)
+        assert param.schema.get("title") and param.description, name
+    values = _validated(replay_dag, {})
+    assert (values["mongo_conn_id"], values["write_mode"], values["run_id"], values["codes"]) == (
+        "mongo_default",
+        "replace",
+        None,
+        None,
+    )
+    picked = _validated(replay_dag, {"codes": ["rejected"], "ids": ["t:0:1"], "failed_after": "2026-12-06"})
+    assert (picked["codes"], picked["ids"]) == (["rejected"], ["t:0:1"])
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [{"codes": []}, {"codes": "rejected"}, {"ids": [""]}, {"write_mode": "upsert"}, {"batch_size": 0}],
+    ids=str,
+)
+def test_the_replay_form_rejects_bad_input(replay_dag, conf: dict) -> None:
+    with pytest.raises(ParamValidationError):
+        _validated(replay_dag, conf)
+
+
+def test_the_replay_task_refuses_an_empty_selection_without_retries(replay_dag) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from kafka_mongo_etl.replay import run_replay
+
+    with pytest.raises(AirflowFailException, match="no dead letters selected"):
+        run_replay(_validated(replay_dag, {}))
