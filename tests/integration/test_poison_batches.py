@@ -16,6 +16,7 @@ first in ``insert`` mode) and offsets committed past every record.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -139,10 +140,17 @@ def statement_limit(monkeypatch, job) -> list[int]:
     original = Collection.bulk_write
     commands: list[int] = []
 
+    def holds_mark(part: Any) -> bool:
+        # A request's document, an update's operators, or a fenced rewrite's pipeline (the
+        # record's body inside $literal, $mergeObjects, ...): the mark is a field name anywhere.
+        if isinstance(part, Mapping):
+            return TOO_LARGE in part or any(holds_mark(value) for value in part.values())
+        if isinstance(part, list):
+            return any(holds_mark(item) for item in part)
+        return False
+
     def marked(request: Any) -> bool:
-        document = getattr(request, "_doc", None) or {}
-        parts = (document, document.get("$set") or {}, document.get("$setOnInsert") or {})
-        return any(TOO_LARGE in part for part in parts)
+        return holds_mark(getattr(request, "_doc", None) or {})
 
     def bulk_write(self: Collection, requests: Any, *args: Any, **kwargs: Any) -> Any:
         if self.name != "testnum" or self.database.name != job.mongo_db:
