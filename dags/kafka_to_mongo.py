@@ -12,6 +12,7 @@ from airflow.sdk import dag, get_current_context, task
 from kafka_mongo_etl.lineage import loads_alias
 from kafka_mongo_etl.operators import KafkaToMongoOperator, ProduceNumberedBatchOperator
 from kafka_mongo_etl.options import (
+    DAG_DEFAULT_ARGS,
     check_options,
     consume_options,
     form_params,
@@ -89,12 +90,7 @@ def build_kafka_to_mongo(
         params=form_params(),
         doc_md=DOC_MD,
         tags=["kafka", "mongodb", "etl"],
-        default_args={
-            "retries": 3,
-            "retry_delay": dt.timedelta(seconds=15),
-            "retry_exponential_backoff": 2.0,
-            "max_retry_delay": dt.timedelta(minutes=10),
-        },
+        default_args=DAG_DEFAULT_ARGS,
     )
     def kafka_to_mongo() -> None:
         produce = ProduceNumberedBatchOperator(

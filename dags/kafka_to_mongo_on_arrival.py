@@ -16,6 +16,7 @@ from airflow.sdk import DAG, Asset, AssetWatcher
 from kafka_mongo_etl.arrivals import NewRecordsTrigger
 from kafka_mongo_etl.ids import default_group_id
 from kafka_mongo_etl.operators import KafkaToMongoOperator
+from kafka_mongo_etl.options import DAG_DEFAULT_ARGS
 
 DOC_MD = """
 ### Kafka → MongoDB on arrival
@@ -80,12 +81,7 @@ def build_on_arrival(
         max_active_runs=1,
         doc_md=DOC_MD.format(asset=arrivals.name, group=group, quiet=f"{quiet_interval:g}"),
         tags=["kafka", "mongodb", "etl"],
-        default_args={
-            "retries": 3,
-            "retry_delay": dt.timedelta(seconds=15),
-            "retry_exponential_backoff": 2.0,
-            "max_retry_delay": dt.timedelta(minutes=10),
-        },
+        default_args=DAG_DEFAULT_ARGS,
     ) as on_arrival:
         KafkaToMongoOperator(
             task_id="consume",

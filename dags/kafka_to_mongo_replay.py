@@ -9,7 +9,7 @@ from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from kafka_mongo_etl.options import option
+from kafka_mongo_etl.options import DAG_DEFAULT_ARGS, option
 
 DOC_MD = """
 ### Replay dead letters, exactly once
@@ -115,12 +115,7 @@ def replay_params() -> dict[str, Param]:
     params=replay_params(),
     doc_md=DOC_MD,
     tags=["kafka", "mongodb", "etl"],
-    default_args={
-        "retries": 3,
-        "retry_delay": dt.timedelta(seconds=15),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": dt.timedelta(minutes=10),
-    },
+    default_args=DAG_DEFAULT_ARGS,
 )
 def kafka_to_mongo_replay() -> None:
     @task(execution_timeout=dt.timedelta(hours=2))

@@ -26,6 +26,7 @@ checks that they match ``write_models.WRITE_MODELS`` and ``drain.RETENTION_GAP_P
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -76,6 +77,15 @@ class WriteMode:
     label: str
     needs_key_ids: bool = False
 
+
+# Every DAG of the package retries its tasks the same way: a retry starts from the committed
+# offsets, so retrying is always safe; the backoff gives a server or broker time to come back.
+DAG_DEFAULT_ARGS: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay": dt.timedelta(seconds=15),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": dt.timedelta(minutes=10),
+}
 
 # Implemented by write_models.WRITE_MODELS under the same names (a unit test checks it).
 WRITE_MODES: dict[str, WriteMode] = {
