@@ -39,49 +39,33 @@ def _shared(name: str, section: str) -> Param:
     return param
 
 
+def _criterion(kind: str, title: str, description: str) -> Param:
+    """A selection criterion: empty (not used), a string, or a list of non-empty strings."""
+    schema: dict[str, Any] = {"type": ["null", kind]}
+    if kind == "array":
+        schema |= {"items": {"type": "string", "minLength": 1}, "minItems": 1}
+    return Param(None, title=title, description=description, section=SELECTION_SECTION, **schema)
+
+
 def replay_params() -> dict[str, Param]:
     return {
         "mongo_db": option("mongo_db").param(),
         "mongo_collection": option("mongo_collection").param(),
-        "run_id": Param(
-            None,
-            type=["null", "string"],
-            title="Run id",
-            description="Dead letters written by this DAG run (their run_id field).",
-            section=SELECTION_SECTION,
+        "run_id": _criterion(
+            "string", "Run id", "Dead letters written by this DAG run (their run_id field)."
         ),
-        "codes": Param(
-            None,
-            type=["null", "array"],
-            items={"type": "string", "minLength": 1},
-            minItems=1,
-            title="Codes",
-            description="Dead letters with one of these codes (e.g. rejected, not_json).",
-            section=SELECTION_SECTION,
+        "codes": _criterion(
+            "array", "Codes", "Dead letters with one of these codes (e.g. rejected, not_json)."
         ),
-        "failed_after": Param(
-            None,
-            type=["null", "string"],
-            title="Failed at or after",
-            description="ISO 8601 date or time (UTC when it has no zone), e.g. 2026-12-06T10:00:00.",
-            section=SELECTION_SECTION,
+        "failed_after": _criterion(
+            "string",
+            "Failed at or after",
+            "ISO 8601 date or time (UTC when it has no zone), e.g. 2026-12-06T10:00:00.",
         ),
-        "failed_before": Param(
-            None,
-            type=["null", "string"],
-            title="Failed before",
-            description="ISO 8601 date or time (UTC when it has no zone); exclusive.",
-            section=SELECTION_SECTION,
+        "failed_before": _criterion(
+            "string", "Failed before", "ISO 8601 date or time (UTC when it has no zone); exclusive."
         ),
-        "ids": Param(
-            None,
-            type=["null", "array"],
-            items={"type": "string", "minLength": 1},
-            minItems=1,
-            title="Dead-letter _ids",
-            description="Dead letters by _id (topic:partition:offset).",
-            section=SELECTION_SECTION,
-        ),
+        "ids": _criterion("array", "Dead-letter _ids", "Dead letters by _id (topic:partition:offset)."),
         **{
             name: _shared(name, OPTIONS_SECTION)
             for name in ("write_mode", "id_strategy", "id_field", "id_fields")
