@@ -36,6 +36,7 @@ import yaml
 from pymongo import MongoClient
 
 from devstack.process import StackError, free_port
+from devstack.run import AirflowApi
 from kafka_mongo_etl.ids import batch_id, record_key
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,6 +49,7 @@ ENGINE_DIR = Path("/var/lib/k2m-docker")
 RUN_DIR = Path("/run/k2m-docker")
 SOCKET = RUN_DIR / "docker.sock"
 PIDFILE = RUN_DIR / "dockerd.pid"
+API_TIMEOUT = 180.0
 DOCKERD_FLAGS = ["--iptables=false", "--ip-masq=false", "--bridge=none"]
 BRIDGE_SYSCTL = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
 DEBIAN_IMAGE = "k2m-local/debian:bookworm"
@@ -79,54 +81,6 @@ def sh(*command: str | Path, check: bool = True, capture: bool = False, **kwargs
         tail = ((result.stdout or "") + (result.stderr or ""))[-2000:]
         raise StackError(f"{' '.join(map(str, command))[:200]} exited {result.returncode}\n{tail}")
     return result.stdout or ""
-
-
-@dataclass
-class Api:
-    """Airflow's REST API (/api/v2) with a JWT from /auth/token (SimpleAuthManager). Waits up to
-    ``timeout`` per call: on a busy 2-core machine the API server took 40 s to answer /health.
-    Nothing is retried, so a trigger is never sent twice."""
-
-    base_url: str
-    token: str = ""
-    timeout: float = 180.0
-
-    def sign_in(self, username: str, password: str) -> Api:
-        self.token = self._send("POST", "/auth/token", {"username": username, "password": password})[
-            "access_token"
-        ]
-        return self
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        return self._send(method, f"/api/v2{path}", body)
-
-    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
-        request = urllib.request.Request(
-            f"{self.base_url}{path}",
-            data=json.dumps(body).encode() if body is not None else None,
-            method=method,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.load(response)
-        except urllib.error.HTTPError as err:
-            detail = err.read().decode(errors="replace")[:500]
-            raise StackError(f"{method} {path} answered {err.code}: {detail}") from None
-
-    def wait_for_dag(self, dag_id: str, timeout: float) -> None:
-        """The dag-processor parses a new file on its own schedule: wait until it has this DAG."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.call("GET", f"/dags/{dag_id}")
-                return
-            except StackError:
-                if time.monotonic() > deadline:
-                    raise StackError(
-                        f"the dag-processor has not parsed {dag_id} in {timeout:.0f} s"
-                    ) from None
-                time.sleep(3)
 
 
 @dataclass
@@ -380,9 +334,10 @@ class Stack:
                 )
             time.sleep(3)
 
-    def api(self) -> Api:
+    def api(self) -> AirflowApi:
         url = f"http://127.0.0.1:{self.env['AIRFLOW_HOST_PORT']}"
-        return Api(url).sign_in("admin", self.env["AIRFLOW_ADMIN_PASSWORD"])
+        # On a busy 2-core machine the API server took 40 s to answer /health: long per-call bounds.
+        return AirflowApi.sign_in(url, "admin", self.env["AIRFLOW_ADMIN_PASSWORD"], timeout=API_TIMEOUT)
 
     def mongo(self) -> MongoClient:
         return MongoClient(
@@ -400,7 +355,7 @@ def run_path(run_id: str) -> str:
     return f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
 
 
-def wait_for_run(api: Api, run_id: str, timeout: float = RUN_TIMEOUT) -> None:
+def wait_for_run(api: AirflowApi, run_id: str, timeout: float = RUN_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while (state := api.call("GET", run_path(run_id))["state"]) not in ("success", "failed"):
         if time.monotonic() > deadline:
@@ -436,11 +391,11 @@ def check_batches(client: MongoClient, database: str, counts: dict[str, int]) ->
     )
 
 
-def trigger(api: Api, conf: dict[str, Any]) -> str:
+def trigger(api: AirflowApi, conf: dict[str, Any]) -> str:
     return api.call("POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
 
 
-def kill_worker_mid_drain(stack: Stack, api: Api, client: MongoClient) -> None:
+def kill_worker_mid_drain(stack: Stack, api: AirflowApi, client: MongoClient) -> None:
     """Kill the worker container running ``consume`` once part of the batch is in MongoDB; the
     retry on the other worker must leave exactly the batch's documents."""
     database, count = "compose_test_kill", 20000
@@ -471,7 +426,7 @@ def kill_worker_mid_drain(stack: Stack, api: Api, client: MongoClient) -> None:
     check_batches(client, database, {run_id: count})
 
 
-def backfill(stack: Stack, api: Api, client: MongoClient) -> None:
+def backfill(stack: Stack, api: AirflowApi, client: MongoClient) -> None:
     """``airflow backfill create`` in the airflow-cli container for two past hours; the scheduler
     runs them; each run's batch must be in MongoDB exactly."""
     database, count = "compose_test_backfill", 300

@@ -28,19 +28,21 @@ DAG_ID = "kafka_to_mongo"
 
 @dataclass
 class AirflowApi:
-    """A signed-in client of the api-server's public REST API (/api/v2)."""
+    """A signed-in client of the api-server's public REST API (/api/v2). ``timeout`` bounds each
+    call; nothing is retried, so a trigger is never sent twice."""
 
     base_url: str
     token: str
+    timeout: float = 30.0
 
     @classmethod
-    def sign_in(cls, base_url: str, username: str, password: str) -> AirflowApi:
+    def sign_in(cls, base_url: str, username: str, password: str, timeout: float = 30.0) -> AirflowApi:
         body = json.dumps({"username": username, "password": password}).encode()
         request = urllib.request.Request(
             f"{base_url}/auth/token", data=body, headers={"Content-Type": "application/json"}
         )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return cls(base_url, json.load(response)["access_token"])
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return cls(base_url, json.load(response)["access_token"], timeout)
 
     @classmethod
     def for_stack(cls, airflow: AirflowStandalone) -> AirflowApi:
@@ -69,7 +71,7 @@ class AirflowApi:
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.load(response)
         except urllib.error.HTTPError as err:
             detail = err.read().decode(errors="replace")[:500]
