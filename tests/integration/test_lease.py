@@ -106,11 +106,11 @@ def test_a_lease_taken_over_stops_the_drain_before_its_next_commit(
     leases = mongo_client[job.mongo_db][LEASE_COLLECTION]
 
     class TakenOverDuringTheSecondWrite(MongoSink):
-        writes = 0
+        sizes: list[int] = []
 
         def write(self, documents):
-            type(self).writes += 1
-            if type(self).writes == 2:
+            type(self).sizes.append(len(documents))
+            if len(type(self).sizes) == 2:
                 # What a drain that found the lease expired does: take it under its own name.
                 leases.update_one({}, {"$set": {"owner": "the-retry/try-2/abc"}})
             return super().write(documents)
@@ -119,10 +119,14 @@ def test_a_lease_taken_over_stops_the_drain_before_its_next_commit(
     with pytest.raises(LeaseLostError, match=r"the-retry/try-2/abc holds it") as err:
         run_consume(replace(job, drain=replace(job.drain, batch_size=100)))
     assert "'mongo_default'" in str(err.value)
-    # The first batch was committed; the second was written but not committed.
+    # The first batch was committed; the second was written but not committed. A batch can hold
+    # fewer than batch_size records (end-of-partition events count against consume()'s limit, and
+    # a busy broker returns what it has), so the counts are the batches' own.
+    first, second = TakenOverDuringTheSecondWrite.sizes
+    assert 0 < first <= 100 and 0 < second <= 100
     committed = committed_offsets(job.topic, job.consumer_group, partitions=3)
-    assert sum(max(o, 0) for o in committed.values()) == 100
-    assert mongo_client[job.mongo_db].testnum.count_documents({}) == 200
+    assert sum(max(o, 0) for o in committed.values()) == first
+    assert mongo_client[job.mongo_db].testnum.count_documents({}) == first + second
     # Not released: the lease is the new owner's.
     assert leases.find_one()["owner"] == "the-retry/try-2/abc"
 
