@@ -20,7 +20,7 @@ from pathlib import Path
 import airflow  # noqa: F401
 
 from chaos.points import KILL_POINTS, NO_FAULT, install, plan_for
-from chaos.work import Work, run_work
+from trials.work import Work, run_work
 
 
 def main(argv: list[str] | None = None) -> int:

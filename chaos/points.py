@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from chaos.work import Work
+from trials.work import Work
 
 PRODUCE_MID_BATCH = "produce-mid-batch"
 CONSUME_AFTER_FETCH = "consume-after-fetch"

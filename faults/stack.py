@@ -18,16 +18,16 @@ from devstack.mongo import MongoWireServer
 from devstack.process import free_port
 from devstack.toxiproxy import Proxy, ToxiproxyServer
 from faults.kinds import MESSAGE_TIMEOUT_MS, MONGO_TIMEOUT_MS, PRODUCER_QUEUE_MESSAGES
+from trials.checks import Stack
 
 
-@dataclass(frozen=True)
-class FaultStack:
+@dataclass(frozen=True, kw_only=True)
+class FaultStack(Stack):
+    """The checks' addresses (``Stack``: round the proxies) and the proxies the ETL goes through."""
+
     toxiproxy: ToxiproxyServer
     kafka: Proxy
     mongo: Proxy
-    # Round the proxies, for the checks.
-    bootstrap_servers: str
-    mongo_uri: str
 
     def proxy(self, name: str) -> Proxy:
         return {"kafka": self.kafka, "mongo": self.mongo}[name]
@@ -90,7 +90,13 @@ def fault_stack(state_dir: Path, mongo: MongoWireServer | None = None) -> Iterat
             server.start()
         kafka = toxiproxy.create_proxy("kafka", kafka_proxy_port, f"{broker.host}:{broker.proxied_port}")
         mongo_proxy = toxiproxy.create_proxy("mongo", free_port(), f"{server.host}:{server.port}")
-        yield FaultStack(toxiproxy, kafka, mongo_proxy, broker.bootstrap_servers, server.uri)
+        yield FaultStack(
+            bootstrap_servers=broker.bootstrap_servers,
+            mongo_uri=server.uri,
+            toxiproxy=toxiproxy,
+            kafka=kafka,
+            mongo=mongo_proxy,
+        )
     finally:
         if own_mongo:
             server.stop()

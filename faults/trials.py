@@ -14,25 +14,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
-from pymongo import MongoClient, monitoring
+from confluent_kafka import KafkaException
+from pymongo import monitoring
 
-from chaos.trials import topic_offsets
-from chaos.versions import latest_below, produce_versions, stale_query, versions_for
 from devstack.toxiproxy import Proxy
 from faults.kinds import BATCH_SIZE, FAILING_TRY_BOUND, KAFKA_RESET_PRODUCE, FaultPlan, plan_for
 from faults.stack import FaultStack
+from trials import harness
+from trials.checks import committed_not_written, records_on_topic, verify, watermarks
+from trials.versions import produce_versions_of, versions_for
+from trials.work import Work, run_work, unique_name
 
 log = logging.getLogger(__name__)
 
 DAG_ID = "faults"
-COLLECTION = "records"
-PARTITIONS = 3
 # The DAG's retries=3: four tries in all.
 MAX_TRIES = 4
 
@@ -152,40 +150,11 @@ class TryRecord:
 
 
 @dataclass
-class Verification:
-    expected: int
-    documents: int
-    distinct_ids: int
-    lost: int
-    duplicate: int
-    unexpected: int
-    # Documents holding an older version than the last one produced for their key.
-    stale: int
-    # Records between the group's committed offsets and the high watermarks after the last try.
-    offsets_behind: int
-    ids: set[Any] = field(default_factory=set, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return not (self.lost or self.duplicate or self.stale or self.unexpected or self.offsets_behind)
-
-
-@dataclass
-class FaultTrialResult:
-    kind: str
-    trial: int
-    seed: int
-    plan: dict[str, Any]
-    topic: str
-    mongo_db: str
-    # Versions of each key on the topic (chaos.versions): the last must be in MongoDB.
-    versions: int
+class FaultTrialResult(harness.TrialResult):
     tries: list[TryRecord]
-    verification: Verification
     # Seconds from the trial's start at which the fault went on and off (None: never injected).
     injected_at: float | None
     removed_at: float | None
-    seconds: float
 
     @property
     def failing_tries(self) -> list[TryRecord]:
@@ -194,17 +163,11 @@ class FaultTrialResult:
     @property
     def problems(self) -> list[str]:
         """Why the trial failed (empty: it passed)."""
-        problems = []
+        problems = super().problems
         if self.injected_at is None:
             problems.append("the fault was never injected (the task finished before its moment)")
         if not self.tries or self.tries[-1].failed:
             problems.append(f"the task did not succeed within {MAX_TRIES} tries")
-        v = self.verification
-        if not v.ok:
-            problems.append(
-                f"lost {v.lost}, duplicate {v.duplicate}, stale {v.stale}, unexpected {v.unexpected}, "
-                f"offsets behind {v.offsets_behind}"
-            )
         for t in self.failing_tries:
             if t.committed_not_written:
                 problems.append(f"try {t.number}: {t.committed_not_written} committed records not in MongoDB")
@@ -218,49 +181,12 @@ class FaultTrialResult:
                 )
         return problems
 
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["verification"].pop("ids")
-        data["ok"] = self.ok
-        data["problems"] = self.problems
-        return data
-
-
-def _unique(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:10]}"
-
 
 def _names_connection(message: str, stack: FaultStack) -> bool:
     return any(
         f"{conn_id!r} ({address})" in message
         for conn_id, address in (("mongo_default", stack.mongo.listen), ("kafka_default", stack.kafka.listen))
     )
-
-
-def _records_on_topic(stack: FaultStack, topic: str, consumer: Consumer | None = None) -> int:
-    """Records on ``topic`` now (high minus low watermarks, read round the proxy); 0 if it is missing."""
-    own = consumer is None
-    consumer = consumer or Consumer(
-        {"bootstrap.servers": stack.bootstrap_servers, "group.id": "faults-checks"}
-    )
-    try:
-        found = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if found is None or found.error is not None:
-            return 0
-        return sum(
-            high - low
-            for low, high in (
-                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
-                for p in found.partitions
-            )
-        )
-    finally:
-        if own:
-            consumer.close()
 
 
 def _when_records_on_topic(
@@ -271,69 +197,22 @@ def _when_records_on_topic(
     reached = threading.Event()
 
     def watch() -> None:
-        consumer = Consumer({"bootstrap.servers": stack.bootstrap_servers, "group.id": "faults-checks"})
+        consumer = stack.consumer()
         try:
             while not stop.is_set():
                 try:
-                    if _records_on_topic(stack, topic, consumer) >= at_least:
-                        reached.set()
-                        return
+                    marks = watermarks(consumer, topic, timeout=10)
                 except KafkaException:
-                    pass  # not created yet
+                    marks = {}  # asked while the topic was being created
+                if sum(high - low for low, high in marks.values()) >= at_least:
+                    reached.set()
+                    return
                 time.sleep(0.002)
         finally:
             consumer.close()
 
     threading.Thread(target=watch, name="fault-trigger", daemon=True).start()
     return reached
-
-
-def _committed_not_written(stack: FaultStack, topic: str, group_id: str, mongo_db: str) -> int:
-    """Keys with a record below the group's committed offsets whose document is missing or holds
-    an earlier record (a key's versions are all on one partition, in order: its document must
-    come from its last record below the committed offset, or a later one)."""
-    offsets = topic_offsets(stack, topic, group_id)
-    committed = {p: (low, max(low, committed)) for p, (low, _high, committed) in offsets.items()}
-    promised = latest_below(stack.bootstrap_servers, topic, committed)
-    client: MongoClient = MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=10_000)
-    try:
-        stored = {
-            doc["_id"]: (doc.get("_kafka", {}).get("partition"), doc.get("_kafka", {}).get("offset", -1))
-            for doc in client[mongo_db][COLLECTION].find({}, {"_kafka.partition": 1, "_kafka.offset": 1})
-        }
-    finally:
-        client.close()
-    return sum(
-        1
-        for key, (partition, offset) in promised.items()
-        if key not in stored or stored[key][0] != partition or stored[key][1] < offset
-    )
-
-
-def verify(
-    stack: FaultStack, topic: str, group_id: str, mongo_db: str, expected: set[str], final_version: int
-) -> Verification:
-    client: MongoClient = MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=10_000)
-    try:
-        collection = client[mongo_db][COLLECTION]
-        documents = collection.count_documents({})
-        distinct = collection.distinct("_id")
-        ids = {doc["_id"] for doc in collection.find({}, {"_id": 1})}
-        stale = collection.count_documents(stale_query(final_version))
-    finally:
-        client.close()
-    offsets = topic_offsets(stack, topic, group_id)
-    return Verification(
-        expected=len(expected),
-        documents=documents,
-        distinct_ids=len(distinct),
-        lost=len(expected - ids),
-        duplicate=documents - len(distinct),
-        unexpected=len(ids - expected),
-        stale=stale,
-        offsets_behind=sum(high - max(committed, low) for low, high, committed in offsets.values()),
-        ids=ids,
-    )
 
 
 def run_fault_trial(
@@ -352,109 +231,65 @@ def run_fault_trial(
     The produce fault hits ``run_produce``; its retries re-send the batch, then one consume
     loads it. The other faults hit ``run_consume`` of a batch produced beforehand. ``count``
     replaces the plan's record count (a consume fault then starts at the first bulk write).
-    Every key has 2 or 3 versions (``chaos.versions``): the older ones are produced before the
+    Every key has 2 or 3 versions (``trials.versions``): the older ones are produced before the
     produce task (which writes the last), or all of them before the consume.
     """
-    from kafka_mongo_etl.drain import DrainSettings
-    from kafka_mongo_etl.ids import batch_id, record_key
-    from kafka_mongo_etl.tasks import ConsumeJob, run_consume, run_produce
-
     plan = plan_for(kind, seed)
     if count is not None:
         plan = replace(plan, count=count, after=1 if kind != KAFKA_RESET_PRODUCE else plan.after)
-    topic = topic or _unique(f"faults-{kind}-")
-    mongo_db = mongo_db or _unique("faults_")
-    run_id = f"trial-{trial}-{seed}"
-    batch = batch_id(DAG_ID, run_id)
-    job = ConsumeJob(
-        kafka_conn_id="kafka_default",
-        mongo_conn_id="mongo_default",
-        topic=topic,
-        mongo_db=mongo_db,
-        mongo_collection=COLLECTION,
-        batch=batch,
-        run_id=run_id,
-        lease_wait=60.0,
+    work = Work(
+        action="consume",
+        topic=topic or unique_name(f"faults-{kind}-"),
+        run_id=f"trial-{trial}-{seed}",
+        count=plan.count,
+        mongo_db=mongo_db or unique_name("faults_"),
+        batch_size=BATCH_SIZE,
+        stall_timeout=plan.stall_timeout,
         lease_ttl=plan.lease_ttl,
-        drain=DrainSettings(batch_size=BATCH_SIZE, stall_timeout=plan.stall_timeout),
+        versions=versions_for(seed),
+        dag_id=DAG_ID,
     )
-
-    versions = versions_for(seed)
-
-    def produce_versions_up_to(last: int) -> int:
-        if last < 1:
-            return 0
-        return produce_versions(
-            kafka_conn_id="kafka_default",
-            topic=topic,
-            partitions=PARTITIONS,
-            batch=batch,
-            count=plan.count,
-            versions=list(range(1, last + 1)),
-            seed=seed,
-        )
-
-    def produce() -> None:
-        run_produce(
-            kafka_conn_id="kafka_default",
-            topic=topic,
-            partitions=PARTITIONS,
-            batch=batch,
-            start=0,
-            count=plan.count,
-        )
-
-    def consume() -> None:
-        run_consume(job)
-
     stack.toxiproxy.reset()
     fault = Fault(plan, stack.proxy(plan.proxy))
     began = time.monotonic()
     tries: list[TryRecord] = []
     if kind == KAFKA_RESET_PRODUCE:
-        older = produce_versions_up_to(versions - 1)
+        older = produce_versions_of(work, work.versions - 1, seed)
         stop_watching = threading.Event()
-        trigger = _when_records_on_topic(stack, topic, older + plan.after, stop_watching)
+        trigger = _when_records_on_topic(stack, work.topic, older + plan.after, stop_watching)
         tries += _tries(
-            "produce",
-            produce,
+            replace(work, action="produce"),
             fault,
             trigger,
             stack,
-            after_failure=lambda record: setattr(record, "on_topic", _records_on_topic(stack, topic)),
+            after_failure=lambda record: setattr(record, "on_topic", records_on_topic(stack, work.topic)),
         )
         stop_watching.set()
         if not tries[-1].failed:
-            tries += _tries("consume", consume, None, None, stack)
+            tries += _tries(work, None, None, stack)
     else:
-        produce_versions_up_to(versions)
-        trigger = WRITES.arm(mongo_db, COLLECTION, plan.after)
+        produce_versions_of(work, work.versions, seed)
+        trigger = WRITES.arm(work.mongo_db, work.mongo_collection, plan.after)
         tries += _tries(
-            "consume",
-            consume,
+            work,
             fault,
             trigger,
             stack,
             after_failure=lambda record: setattr(
-                record,
-                "committed_not_written",
-                _committed_not_written(stack, topic, job.consumer_group, mongo_db),
+                record, "committed_not_written", committed_not_written(stack, work)
             ),
         )
         WRITES.disarm()
     stack.toxiproxy.reset()
-    expected = {record_key(batch, n) for n in range(plan.count)}
-    verification = verify(stack, topic, job.consumer_group, mongo_db, expected, versions)
     return FaultTrialResult(
-        kind=kind,
+        scenario=kind,
         trial=trial,
         seed=seed,
         plan=plan.as_dict(),
-        topic=topic,
-        mongo_db=mongo_db,
-        versions=versions,
+        topic=work.topic,
+        mongo_db=work.mongo_db,
         tries=tries,
-        verification=verification,
+        verification=verify(stack, work),
         injected_at=None if fault.injected_at is None else round(fault.injected_at - began, 2),
         removed_at=None if fault.removed_at is None else round(fault.removed_at - began, 2),
         seconds=round(time.monotonic() - began, 2),
@@ -462,14 +297,13 @@ def run_fault_trial(
 
 
 def _tries(
-    task: str,
-    run: Callable[[], None],
+    work: Work,
     fault: Fault | None,
     trigger: threading.Event | None,
     stack: FaultStack,
     after_failure: Callable[[TryRecord], None] | None = None,
 ) -> list[TryRecord]:
-    """Run ``task`` until it succeeds, at most MAX_TRIES times; the fault is armed for the first."""
+    """Run ``work`` until it succeeds, at most MAX_TRIES times; the fault is armed for the first."""
     records = []
     for number in range(1, MAX_TRIES + 1):
         armed = fault is not None and trigger is not None and number == 1
@@ -478,14 +312,14 @@ def _tries(
         began = time.monotonic()
         error: Exception | None = None
         try:
-            run()
+            run_work(work)
         except Exception as err:  # noqa: BLE001 - every failure of a try is what the trial records
             error = err
         seconds = round(time.monotonic() - began, 2)
         if armed:
             fault.try_ended()
         record = TryRecord(
-            task=task,
+            task=work.action,
             number=number,
             seconds=seconds,
             faulted=armed and fault.injected_at is not None,
@@ -497,7 +331,9 @@ def _tries(
             record.acknowledged = getattr(error, "acknowledged", None)
             if after_failure is not None:
                 after_failure(record)
-            log.info("%s try %d failed after %.1fs: %s: %s", task, number, seconds, record.error_type, error)
+            log.info(
+                "%s try %d failed after %.1fs: %s: %s", work.action, number, seconds, record.error_type, error
+            )
         records.append(record)
         if error is None:
             break

@@ -1,6 +1,6 @@
 """Crash injection, a fixed set: the task process is SIGKILLed at each kill point, its retry (the
 same DAG run) finishes, and the target holds exactly the batch's ``_id`` set, each key with the
-last of its 2 or 3 versions (``chaos.versions``).
+last of its 2 or 3 versions (``trials.versions``).
 
 The randomized version with many trials per point is ``make chaos`` (chaos/harness.py).
 """
@@ -19,10 +19,11 @@ from chaos.points import (
     CONSUME_MID_BULK_WRITE,
     PRODUCE_MID_BATCH,
 )
-from chaos.trials import SIGKILLED, Stack, TrialResult, run_overlapping, run_trial
+from chaos.trials import SIGKILLED, TrialResult, run_overlapping, run_trial
 from devstack.kafka import KafkaBroker
 from devstack.mongo import MongoWireServer
 from kafka_mongo_etl.ids import record_key
+from trials.checks import Stack
 
 COUNT = 600  # three partitions, drain batches of 200: at least three writes and commits
 
@@ -43,7 +44,7 @@ def assert_killed_then_recovered(result: TrialResult) -> dict:
     killed, retry = result.runs[0], result.runs[1]
     assert (killed.role, retry.role) == ("killed", "retry")
     assert killed.returncode == SIGKILLED, f"not SIGKILLed (exit {killed.returncode}); see {killed.log}"
-    assert killed.note is not None and killed.note["point"] == result.point
+    assert killed.note is not None and killed.note["point"] == result.scenario
     assert retry.returncode == 0, f"the retry failed; see {retry.log}"
     verification = result.verification
     (batch,) = result.batches
@@ -135,7 +136,7 @@ def test_overlapping_runs_load_one_copy_of_every_record(stack, topic, mongo_db, 
 
 
 def test_the_stale_check_counts_documents_older_than_their_keys_last_version(mongo_client, mongo_db) -> None:
-    from chaos.versions import stale_query
+    from trials.versions import stale_query
 
     collection = mongo_client[mongo_db]["records"]
     collection.insert_many(

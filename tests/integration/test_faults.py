@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from chaos.work import Work
 from faults.kinds import (
     FAULT_KINDS,
     KAFKA_CUT,
@@ -37,6 +36,7 @@ from kafka_mongo_etl.drain import DrainSettings
 from kafka_mongo_etl.errors import ConnectionProblem, DrainStalledError
 from kafka_mongo_etl.ids import batch_id, record_key
 from kafka_mongo_etl.tasks import _mongo_client, run_consume, run_produce
+from trials.work import Work
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,7 +108,7 @@ def test_a_fault_mid_flight_loads_every_record_exactly_once(
 
 
 def topic_state(stack: FaultStack, topic: str, group_id: str) -> dict[int, tuple[int, int, int]]:
-    from chaos.trials import topic_offsets
+    from trials.checks import topic_offsets
 
     return topic_offsets(stack, topic, group_id)
 

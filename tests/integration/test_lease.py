@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from chaos.versions import produce_versions, stale_query
-from chaos.work import Work
 from kafka_mongo_etl.clients import EtlConsumerHook
 from kafka_mongo_etl.drain import STOP_WAIT, DrainSettings, drain_to_watermark
 from kafka_mongo_etl.errors import DrainBusyError, LeaseLostError, StopRequested
@@ -29,6 +27,8 @@ from kafka_mongo_etl.lease import DrainLease, lease_owner, partition_leases
 from kafka_mongo_etl.mongo_sink import MongoSink
 from kafka_mongo_etl.records import json_document
 from kafka_mongo_etl.tasks import LEASE_COLLECTION, run_consume, run_produce
+from trials.versions import produce_versions, stale_query
+from trials.work import Work
 
 REPO = Path(__file__).resolve().parents[2]
 

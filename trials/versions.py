@@ -15,7 +15,10 @@ import json
 import random
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trials.work import Work
 
 VERSION_FIELD = "version"
 
@@ -82,47 +85,23 @@ def produce_versions(
     return len(order)
 
 
+def produce_versions_of(work: Work, last: int, seed: int) -> int:
+    """Versions ``1 … last`` of every key of ``work``'s batch (nothing when ``last`` < 1); returns
+    the number of records."""
+    if last < 1:
+        return 0
+    return produce_versions(
+        kafka_conn_id=work.kafka_conn_id,
+        topic=work.topic,
+        partitions=work.partitions,
+        batch=work.batch,
+        count=work.count,
+        versions=list(range(1, last + 1)),
+        seed=seed,
+    )
+
+
 def stale_query(final_version: int) -> dict[str, Any]:
     """Documents that hold a version older than the last one produced for their key (a document
     without a version holds the DAG produce task's record, which came last)."""
     return {VERSION_FIELD: {"$exists": True, "$ne": final_version}}
-
-
-def latest_below(
-    bootstrap_servers: str, topic: str, ends: dict[int, tuple[int, int]]
-) -> dict[str, tuple[int, int]]:
-    """``{key: (partition, offset)}`` of each key's last record below ``ends``
-    (``{partition: (low, end)}``).
-
-    What a consumer group that committed ``end`` has promised is in MongoDB: for each key, at
-    least the version at that offset. Reads the topic with a consumer of its own (no commits).
-    """
-    import time
-
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
-
-    wanted = {p: (low, end) for p, (low, end) in ends.items() if end > low}
-    latest: dict[str, tuple[int, int]] = {}
-    if not wanted:
-        return latest
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap_servers, "group.id": "chaos-checks", "enable.auto.commit": False}
-    )
-    try:
-        consumer.assign([TopicPartition(topic, p, low) for p, (low, _) in wanted.items()])
-        reached = {p: low for p, (low, _) in wanted.items()}
-        deadline = time.monotonic() + 60
-        while any(reached[p] < end for p, (_, end) in wanted.items()):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"could not read {topic!r} up to {wanted} in 60 s (at {reached})")
-            for message in consumer.consume(num_messages=1000, timeout=1.0):
-                if message.error() is not None:
-                    raise KafkaException(message.error())
-                partition, offset = message.partition(), message.offset()
-                if offset < wanted[partition][1]:
-                    latest[message.key().decode()] = (partition, offset)
-            for tp in consumer.position([TopicPartition(topic, p) for p in wanted]):
-                reached[tp.partition] = max(reached[tp.partition], tp.offset)
-    finally:
-        consumer.close()
-    return latest

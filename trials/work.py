@@ -1,20 +1,26 @@
-"""What one task process of a trial does: the DAG's ``produce`` or ``consume`` task, or both.
+"""What one task try of a trial does: the DAG's ``produce`` or ``consume`` task, or both.
 
-A ``Work`` travels from the harness to the child as JSON; the child calls the same functions the
-DAG's tasks call (``run_produce``, ``run_consume``), with the batch id and consumer group the DAG
-would use. ``kafka_mongo_etl`` is imported lazily: it is on ``sys.path`` only once Airflow has
-been imported with an ``AIRFLOW_HOME`` whose ``plugins_folder`` is this repository's ``plugins/``.
+The crash trials send a ``Work`` to their child process as JSON (``chaos.child``); the fault
+trials run it in their own process. Either way it calls what the DAG's tasks call
+(``run_produce``, ``run_consume``), with the batch id and consumer group the DAG would use.
+``kafka_mongo_etl`` is imported lazily: it is on ``sys.path`` only once Airflow has been imported
+with an ``AIRFLOW_HOME`` whose ``plugins_folder`` is this repository's ``plugins/``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import uuid
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 ACTIONS = ("produce", "consume", "produce+consume")
-DAG_ID = "chaos"
+
+
+def unique_name(prefix: str) -> str:
+    """A topic or database name no other trial uses."""
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
 
 
 @dataclass(frozen=True)
@@ -37,8 +43,10 @@ class Work:
     lease_ttl: float = 3.0
     kafka_conn_id: str = "kafka_default"
     mongo_conn_id: str = "mongo_default"
-    # How many versions of each key are on the topic once the batch is produced (chaos.versions).
+    # How many versions of each key are on the topic once the batch is produced (trials.versions).
     versions: int = 1
+    # The DAG id the batch id is built from: each injector its own, so their batches never meet.
+    dag_id: str = "chaos"
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -49,7 +57,7 @@ class Work:
         """The batch id the DAG builds from its dag id and run id."""
         from kafka_mongo_etl.ids import batch_id
 
-        return batch_id(DAG_ID, self.run_id)
+        return batch_id(self.dag_id, self.run_id)
 
     @property
     def group_id(self) -> str:

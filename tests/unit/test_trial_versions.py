@@ -1,4 +1,4 @@
-"""The several-versions-per-key records of the chaos and fault trials (``chaos.versions``)."""
+"""The several-versions-per-key records of the chaos and fault trials (``trials.versions``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chaos.versions import interleaved, versions_for
+from trials.versions import interleaved, versions_for
 
 
 @given(count=st.integers(0, 60), versions=st.integers(1, 4), seed=st.integers(0, 2**16))
