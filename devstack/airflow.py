@@ -23,14 +23,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack.process import ManagedProcess, StackError, port_is_free, wait_until
+from devstack.process import ManagedProcess, StackError, wait_until
+from devstack.service import Port, Service
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_SETTINGS = REPO / "docker" / "airflow.env"
@@ -207,41 +207,36 @@ class AirflowHome:
 
 
 @dataclass
-class AirflowStandalone:
+class AirflowStandalone(Service):
     """``airflow standalone`` (scheduler, dag-processor, api-server, triggerer) for one home."""
 
     home: AirflowHome
     state_dir: Path
     port_setting: str = "AIRFLOW_PORT"
+    host: str = "127.0.0.1"
+
+    name = "airflow"
+    label = "Airflow"
+    start_timeout = 300.0
+    # standalone stops its components on SIGINT; the group signal reaches them all.
+    stop_signal = signal.SIGINT
+    stop_timeout = 40.0
+    poll_interval = 1.0
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.home.api_port}"
+        return f"http://{self.host}:{self.home.api_port}"
 
     @property
-    def process(self) -> ManagedProcess:
-        return ManagedProcess(
-            "airflow", self.state_dir / "airflow.pid", self.state_dir / "logs" / "airflow.log"
-        )
+    def address(self) -> str:
+        return self.url
 
-    def check_ports(self) -> None:
-        """Fail, naming the setting that moves it, when the api-server's port is taken."""
-        if not port_is_free("127.0.0.1", self.home.api_port):
-            raise StackError(
-                f"port {self.home.api_port} (Airflow api-server) is already in use by another process; "
-                f"stop it or move ours with {self.port_setting}=<port> "
-                f"(e.g. make up {self.port_setting}={self.home.api_port + 10000})"
-            )
+    def ports(self) -> list[Port]:
+        return [Port(self.home.api_port, "Airflow api-server", self.port_setting)]
 
-    def start(self, timeout: float = 300.0) -> bool:
-        if self.process.running():
-            self.wait_ready(timeout)
-            return False
-        self.check_ports()
+    def launch(self) -> None:
         airflow = Path(sys.executable).parent / "airflow"
         self.process.start([str(airflow), "standalone"], env=self.home.env(), cwd=REPO)
-        self.wait_ready(timeout)
-        return True
 
     def health(self) -> dict[str, str]:
         """Component -> status from the api-server's health endpoint ({} when it does not answer)."""
@@ -260,13 +255,6 @@ class AirflowStandalone:
         health = self.health()
         wanted = ("metadatabase", "scheduler", "triggerer", "dag_processor")
         return bool(health) and all(health.get(name) == "healthy" for name in wanted)
-
-    def wait_ready(self, timeout: float = 300.0) -> None:
-        wait_until(f"Airflow on {self.url}", self.ready, timeout, self.process, interval=1.0)
-
-    def stop(self) -> bool:
-        # standalone stops its components on SIGINT; the group signal reaches them all.
-        return self.process.stop(timeout=40.0, first_signal=signal.SIGINT)
 
 
 # The components `airflow standalone` runs, each started on its own here.
@@ -323,6 +311,9 @@ class AirflowServices:
 
     def running(self) -> bool:
         return any(process.running() for process in self.processes)
+
+    def ports(self) -> list[Port]:
+        return AirflowStandalone(self.home, self.state_dir, self.port_setting).ports()
 
     def check_ports(self) -> None:
         AirflowStandalone(self.home, self.state_dir, self.port_setting).check_ports()
@@ -414,20 +405,8 @@ class AirflowServices:
         return wanted <= self.celery_workers()
 
     def wait_ready(self, timeout: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.ready():
-            for process in self.processes[: len(COMPONENTS) + self.workers]:
-                if not process.running():
-                    raise StackError(
-                        f"{process.name} exited while starting; its log is {process.log_file}:\n"
-                        f"{process.tail()}"
-                    )
-            if time.monotonic() > deadline:
-                raise StackError(
-                    f"Airflow (CeleryExecutor, workers: {self.workers}) on {self.url} was not ready after "
-                    f"{timeout:.0f}s; see make logs"
-                )
-            time.sleep(1.0)
+        what = f"Airflow (CeleryExecutor, workers: {self.workers}) on {self.url}"
+        wait_until(what, self.ready, timeout, self.processes[: len(COMPONENTS) + self.workers], interval=1.0)
 
     def stop(self) -> bool:
         """Stop the workers (a warm shutdown lets running tasks finish, up to 60 s; they still need

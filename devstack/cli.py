@@ -26,6 +26,7 @@ from devstack.postgres import PostgresServer
 from devstack.process import ManagedProcess, StackError, memory_mb
 from devstack.redis import RedisServer
 from devstack.run import report, trigger_and_wait
+from devstack.service import Service
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -144,56 +145,36 @@ class LocalStack:
         ):
             print(f"Connections: keeping your edits in {self.home.connections_file}")
 
+    def backing_services(self, celery: bool) -> list[Service]:
+        """The services Airflow needs, in the order ``up`` starts them (Redis only for Celery)."""
+        return [self.kafka, self.mongo, self.postgres, *([self.redis] if celery else [])]
+
     def check_ports(self, workers: int) -> None:
         """Fail before anything starts when two settings share a port or a port we need is taken.
 
         Without this, a taken MONGO_PORT or AIRFLOW_PORT was found only after Kafka had started.
         """
-        claimed: dict[int, str] = {}
-        for setting, port in (
-            (self.kafka.port_setting, self.kafka.port),
-            (self.kafka.controller_port_setting, self.kafka.controller_port),
-            (self.mongo.port_setting, self.mongo.port),
-            (self.postgres.port_setting, self.postgres.port),
-            (self.redis.port_setting, self.redis.port),
-            ("AIRFLOW_PORT", self.home.api_port),
-        ):
-            if port in claimed:
-                raise StackError(
-                    f"{claimed[port]} and {setting} are both {port}; give each service its own port"
-                )
-            claimed[port] = setting
         airflow = self.airflow(workers)
-        airflow_runs = (
-            airflow.running() if isinstance(airflow, AirflowServices) else airflow.process.running()
-        )
-        services: list[tuple[bool, object]] = [
-            (self.kafka.process.running(), self.kafka),
-            (self.mongo.process.running(), self.mongo),
-            (self.postgres.process.running(), self.postgres),
-            (airflow_runs, airflow),
-        ]
-        if workers:
-            services.append((self.redis.process.running(), self.redis))
-        for running, service in services:
-            if not running:
-                service.check_ports()  # type: ignore[attr-defined]
+        claimed: dict[int, str] = {}
+        for port in [port for service in [*self.backing_services(True), airflow] for port in service.ports()]:
+            if port.number in claimed:
+                raise StackError(
+                    f"{claimed[port.number]} and {port.setting} are both {port.number}; "
+                    "give each service its own port"
+                )
+            claimed[port.number] = port.setting
+        for service in [*self.backing_services(workers > 0), airflow]:
+            if not service.running():
+                service.check_ports()
 
     def up(self) -> None:
         require_java_and_maven()
         workers = self.workers()
         self.check_ports(workers)
         fresh = not self.postgres.initialized()
-        services: list[tuple[str, str, Callable[[], bool]]] = [
-            ("Kafka", self.kafka.bootstrap_servers, self.kafka.start),
-            ("MongoDB-wire server", self.mongo.uri, self.mongo.start),
-            ("PostgreSQL", f"{self.postgres.host}:{self.postgres.port}", self.postgres.start),
-        ]
-        if workers:
-            services.append(("Redis", f"{self.redis.host}:{self.redis.port}", self.redis.start))
-        for name, where, start in services:
-            started = start()
-            print(f"{name:22} {'started' if started else 'already running'} on {where}")
+        for service in self.backing_services(workers > 0):
+            started = service.start()
+            print(f"{service.label:22} {'started' if started else 'already running'} on {service.address}")
         self.write_airflow_home(workers)
         executor = f"CeleryExecutor, {_count(workers, 'worker')}" if workers else "LocalExecutor"
         print(f"{'Airflow':22} starting ({executor}; migrates the database on first start)...")
@@ -228,32 +209,22 @@ class LocalStack:
             print(f"{'Airflow':22} {'stopped' if stopped else 'was not running'} (CeleryExecutor)")
         else:
             print(f"{'Airflow':22} {'stopped' if self.standalone.stop() else 'was not running'}")
-        for name, service in (
-            ("Redis", self.redis),
-            ("PostgreSQL", self.postgres),
-            ("MongoDB-wire server", self.mongo),
-            ("Kafka", self.kafka),
-        ):
-            if name == "Redis" and not service.process.pid_file.exists():
-                continue  # only Celery stacks start it
-            print(f"{name:22} {'stopped' if service.stop() else 'was not running'}")
+        # Redis only when a Celery stack started it.
+        for service in reversed(self.backing_services(self.redis.process.pid_file.exists())):
+            print(f"{service.label:22} {'stopped' if service.stop() else 'was not running'}")
 
     def status(self) -> int:
         """Print one line per service (and per Airflow component and worker in Celery mode).
 
         The exit code is 1 when any service is down.
         """
-        rows: list[tuple[str, str, bool]] = [
-            _process_row("kafka", self.kafka.process, self.kafka.ready),
-            _process_row("mongo", self.mongo.process, self.mongo.ready),
-            _process_row("postgres", self.postgres.process, self.postgres.ready),
-        ]
-        if not self.celery_mode():
+        celery = self.celery_mode()
+        rows = [_process_row(s.name, s.process, s.ready) for s in self.backing_services(celery)]
+        if not celery:
             rows.append(_process_row("airflow", self.standalone.process, self.standalone.ready))
             health = self.standalone.health()
         else:
             services = self.services(self.running_workers())
-            rows.append(_process_row("redis", self.redis.process, self.redis.ready))
             health = services.health()
             for name in COMPONENTS:
                 wanted = HEALTH_NAMES.get(name)
@@ -280,15 +251,10 @@ class LocalStack:
         return 0 if all(up for _, _, up in rows) else 1
 
     def logs(self, lines: int) -> None:
-        paths = [
-            self.kafka.server_log,
-            self.kafka.process.log_file,
-            self.mongo.process.log_file,
-            self.postgres.process.log_file,
-        ]
-        if self.celery_mode():
-            services = self.services(self.running_workers())
-            paths += [self.redis.process.log_file, *(process.log_file for process in services.processes)]
+        celery = self.celery_mode()
+        paths = [self.kafka.server_log, *(s.process.log_file for s in self.backing_services(celery))]
+        if celery:
+            paths += [process.log_file for process in self.services(self.running_workers()).processes]
         else:
             paths.append(self.standalone.process.log_file)
         for path in paths:

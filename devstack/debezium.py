@@ -14,16 +14,14 @@ it when a capture is over, or the server keeps WAL for it for ever.
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from devstack.kafka import REPO, maven_classpath, require_java_and_maven
 from devstack.postgres import PostgresServer
-from devstack.process import ManagedProcess, StackError, port_is_free, wait_until
+from devstack.process import StackError, wait_until
+from devstack.service import Port, Service, call_api
 
 POM = REPO / "devstack" / "debezium" / "pom.xml"
 CLASSPATH_FILE = REPO / ".cache" / "debezium.classpath"
@@ -103,7 +101,7 @@ class PostgresCapture:
 
 
 @dataclass
-class ConnectDebezium:
+class ConnectDebezium(Service):
     """A Kafka Connect standalone worker with Debezium's PostgreSQL connector on its classpath.
 
     State (offsets file, worker properties, log) lives under ``state_dir``; the REST API listens on
@@ -116,15 +114,17 @@ class ConnectDebezium:
     host: str = "127.0.0.1"
     heap: str = "384m"
 
-    @property
-    def process(self) -> ManagedProcess:
-        return ManagedProcess(
-            "connect", self.state_dir / "connect.pid", self.state_dir / "logs" / "connect.log"
-        )
+    name = "connect"
+    label = "Kafka Connect"
+    start_timeout = 180.0
 
     @property
     def rest_url(self) -> str:
         return f"http://{self.host}:{self.rest_port}"
+
+    @property
+    def address(self) -> str:
+        return self.rest_url
 
     def worker_properties(self) -> str:
         props = {
@@ -139,17 +139,11 @@ class ConnectDebezium:
         }
         return "".join(f"{key}={value}\n" for key, value in props.items())
 
-    def start(self, timeout: float = 180.0) -> bool:
-        """Start the worker unless ours runs; wait until its REST API answers. True if started."""
-        if self.process.running():
-            self.wait_ready(timeout)
-            return False
+    def ports(self) -> list[Port]:
+        return [Port(self.rest_port, "Kafka Connect REST", "rest_port")]
+
+    def launch(self) -> None:
         require_java_and_maven()
-        if not port_is_free(self.host, self.rest_port):
-            raise StackError(
-                f"port {self.rest_port} (Kafka Connect REST) on {self.host} is already in use by another "
-                "process; choose another rest_port"
-            )
         classpath = connect_classpath()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         properties = self.state_dir / "connect-standalone.properties"
@@ -169,8 +163,6 @@ class ConnectDebezium:
                 str(properties),
             ]
         )
-        self.wait_ready(timeout)
-        return True
 
     def ready(self) -> bool:
         try:
@@ -178,9 +170,6 @@ class ConnectDebezium:
         except (OSError, StackError):
             return False
         return True
-
-    def wait_ready(self, timeout: float = 180.0) -> None:
-        wait_until(f"Kafka Connect on {self.rest_url}", self.ready, timeout, self.process)
 
     def register(self, capture: PostgresCapture, timeout: float = 120.0) -> None:
         """Create (or reconfigure) the connector and wait until its task runs."""
@@ -211,19 +200,5 @@ class ConnectDebezium:
         """Remove a connector (its offsets stay in the file, its slot in PostgreSQL)."""
         self._request("DELETE", f"/connectors/{name}")
 
-    def stop(self) -> bool:
-        return self.process.stop(timeout=30.0)
-
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            self.rest_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as err:
-            raise StackError(
-                f"Kafka Connect answered {method} {path} with {err.code}: {err.read()[:2000]!r}"
-            ) from None
-        return json.loads(raw) if raw else None
+        return call_api("Kafka Connect", self.rest_url, method, path, body)

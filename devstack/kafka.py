@@ -10,7 +10,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack.process import ManagedProcess, StackError, port_is_free, wait_until
+from devstack.process import StackError
+from devstack.service import Port, Service
 
 REPO = Path(__file__).resolve().parent.parent
 POM = REPO / "devstack" / "kafka" / "pom.xml"
@@ -64,7 +65,7 @@ def maven_classpath(pom: Path, classpath_file: Path, what: str) -> str:
 
 
 @dataclass
-class KafkaBroker:
+class KafkaBroker(Service):
     """One KRaft node (broker + controller) with its data and logs under ``state_dir``.
 
     ``extra_properties`` are appended to server.properties (the SASL/TLS tests use it).
@@ -95,6 +96,15 @@ class KafkaBroker:
     proxied_port: int | None = None
     proxied_address: str | None = None
 
+    name = "kafka"
+    label = "Kafka"
+    log_name = "kafka.out"
+    start_timeout = 120.0
+
+    @property
+    def address(self) -> str:
+        return self.bootstrap_servers
+
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
@@ -102,10 +112,6 @@ class KafkaBroker:
     @property
     def sasl_ssl_bootstrap_servers(self) -> str | None:
         return f"{self.host}:{self.sasl_ssl_port}" if self.sasl_ssl_port is not None else None
-
-    @property
-    def process(self) -> ManagedProcess:
-        return ManagedProcess("kafka", self.state_dir / "kafka.pid", self.state_dir / "logs" / "kafka.out")
 
     @property
     def server_log(self) -> Path:
@@ -189,36 +195,19 @@ class KafkaBroker:
             *args,
         ]
 
-    def check_ports(self) -> None:
-        """Fail, naming the setting that moves it, when a port of ours is taken."""
-        for port, setting, role in (
-            (self.port, self.port_setting, "Kafka broker"),
-            (self.controller_port, self.controller_port_setting, "Kafka controller"),
-        ):
-            if not port_is_free(self.host, port):
-                raise StackError(
-                    f"port {port} ({role}) on {self.host} is already in use by another process; "
-                    f"stop that process or move ours with {setting}=<port> "
-                    f"(e.g. make up {setting}={port + 10000})"
-                )
-        if self.proxied_port is not None and not port_is_free(self.host, self.proxied_port):
-            raise StackError(
-                f"port {self.proxied_port} (Kafka proxied listener) on {self.host} is already in use "
-                "by another process; choose another proxied_port"
-            )
-        if self.sasl_ssl_port is not None and not port_is_free(self.host, self.sasl_ssl_port):
-            raise StackError(
-                f"port {self.sasl_ssl_port} (Kafka SASL_SSL listener) on {self.host} is already in use "
-                "by another process; choose another sasl_ssl_port"
-            )
+    def ports(self) -> list[Port]:
+        ports = [
+            Port(self.port, "Kafka broker", self.port_setting),
+            Port(self.controller_port, "Kafka controller", self.controller_port_setting),
+        ]
+        if self.proxied_port is not None:
+            ports.append(Port(self.proxied_port, "Kafka proxied listener", "proxied_port"))
+        if self.sasl_ssl_port is not None:
+            ports.append(Port(self.sasl_ssl_port, "Kafka SASL_SSL listener", "sasl_ssl_port"))
+        return ports
 
-    def start(self, timeout: float = 120.0) -> bool:
-        """Start the broker unless ours is already running; wait until it answers. True if started."""
-        if self.process.running():
-            self.wait_ready(timeout)
-            return False
+    def launch(self) -> None:
         require_java_and_maven()
-        self.check_ports()
         classpath = broker_classpath()
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         properties = self.state_dir / "server.properties"
@@ -244,8 +233,6 @@ class KafkaBroker:
             if fmt.returncode != 0:
                 raise StackError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
         self.process.start(self._java_argv(classpath, "kafka.Kafka", str(properties)))
-        self.wait_ready(timeout)
-        return True
 
     def ready(self) -> bool:
         """The broker answers an AdminClient metadata request."""
@@ -258,9 +245,3 @@ class KafkaBroker:
         except KafkaException:
             return False
         return True
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        wait_until(f"Kafka on {self.bootstrap_servers}", self.ready, timeout, self.process)
-
-    def stop(self) -> bool:
-        return self.process.stop(timeout=30.0)

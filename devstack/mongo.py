@@ -7,7 +7,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack.process import ManagedProcess, StackError, port_is_free, wait_until
+from devstack.process import StackError
+from devstack.service import Port, Service
 
 
 def secantusd_command() -> str:
@@ -25,7 +26,7 @@ def secantusd_command() -> str:
 
 
 @dataclass
-class MongoWireServer:
+class MongoWireServer(Service):
     """A SecantusDB server on ``host:port`` storing its data in ``state_dir/mongo-data``."""
 
     state_dir: Path
@@ -35,29 +36,22 @@ class MongoWireServer:
     # Require SCRAM authentication (users are created beforehand, on a start without it).
     auth: bool = False
 
+    name = "mongo"
+    label = "MongoDB-wire server"
+    stop_timeout = 20.0
+
     @property
     def uri(self) -> str:
         return f"mongodb://{self.host}:{self.port}"
 
     @property
-    def process(self) -> ManagedProcess:
-        return ManagedProcess("mongo", self.state_dir / "mongo.pid", self.state_dir / "logs" / "mongo.log")
+    def address(self) -> str:
+        return self.uri
 
-    def check_ports(self) -> None:
-        """Fail, naming the setting that moves it, when our port is taken."""
-        if not port_is_free(self.host, self.port):
-            raise StackError(
-                f"port {self.port} (MongoDB-wire server) on {self.host} is already in use by another "
-                f"process; stop it or move ours with {self.port_setting}=<port> "
-                f"(e.g. make up {self.port_setting}={self.port + 10000})"
-            )
+    def ports(self) -> list[Port]:
+        return [Port(self.port, "MongoDB-wire server", self.port_setting)]
 
-    def start(self, timeout: float = 60.0) -> bool:
-        """Start the server unless ours is already running; wait until it answers. True if started."""
-        if self.process.running():
-            self.wait_ready(timeout)
-            return False
-        self.check_ports()
+    def launch(self) -> None:
         storage = self.state_dir / "mongo-data"
         storage.mkdir(parents=True, exist_ok=True)
         # An explicit, empty config file stops the server from picking up a stray
@@ -81,8 +75,6 @@ class MongoWireServer:
             ],
             cwd=self.state_dir,
         )
-        self.wait_ready(timeout)
-        return True
 
     def ready(self) -> bool:
         """The server answers ``ping`` (which needs no authentication)."""
@@ -97,9 +89,3 @@ class MongoWireServer:
         finally:
             client.close()
         return True
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        wait_until(f"the MongoDB-wire server on {self.uri}", self.ready, timeout, self.process)
-
-    def stop(self) -> bool:
-        return self.process.stop(timeout=20.0)

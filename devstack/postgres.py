@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import secrets
 import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack.process import Account, ManagedProcess, StackError, port_is_free, wait_until
+from devstack.process import Account, StackError
+from devstack.service import Port, Service
 
 # The account the server runs as when the caller is root; it exists on every Debian/Ubuntu/RHEL.
 ROOT_FALLBACK_ACCOUNT = "nobody"
@@ -52,7 +52,7 @@ def server_account() -> Account | None:
 
 
 @dataclass
-class PostgresServer:
+class PostgresServer(Service):
     """One PostgreSQL cluster on ``host:port`` (TCP only) with its data under ``state_dir/data``.
 
     The role ``role`` has a random password generated on first start (dev-only, kept in
@@ -70,26 +70,18 @@ class PostgresServer:
     # More server settings (``-c name=value``), e.g. LOGICAL_DECODING for Debezium's connector.
     extra_settings: dict[str, str] = field(default_factory=dict)
 
+    name = "postgres"
+    label = "PostgreSQL"
+    # SIGINT is PostgreSQL's fast shutdown: roll back open transactions, checkpoint, exit.
+    stop_signal = signal.SIGINT
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
     @property
     def data_dir(self) -> Path:
         return self.state_dir / "data"
-
-    @property
-    def password_file(self) -> Path:
-        return self.state_dir / "password"
-
-    @property
-    def process(self) -> ManagedProcess:
-        return ManagedProcess(
-            "postgres", self.state_dir / "postgres.pid", self.state_dir / "logs" / "postgres.log"
-        )
-
-    def password(self) -> str:
-        if not self.password_file.exists():
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            self.password_file.write_text(secrets.token_urlsafe(24))
-            self.password_file.chmod(0o600)
-        return self.password_file.read_text().strip()
 
     def url(self, database: str | None = None, driver: str = "psycopg") -> str:
         """A SQLAlchemy URL naming its driver (psycopg 3 by default; ``asyncpg`` for async engines)."""
@@ -108,23 +100,20 @@ class PostgresServer:
     def initialized(self) -> bool:
         return (self.data_dir / "PG_VERSION").exists()
 
-    def check_ports(self) -> None:
-        if not port_is_free(self.host, self.port):
-            raise StackError(
-                f"port {self.port} (PostgreSQL) on {self.host} is already in use by another process; "
-                f"stop it or move ours with {self.port_setting}=<port> "
-                f"(e.g. make up {self.port_setting}={self.port + 20000})"
-            )
+    def ports(self) -> list[Port]:
+        return [Port(self.port, "PostgreSQL", self.port_setting)]
 
-    def start(self, timeout: float = 60.0) -> bool:
+    def start(self, timeout: float | None = None) -> bool:
         """Initialize the cluster if needed, start it unless ours runs, create the database.
 
         True if it was started.
         """
-        if self.process.running():
-            self.wait_ready(timeout)
-            return False
-        self.check_ports()
+        started = super().start(timeout)
+        if started:
+            self.create_database(self.database)
+        return started
+
+    def launch(self) -> None:
         account = server_account()
         if self.initialized():
             self._check_owner(account)
@@ -145,9 +134,6 @@ class PostgresServer:
         for name, value in settings.items():
             argv += ["-c", f"{name}={value}"]
         self.process.start(argv, env=_server_env(), cwd=self.state_dir, account=run_as)
-        self.wait_ready(timeout)
-        self.create_database(self.database)
-        return True
 
     def _initdb(self, account: Account | None) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -247,9 +233,6 @@ class PostgresServer:
             return False
         return True
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        wait_until(f"PostgreSQL on {self.host}:{self.port}", self.ready, timeout, self.process)
-
     def create_database(self, name: str) -> bool:
         """Create database ``name`` unless it exists; True if it was created."""
         import psycopg
@@ -260,10 +243,6 @@ class PostgresServer:
                 return False
             connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return True
-
-    def stop(self) -> bool:
-        # SIGINT is PostgreSQL's fast shutdown: roll back open transactions, checkpoint, exit.
-        return self.process.stop(timeout=30.0, first_signal=signal.SIGINT)
 
 
 def _server_env() -> dict[str, str]:

@@ -224,19 +224,18 @@ def wait_until(
     what: str,
     check: Callable[[], bool],
     timeout: float,
-    process: ManagedProcess | None = None,
+    process: ManagedProcess | Sequence[ManagedProcess] | None = None,
     interval: float = 0.25,
 ) -> None:
-    """Poll ``check`` until it is true; fail early if ``process`` died, naming its log."""
+    """Poll ``check`` until it is true; fail early if ``process`` (or one of several) died, naming its log."""
+    processes = [] if process is None else [process] if isinstance(process, ManagedProcess) else process
     deadline = time.monotonic() + timeout
     while True:
         if check():
             return
-        if process is not None and not process.running():
-            raise StackError(
-                f"{process.name} exited while starting; its log is {process.log_file}:\n{process.tail()}"
-            )
+        for died in [p for p in processes if not p.running()][:1]:
+            raise StackError(f"{died.name} exited while starting; its log is {died.log_file}:\n{died.tail()}")
         if time.monotonic() > deadline:
-            where = f"; its log is {process.log_file}" if process else ""
-            raise StackError(f"{what} was not ready after {timeout:.0f}s{where}")
+            logs = ", ".join(str(p.log_file) for p in processes)
+            raise StackError(f"{what} was not ready after {timeout:.0f}s{'; see ' + logs if logs else ''}")
         time.sleep(interval)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack.process import ManagedProcess, StackError, port_is_free, wait_until
+from devstack.process import StackError
+from devstack.service import Port, Service
 
 
 def redis_server_command() -> Path:
@@ -22,7 +22,7 @@ def redis_server_command() -> Path:
 
 
 @dataclass
-class RedisServer:
+class RedisServer(Service):
     """One Redis server on ``host:port`` with a generated password (dev-only, in ``redis.conf``, 0600)."""
 
     state_dir: Path
@@ -30,42 +30,26 @@ class RedisServer:
     host: str = "127.0.0.1"
     port_setting: str = "REDIS_PORT"
 
+    name = "redis"
+    label = "Redis"
+    start_timeout = 30.0
+    stop_timeout = 20.0
+
     @property
-    def process(self) -> ManagedProcess:
-        return ManagedProcess("redis", self.state_dir / "redis.pid", self.state_dir / "logs" / "redis.log")
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
 
     @property
     def config_file(self) -> Path:
         return self.state_dir / "redis.conf"
 
-    @property
-    def password_file(self) -> Path:
-        return self.state_dir / "password"
-
-    def password(self) -> str:
-        if not self.password_file.exists():
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            self.password_file.write_text(secrets.token_urlsafe(24))
-            self.password_file.chmod(0o600)
-        return self.password_file.read_text().strip()
-
     def url(self, db: int = 0) -> str:
         return f"redis://:{self.password()}@{self.host}:{self.port}/{db}"
 
-    def check_ports(self) -> None:
-        if not port_is_free(self.host, self.port):
-            raise StackError(
-                f"port {self.port} (Redis) on {self.host} is already in use by another process; "
-                f"stop it or move ours with {self.port_setting}=<port> "
-                f"(e.g. make up {self.port_setting}={self.port + 20000})"
-            )
+    def ports(self) -> list[Port]:
+        return [Port(self.port, "Redis", self.port_setting)]
 
-    def start(self, timeout: float = 30.0) -> bool:
-        """Start the server unless ours runs; wait until it answers PING. True if started."""
-        if self.process.running():
-            self.wait_ready(timeout)
-            return False
-        self.check_ports()
+    def launch(self) -> None:
         data = self.state_dir / "data"
         data.mkdir(parents=True, exist_ok=True)
         # A config file, not arguments: the password must not show in `ps`.
@@ -88,8 +72,6 @@ class RedisServer:
         )
         self.config_file.chmod(0o600)
         self.process.start([str(redis_server_command()), str(self.config_file)], cwd=self.state_dir)
-        self.wait_ready(timeout)
-        return True
 
     def ready(self) -> bool:
         import redis
@@ -101,9 +83,3 @@ class RedisServer:
             return False
         finally:
             client.close()
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        wait_until(f"Redis on {self.host}:{self.port}", self.ready, timeout, self.process)
-
-    def stop(self) -> bool:
-        return self.process.stop(timeout=20.0)

@@ -12,19 +12,17 @@ proxy per service, toxics added and removed while a task runs.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devstack.process import ManagedProcess, StackError, port_is_free, wait_until
+from devstack.process import StackError
+from devstack.service import Port, Service, call_api
 
 REPO = Path(__file__).resolve().parent.parent
 TOXIPROXY_PACKAGE = "github.com/Shopify/toxiproxy/v2/cmd/server"
@@ -66,67 +64,44 @@ def install() -> Path:
     return SERVER
 
 
-class ToxiproxyError(StackError):
-    """The Toxiproxy API refused a request; the message has its answer."""
-
-
 @dataclass
-class ToxiproxyServer:
+class ToxiproxyServer(Service):
     """A Toxiproxy server whose API listens on ``host:port``; its log is under ``state_dir``."""
 
     state_dir: Path
     port: int
     host: str = "127.0.0.1"
 
+    name = "toxiproxy"
+    label = "Toxiproxy"
+    start_timeout = 30.0
+    stop_timeout = 10.0
+
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     @property
-    def process(self) -> ManagedProcess:
-        return ManagedProcess(
-            "toxiproxy", self.state_dir / "toxiproxy.pid", self.state_dir / "logs" / "toxiproxy.log"
-        )
+    def address(self) -> str:
+        return self.url
 
-    def start(self, timeout: float = 30.0) -> None:
-        if not port_is_free(self.host, self.port):
-            raise StackError(f"port {self.port} (Toxiproxy API) on {self.host} is already in use")
+    def ports(self) -> list[Port]:
+        return [Port(self.port, "Toxiproxy API", "port")]
+
+    def launch(self) -> None:
         server = install()
         # A fixed seed: the toxics' random parts (toxicity, jitter) repeat from run to run.
         self.process.start([str(server), "-host", self.host, "-port", str(self.port), "-seed", "1"])
-        wait_until(f"Toxiproxy on {self.url}", self.ready, timeout, self.process)
 
     def ready(self) -> bool:
         try:
             self.api("GET", "/version")
-        except (OSError, ToxiproxyError):
+        except (OSError, StackError):
             return False
         return True
 
-    def stop(self) -> bool:
-        return self.process.stop(timeout=10.0)
-
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """One call to the HTTP API: its JSON answer decoded (text if it is not JSON, ``None`` if empty)."""
-        request = urllib.request.Request(
-            self.url + path,
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as err:
-            raise ToxiproxyError(
-                f"Toxiproxy {method} {path} answered {err.code}: {err.read().decode(errors='replace')}"
-            ) from None
-        if not raw.strip():
-            return None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return raw.decode(errors="replace")  # GET /version answers plain text
+        return call_api("Toxiproxy", self.url, method, path, body)
 
     def create_proxy(self, name: str, listen_port: int, upstream: str) -> Proxy:
         """A proxy listening on ``host:listen_port`` that forwards to ``upstream`` (host:port)."""
