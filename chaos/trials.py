@@ -133,7 +133,7 @@ def _state(stack: Stack, work: Work) -> dict[str, int]:
     finally:
         client.close()
     return {
-        "records_on_topic": sum(high - low for low, high, _ in offsets.values()),
+        "records_on_topic": sum(o.records for o in offsets.values()),
         "records_committed": sum(end - low for low, end in committed_ends(offsets).values()),
         "keys_committed": len(committed_keys(stack, work)),
         "documents": documents,

@@ -24,7 +24,7 @@ from devstack.toxiproxy import Proxy
 from faults.kinds import BATCH_SIZE, FAILING_TRY_BOUND, KAFKA_RESET_PRODUCE, FaultPlan, plan_for
 from faults.stack import FaultStack
 from trials import harness
-from trials.checks import committed_not_written, records_on_topic, verify, watermarks
+from trials.checks import committed_not_written, records_on_topic, verify
 from trials.versions import produce_versions_of, versions_for
 from trials.work import Work, run_work, unique_name
 
@@ -197,16 +197,17 @@ def _when_records_on_topic(
     reached = threading.Event()
 
     def watch() -> None:
+        from kafka_mongo_etl.offsets import records_on
+
         consumer = stack.consumer()
         try:
             while not stop.is_set():
                 try:
-                    marks = watermarks(consumer, topic, timeout=10)
+                    if records_on(consumer, topic, 10) >= at_least:
+                        reached.set()
+                        return
                 except KafkaException:
-                    marks = {}  # asked while the topic was being created
-                if sum(high - low for low, high in marks.values()) >= at_least:
-                    reached.set()
-                    return
+                    pass  # asked while the topic was being created
                 time.sleep(0.002)
         finally:
             consumer.close()

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from pymongo import MongoClient
 
 from trials.versions import stale_query
 from trials.work import Work
+
+if TYPE_CHECKING:
+    from kafka_mongo_etl.offsets import PartitionOffsets
 
 # The group of the checks' own consumers: it reads, never commits.
 CHECKS_GROUP = "trial-checks"
@@ -37,48 +41,32 @@ class Stack:
         )
 
 
-def watermarks(consumer: Consumer, topic: str, timeout: float = 30) -> dict[int, tuple[int, int]]:
-    """``{partition: (low, high)}`` of ``topic`` now; empty when the topic does not exist."""
-    found = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-    if found is None or found.error is not None:
-        return {}
-    return {
-        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)
-        for p in sorted(found.partitions)
-    }
+def topic_offsets(stack: Stack, topic: str, group_id: str) -> dict[int, PartitionOffsets]:
+    """Each partition's watermarks and ``group_id``'s committed offset; ``{}`` for an unknown topic."""
+    from kafka_mongo_etl.offsets import partition_offsets
+
+    consumer = stack.consumer(group_id)
+    try:
+        return partition_offsets(consumer, topic, 30)
+    finally:
+        consumer.close()
 
 
 def records_on_topic(stack: Stack, topic: str) -> int:
     """Records on ``topic`` now (high minus low watermarks); 0 when it does not exist."""
+    from kafka_mongo_etl.offsets import records_on
+
     consumer = stack.consumer()
     try:
-        return sum(high - low for low, high in watermarks(consumer, topic).values())
+        return records_on(consumer, topic, 30)
     finally:
         consumer.close()
 
 
-def topic_offsets(stack: Stack, topic: str, group_id: str) -> dict[int, tuple[int, int, int]]:
-    """``{partition: (low, high, committed)}``; committed is negative when the group has none."""
-    from kafka_mongo_etl.drain import committed_offsets
-
-    consumer = stack.consumer(group_id)
-    try:
-        marks = watermarks(consumer, topic)
-        # The drain's own reader: it waits while a fresh broker's group coordinator loads.
-        committed = committed_offsets(consumer, [TopicPartition(topic, p) for p in marks], 30)
-        return {tp.partition: (*marks[tp.partition], tp.offset) for tp in committed}
-    finally:
-        consumer.close()
-
-
-def committed_ends(offsets: dict[int, tuple[int, int, int]]) -> dict[int, tuple[int, int]]:
-    """``{partition: (low, end)}``: the records below the group's committed offsets."""
-    return {p: (low, max(committed, low)) for p, (low, _high, committed) in offsets.items()}
-
-
-def offsets_behind(offsets: dict[int, tuple[int, int, int]]) -> int:
-    """Records between the group's committed offsets and the high watermarks."""
-    return sum(high - max(committed, low) for low, high, committed in offsets.values())
+def committed_ends(offsets: dict[int, PartitionOffsets]) -> dict[int, tuple[int, int]]:
+    """``{partition: (low, end)}``: the records below the group's committed offsets, where its
+    next drain starts."""
+    return {p: (o.low, o.high - o.lag) for p, o in offsets.items()}
 
 
 def latest_below(stack: Stack, topic: str, ends: dict[int, tuple[int, int]]) -> dict[str, tuple[int, int]]:
@@ -211,7 +199,7 @@ def verify(stack: Stack, work: Work, expected: set[str] | None = None) -> Verifi
         mismatched=mismatched,
         stale=stale,
         dead_letters=dead_letters,
-        offsets_behind=offsets_behind(topic_offsets(stack, work.topic, work.group_id)),
+        offsets_behind=sum(o.lag for o in topic_offsets(stack, work.topic, work.group_id).values()),
         ids=ids,
     )
 
