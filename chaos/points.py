@@ -173,38 +173,28 @@ class KillingConsumer:
 
 def install(plan: KillPlan, work: Work, note: Path) -> None:
     """Patch this process so it SIGKILLs itself at ``plan``; call it in the child only."""
+    from kafka_mongo_etl.clients import EtlConsumerHook, EtlProducerHook
+
     if plan.point == PRODUCE_MID_BATCH:
-        _wrap_producer(plan, note)
+        _wrap_client(EtlProducerHook, KillingProducer, plan, note)
     elif plan.point == CONSUME_AFTER_FETCH:
         _kill_at_sink_write(plan, work, note)
     elif plan.point == CONSUME_MID_BULK_WRITE:
         _kill_in_bulk_write(plan, work, note)
     elif plan.point == CONSUME_AFTER_WRITE_BEFORE_COMMIT:
-        _wrap_consumer(plan, note)
+        _wrap_client(EtlConsumerHook, KillingConsumer, plan, note)
     else:
         raise ValueError(f"unknown kill point {plan.point!r}")
 
 
-def _wrap_producer(plan: KillPlan, note: Path) -> None:
-    from kafka_mongo_etl.clients import EtlProducerHook
+def _wrap_client(hook: type, killing: type, plan: KillPlan, note: Path) -> None:
+    """Make ``hook`` hand out its confluent client wrapped in ``killing`` (the hooks' one seam)."""
+    original = hook._get_client
 
-    original = EtlProducerHook._get_client
+    def _get_client(self: Any, config: dict[str, Any]) -> Any:
+        return killing(original(self, config), plan, note)
 
-    def _get_client(self: EtlProducerHook, config: dict[str, Any]) -> Any:
-        return KillingProducer(original(self, config), plan, note)
-
-    EtlProducerHook._get_client = _get_client  # type: ignore[method-assign]
-
-
-def _wrap_consumer(plan: KillPlan, note: Path) -> None:
-    from kafka_mongo_etl.clients import EtlConsumerHook
-
-    original = EtlConsumerHook._get_client
-
-    def _get_client(self: EtlConsumerHook, config: dict[str, Any]) -> Any:
-        return KillingConsumer(original(self, config), plan, note)
-
-    EtlConsumerHook._get_client = _get_client  # type: ignore[method-assign]
+    hook._get_client = _get_client
 
 
 def _is_target(collection: Any, work: Work) -> bool:
