@@ -31,7 +31,7 @@ from kafka_mongo_etl.drain import Drain, DrainSettings
 from kafka_mongo_etl.errors import RetentionGapError, StopRequested
 from kafka_mongo_etl.ids import id_function
 from kafka_mongo_etl.records import Document, json_document
-from kafka_mongo_etl.tasks import stop_on_sigterm
+from kafka_mongo_etl.sigterm import stop_on_sigterm
 from kafka_mongo_etl.write_models import WriteResult
 
 TOPIC = "t"
