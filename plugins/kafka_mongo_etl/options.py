@@ -59,6 +59,8 @@ MAX_COUNT = 10_000_000
 MAX_START = 2**63 - MAX_COUNT
 # Kafka's rule for topic names (legal characters, at most 249 of them; "." and ".." are not).
 TOPIC_PATTERN = r"^(?!\.{1,2}$)[a-zA-Z0-9._-]{1,249}$"
+# route_by: the whole key, or a dotted path into the key or the value (kafka_mongo_etl.routing).
+ROUTE_PATTERN = r"^(key|key(\.[^.\x00]+)+|value(\.[^.\x00]+)+)$"
 # MongoDB: database names have none of /\. "$*<>:|? and at most 63 characters;
 # collection names do not start with "system." and contain no "$" or NUL.
 MONGO_DB_PATTERN = r'^[^/\\. "$*<>:|?]{1,63}$'
@@ -432,6 +434,23 @@ LOAD_OPTIONS.append(
         hint='Map topic names to "<database>.<collection>" or to {"collection": …, overrides}.',
     )
 )
+LOAD_OPTIONS.append(
+    LoadOption(
+        "route_by",
+        None,
+        {"type": ["null", "string"], "pattern": ROUTE_PATTERN},
+        "Route records to collections by a field",
+        "Empty: every record goes to the target collection. 'value.<field>' (or 'key.<field>', "
+        "'key' for the whole key) names, in each record, the collection of the target database it "
+        "goes to; a record without the field goes to the target collection, one whose field is not a "
+        "usable collection name is a dead letter. Dead letters stay in <target collection>_dlq.",
+        readers=(CONSUME,),
+        section=TOPICS_SECTION,
+        job_field="route_by",
+        to_job=_optional_str,
+        hint="Use 'key', 'key.<field>' or 'value.<field>' (dots go into embedded documents).",
+    )
+)
 
 
 def option(name: str) -> LoadOption:
@@ -516,6 +535,17 @@ def option_problems(values: Mapping[str, Any]) -> list[str]:
         problems.append(str(err))
     if tombstones := key_ids_problem(write_mode, strategy):
         problems.append(tombstones)
+    route_by = values.get("route_by")
+    if (
+        isinstance(route_by, str)
+        and route_by.startswith("value")
+        and WRITE_MODES.get(write_mode, WRITE_MODES["replace"]).needs_key_ids
+    ):
+        problems.append(
+            f"write_mode {write_mode!r} deletes on tombstones, which have no value to route by: "
+            f"route_by {route_by!r} would send their deletes to the target collection; route by "
+            "'key' or a 'key.<field>'"
+        )
     start, count = values.get("start"), values.get("count")
     if isinstance(start, int) and isinstance(count, int) and start + count - 1 > INT64_MAX:
         problems.append(

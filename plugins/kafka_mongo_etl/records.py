@@ -80,6 +80,7 @@ BAD_RECORD_CODES = {
     "not_change_event": "write_mode cdc: not a Debezium change event (no envelope, no 'after', unknown op)",
     "truncate": "write_mode cdc: a Debezium truncate event, which is not applied (docs/cdc.md)",
     "unavailable_value": "write_mode cdc: an update without an unchanged TOASTed column's value",
+    "bad_route": "route_by: the routing field's value is not a collection name MongoDB takes",
 }
 
 
@@ -108,13 +109,15 @@ class Document:
     ``identity`` is equal for two documents exactly when MongoDB would take their ``_id``s for
     the same one; the write model folds a batch's versions of one identity as its mode says
     (``write_models``). ``body`` is the whole document, ``_id`` first, encoded once; ``None``
-    for a tombstone (``write_mode='delete_on_tombstone'``).
+    for a tombstone (``write_mode='delete_on_tombstone'``). ``collection`` is where a routed
+    record goes (``kafka_mongo_etl.routing``); ``None``: the drain's own collection.
     """
 
     id: Any
     identity: Hashable
     body: RawBSONDocument | None
     message: Message
+    collection: str | None = None
 
 
 RecordBuilder = Callable[[Message], Document]
