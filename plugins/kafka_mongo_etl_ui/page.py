@@ -127,9 +127,10 @@ def _runs_table(runs: Sequence[RunRow]) -> str:
             failed = f", {run.failed_tries} failed" if run.failed_tries else ""
             drains += f' <span class="muted tries">({run.tries} tries{failed})</span>'
         rows.append(
-            f'<tr class="run" data-run-id="{escape(run.run_id)}">'
+            f'<tr class="run" data-run-id="{escape(run.run_id)}" data-topic="{escape(run.topic or "")}">'
             f'<td><a class="run-link" target="_top" href="../{escape(run.run_path)}">'
             f"{escape(run.run_id)}</a>{drains}</td>"
+            f'<td class="topic">{escape(run.topic or "–")}</td>'
             f"<td{error}>{_state(run.state)}{stalled}</td>"
             f'<td class="num produced">{_number(run.produced)}</td>'
             f'<td class="num loaded">{_number(run.loaded)}</td>'
@@ -139,7 +140,7 @@ def _runs_table(runs: Sequence[RunRow]) -> str:
             f"<td>{_time(run.updated_at)}</td></tr>"
         )
     return (
-        '<table id="runs"><thead><tr><th>Run</th><th>State</th><th class="num">Produced</th>'
+        '<table id="runs"><thead><tr><th>Run</th><th>Topic</th><th>State</th><th class="num">Produced</th>'
         '<th class="num">Loaded</th><th class="num">Dead letters</th><th class="num">Seconds</th>'
         '<th class="num">Records/s</th><th>Finished</th></tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table>"
