@@ -285,6 +285,26 @@ def latest_runs(database: Database, target: Target, limit: int = RUNS_LIMIT) -> 
     return list(cursor)
 
 
+# A target loaded from several topics (a topic map) shows the lag of at most this many more.
+MORE_SOURCES_LIMIT = 4
+
+
+def more_run_sources(
+    documents: list[dict[str, Any]], target: Target, limit: int = MORE_SOURCES_LIMIT
+) -> list[RunSource]:
+    """The other topics (and groups) the target's latest runs read, newest first, after the one
+    ``run_source`` names: a target that several topics load (docs/routing.md) shows each one's lag."""
+    first = run_source(documents, target)
+    found: list[RunSource] = []
+    for document in documents:
+        if not document.get("topic"):
+            continue
+        source = RunSource(str(document["topic"]), str(document.get("group_id") or target.default_group_id))
+        if source != first and source not in found:
+            found.append(source)
+    return found[:limit]
+
+
 def run_source(documents: list[dict[str, Any]], target: Target) -> RunSource | None:
     """The topic and consumer group of the newest run that names them."""
     for document in documents:

@@ -69,3 +69,34 @@ def test_a_run_recorded_without_a_topic_shows_a_dash() -> None:
     (row,) = run_rows([document])
     assert row.topic is None
     assert '<td class="topic">–</td>' in page([row])
+
+
+def test_the_other_topics_of_a_target_have_their_lag_shown() -> None:
+    from kafka_mongo_etl_ui.lag import ConsumerLag, PartitionLag
+    from kafka_mongo_etl_ui.runs import more_run_sources, run_source
+
+    documents = [
+        drain("orders", "", 40),
+        drain("returns", ":0", 7, group_id="returns-group"),
+        drain("returns", ":1", 5, group_id="returns-group"),
+        drain("orders", "", 3),
+    ]
+    target = Target("shop", "orders")
+    assert run_source(documents, target).topic == "orders"
+    (more,) = more_run_sources(documents, target)
+    assert (more.topic, more.group_id) == ("returns", "returns-group")
+    assert more_run_sources(documents[:1], target) == []
+
+    lags = (
+        ConsumerLag("returns", "returns-group", (PartitionLag(0, 4, 0, 10), PartitionLag(1, 2, 0, 3))),
+        ConsumerLag("refunds", "g", error="broker away"),
+    )
+    html = render_page(
+        PageData(target=target, targets=[], runs=run_rows(documents), limit=50, more_lags=lags), nonce="n"
+    )
+    assert re.findall(
+        r'<tr class="topic-lag" data-topic="([^"]+)">.*?<td class="num lag">([^<]*)</td>', html
+    ) == [
+        ("returns", "7"),
+        ("refunds", "broker away"),
+    ]
