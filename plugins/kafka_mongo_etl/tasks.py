@@ -33,6 +33,7 @@ from kafka_mongo_etl.mongo_sink import MongoDeadLetterSink, MongoSink
 from kafka_mongo_etl.options import check_options
 from kafka_mongo_etl.produce import ensure_topic, produce_batch
 from kafka_mongo_etl.records import json_document
+from kafka_mongo_etl.routing import RoutingSink, routed
 from kafka_mongo_etl.sigterm import stop_on_sigterm
 from kafka_mongo_etl.write_models import record_builder
 
@@ -67,6 +68,8 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
     try:
         id_for = id_function(job.id_strategy, job.id_field, job.id_fields)
         to_document = record_builder(job.write_mode, json_document(id_for), id_for, job.id_strategy)
+        if job.route_by:
+            to_document = routed(to_document, job.route_by, job.mongo_db)
     except ValueError as err:
         # Options that cannot work: a retry would fail the same way.
         raise ParamsRefusedError(f"{err}. Nothing was loaded; run again with other options.") from err
@@ -195,7 +198,11 @@ def _drain_under_lease(
                     consumer,
                     job.topic,
                     job.consumer_group,
-                    MongoSink(database[job.mongo_collection], job.write_mode),
+                    (
+                        RoutingSink(database, job.mongo_collection, job.write_mode)
+                        if job.route_by
+                        else MongoSink(database[job.mongo_collection], job.write_mode)
+                    ),
                     to_document,
                     dataclasses.replace(job.drain, on_retention_gap=job.on_retention_gap),
                     lease,

@@ -35,6 +35,7 @@ from kafka_mongo_etl_ui.runs import (
     dead_letters,
     known_targets,
     latest_runs,
+    more_run_sources,
     run_rows,
     run_source,
 )
@@ -90,6 +91,15 @@ def collect_page_data(target: Target, settings: EtlPageSettings) -> PageData:
         if source is not None
         else None
     )
+    # When the first topic's lag could not be read, Kafka is away: do not wait again per topic.
+    more_lags = (
+        tuple(
+            consumer_lag(settings.kafka_conn_id, more.topic, more.group_id, settings.lag_timeout)
+            for more in more_run_sources(documents, target)
+        )
+        if lag is not None and lag.error is None
+        else ()
+    )
     return PageData(
         target=target,
         targets=targets,
@@ -99,6 +109,7 @@ def collect_page_data(target: Target, settings: EtlPageSettings) -> PageData:
         lag=lag,
         dead_letters=dead,
         problems=problems,
+        more_lags=more_lags,
     )
 
 
