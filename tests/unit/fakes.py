@@ -264,13 +264,17 @@ class FakeConsumer:
         else:
             threading.Event().wait(min(max(timeout, 0), 0.01))
 
-    def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> list[TopicPartition]:
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> list[Any]:
         assert not asynchronous, "the drain commits synchronously"
         asked = {tp.partition: tp.offset for tp in offsets}
         refused = self.refuse_commit(asked) if self.refuse_commit is not None else None
         if refused is not None:
             self.events.append(("commit-refused", asked))
-            return [TopicPartition(tp.topic, tp.partition, tp.offset, error=refused) for tp in offsets]
+            # A TopicPartition's error cannot be set from Python: the same attributes, with one.
+            return [
+                SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=tp.offset, error=refused)
+                for tp in offsets
+            ]
         self.group_offsets.update(asked)
         self.events.append(("commit", asked))
         return [TopicPartition(tp.topic, tp.partition, tp.offset) for tp in offsets]
