@@ -408,3 +408,32 @@ def committed_in(events: Events) -> dict[int, int]:
         if event[0] == "commit":
             offsets.update(event[1])
     return offsets
+
+
+class FakeCollection:
+    """The few calls of a pymongo ``Collection`` the offset ledger makes: ``find`` by
+    ``{"_id": {"$in": [...]}}`` with a projection, and ``bulk_write`` of ``UpdateOne`` ``$set``
+    upserts (read from pymongo's request objects). ``bulk_writes`` keeps each call's requests
+    and ``ordered``."""
+
+    def __init__(self) -> None:
+        self.documents: dict[Any, dict[str, Any]] = {}
+        self.bulk_writes: list[tuple[list[Any], bool]] = []
+
+    def find(self, query: dict[str, Any], projection: dict[str, int] | None = None) -> list[dict[str, Any]]:
+        ((field_name, condition),) = query.items()
+        assert field_name == "_id" and set(condition) == {"$in"}, f"query not supported by the fake: {query}"
+        found = [self.documents[_id] for _id in condition["$in"] if _id in self.documents]
+        if projection is None:
+            return [dict(d) for d in found]
+        return [{"_id": d["_id"], **{k: d[k] for k in projection if k in d}} for d in found]
+
+    def bulk_write(self, requests: list[Any], ordered: bool = True) -> None:
+        if not requests:
+            raise AssertionError("MongoDB refuses an empty bulk write (pymongo: InvalidOperation)")
+        self.bulk_writes.append((list(requests), ordered))
+        for request in requests:
+            ((_id_name, _id),) = request._filter.items()
+            ((operator, fields),) = request._doc.items()
+            assert _id_name == "_id" and operator == "$set" and request._upsert
+            self.documents.setdefault(_id, {"_id": _id}).update(fields)
