@@ -7,10 +7,12 @@ random logs, batch sizes and interleavings) hold every run to it: each commit co
 records already acknowledged by the sink or the dead-letter sink, committed offsets only grow and
 never pass the snapshot, every record below the snapshot is written exactly once and in order
 per partition, nothing past it is written, and the drain ends committed at the snapshot.
+The properties run a fixed sample; ``DRAIN_EXAMPLES=3000`` runs more (about a minute).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -76,10 +78,15 @@ def run(
 
 
 def check_history(
-    events: Events, logs: dict[int, FakePartition], starts: dict[int, int], snapshot: dict[int, int]
-) -> None:
+    events: Events,
+    logs: dict[int, FakePartition],
+    starts: dict[int, int],
+    snapshot: dict[int, int],
+    complete: bool = True,
+) -> dict[int, int]:
     """The drain's promise, checked on the ``events`` of one run that drained ``logs`` from
-    ``starts`` to ``snapshot`` (see the module docstring)."""
+    ``starts`` to ``snapshot`` (see the module docstring); the committed offsets. A run that
+    failed (``complete=False``) is held to the promise of each commit only."""
     written: dict[int, list[int]] = {p: [] for p in logs}
     dead: dict[int, list[int]] = {p: [] for p in logs}
     committed = dict(starts)
@@ -106,11 +113,14 @@ def check_history(
                 committed[p] = offset
     for p, log in logs.items():
         assert written[p] == sorted(written[p]), f"p{p} written out of order: {written[p]}"
-        assert sorted(written[p] + dead[p]) == log.data_offsets(starts[p], snapshot[p]), (
-            f"p{p}: each record below the snapshot exactly once, none past it"
-        )
-    assert committed == snapshot
-    assert not writing
+        if complete:
+            assert sorted(written[p] + dead[p]) == log.data_offsets(starts[p], snapshot[p]), (
+                f"p{p}: each record below the snapshot exactly once, none past it"
+            )
+    if complete:
+        assert committed == snapshot
+        assert not writing
+    return committed
 
 
 def kinds(events: Events) -> list[str]:
@@ -487,7 +497,12 @@ def topics(draw: st.DrawFn) -> tuple[dict[int, FakePartition], dict[int, int]]:
     return logs, offsets
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("DRAIN_EXAMPLES", "150")),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     topic=topics(),
     batch_size=st.integers(1, 8),
@@ -530,3 +545,54 @@ def test_any_log_any_batching_writes_each_record_once_in_order_and_commits_the_s
             expected[key] = offset
     assert {key: doc["_kafka"]["offset"] for key, doc in sink.documents.items()} == expected
     assert summary.records == sum(len(log.data_offsets(starts[p], snapshot[p])) for p, log in logs.items())
+
+
+@settings(
+    max_examples=int(os.environ.get("DRAIN_EXAMPLES", "100")),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    topic=topics(),
+    batch_size=st.integers(1, 6),
+    overlap=st.booleans(),
+    failing_write=st.integers(1, 6),
+    lost_at_renewal=st.one_of(st.none(), st.integers(1, 6)),
+)
+def test_a_failed_write_or_a_lost_lease_anywhere_commits_only_what_was_acknowledged_before_it(
+    topic: tuple[dict[int, FakePartition], dict[int, int]],
+    batch_size: int,
+    overlap: bool,
+    failing_write: int,
+    lost_at_renewal: int | None,
+) -> None:
+    logs, offsets = topic
+    snapshot = {p: log.high for p, log in logs.items()}
+    starts = {p: offsets.get(p, 0) for p in logs}
+    events: Events = []
+
+    def before_write(n: int) -> None:
+        if n == failing_write:
+            events.append(("failed",))
+            raise WriteFailedError("MongoDB did not write the batch (fake)")
+
+    lease = FakeLease(events, lose_at=lost_at_renewal)
+    sink = FakeSink(events, before_write=before_write, log_starts=True)
+    consumer = FakeConsumer(logs, events, group_offsets=offsets, log_reads=True)
+    try:
+        run(logs, events, consumer=consumer, sink=sink, lease=lease, batch_size=batch_size, overlap=overlap)
+        failed = None
+    except (WriteFailedError, LeaseLostError) as err:
+        failed = err
+    committed = check_history(events, logs, starts, snapshot, complete=failed is None)
+    assert committed == {p: consumer.group_offsets.get(p, starts[p]) for p in logs}
+    if failed is None:
+        assert sink.writes < failing_write and (lost_at_renewal is None or lease.renewals < lost_at_renewal)
+        return
+    assert not lease.abandoned, "no write of the drain can land any more"
+    if isinstance(failed, WriteFailedError):
+        after = events[events.index(("failed",)) :]
+        assert "commit" not in kinds(after) and "write-start" not in kinds(after[1:])
+    else:
+        assert lease.renewals == lost_at_renewal and kinds(events).count("commit") == lost_at_renewal - 1

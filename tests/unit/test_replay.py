@@ -30,7 +30,7 @@ names = st.text(st.characters(blacklist_categories=["Cs"]), max_size=20)
 payloads = st.one_of(st.none(), st.binary(max_size=300))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(
     key=payloads,
     value=payloads,
