@@ -144,7 +144,9 @@ class FakeConsumer:
     nothing (a fetch that does not come back). ``on_consume`` runs at the start of every
     consume (to produce more records, or to stop the test's clock). ``refuse_commit(offsets)``
     returns the ``KafkaError`` a commit should carry, or None. An empty consume waits its
-    timeout on ``clock`` (real time, at most 10 ms, without one).
+    timeout on ``clock`` (real time, at most 10 ms, without one). ``fetch_errors`` maps the
+    n-th consume to ``(partition, error)``: that consume returns an error event of the partition
+    after its records (a fetch that failed: offset out of range, say).
     """
 
     def __init__(
@@ -159,8 +161,10 @@ class FakeConsumer:
         log_reads: bool = False,
         refuse_commit: Callable[[dict[int, int]], KafkaError | None] | None = None,
         clock: FakeClock | None = None,
+        fetch_errors: dict[int, tuple[int, KafkaError]] | None = None,
     ) -> None:
         self.partitions = partitions
+        self.fetch_errors = dict(fetch_errors or {})
         self.eof = eof
         self.chunk = chunk
         self.stuck = set(stuck)
@@ -230,6 +234,9 @@ class FakeConsumer:
                     messages.append(
                         FakeMessage(TOPIC, p, at, None, None, KafkaError(KafkaError._PARTITION_EOF))
                     )
+        if self.consumes in self.fetch_errors:
+            p, error = self.fetch_errors[self.consumes]
+            messages.append(FakeMessage(TOPIC, p, self.fetched.get(p, 0), None, None, error))
         data = [(m.partition(), m.offset()) for m in messages if m.error() is None]
         if data and self.log_reads:
             self.events.append(("read", data))

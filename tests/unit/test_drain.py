@@ -342,6 +342,21 @@ def test_a_commit_kafka_refuses_surfaces_and_is_not_recorded_in_the_ledger() -> 
     assert ledger.offsets == {0: 10} and consumer.group_offsets == {0: 10}
 
 
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "in turn"])
+def test_a_fetch_error_fails_the_drain_and_its_batch_is_not_committed(overlap: bool) -> None:
+    """With auto.offset.reset=error, records deleted by retention during the drain arrive as an
+    error event: the drain must fail (its retry meets the gap in start_offsets), not skip them."""
+    events: Events = []
+    out_of_range = KafkaError(KafkaError._AUTO_OFFSET_RESET)
+    consumer = FakeConsumer({0: numbered(30)}, events, fetch_errors={2: (0, out_of_range)})
+    with pytest.raises(KafkaException) as raised:
+        run({}, events, consumer=consumer, batch_size=10, overlap=overlap)
+    assert raised.value.args[0].code() == KafkaError._AUTO_OFFSET_RESET
+    # Batch 1 was written before the error (or while it was read) and may be committed; batch 2 not.
+    assert committed_in(events) == {0: 10}
+    assert [e[1][-1] for e in events if e[0] == "write"] == [(0, 9)]
+
+
 # --- dead letters ---------------------------------------------------------------------------------
 
 
