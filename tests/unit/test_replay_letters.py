@@ -1,7 +1,7 @@
 """The parts of ``kafka_mongo_etl.replay`` that need no server: which dead letters a selection
 picks, which dead letters hold their whole record, and that a dead letter as the drain stores it
 (``mongo_sink.MongoDeadLetterSink``, through BSON) gives back the record it came from.
-tests/integration/test_replay.py replays against the real server."""
+tests/integration/test_replay.py replays against the real server (hence this file's other name)."""
 
 from __future__ import annotations
 
