@@ -18,9 +18,10 @@ The words, per partition:
   on (the drain decides what the gap means: ``drain.start_offsets``); a commit above the high
   watermark (a truncated log) has nothing to read.
 
-Two ways in, with the same answers: a ``Consumer`` that is never assigned or subscribed (its
+Two ways in, with the same arithmetic: a ``Consumer`` that is never assigned or subscribed (its
 ``group.id`` is the group asked about; ``committed()`` joins no group and commits nothing), and
-an ``AdminClient`` (``group_offsets``: any group, and it never creates the topic).
+an ``AdminClient`` (``group_offsets``: any group, never creates the topic; its high watermark is
+the log end, where a read_committed consumer is told the last stable offset).
 
 Topic existence: ``topic_partitions`` answers ``[]`` for a topic the broker does not know,
 ``partitions_of`` raises ``TopicNotFoundError``. Both send a metadata request naming the topic,
