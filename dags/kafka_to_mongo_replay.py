@@ -68,7 +68,15 @@ def replay_params() -> dict[str, Param]:
         "ids": _criterion("array", "Dead-letter _ids", "Dead letters by _id (topic:partition:offset)."),
         **{
             name: _shared(name, OPTIONS_SECTION)
-            for name in ("write_mode", "id_strategy", "id_field", "id_fields")
+            for name in (
+                "write_mode",
+                "id_strategy",
+                "id_field",
+                "id_fields",
+                "processors",
+                "cdc_times",
+                "cdc_keep_source",
+            )
         },
         "batch_size": Param(
             500,

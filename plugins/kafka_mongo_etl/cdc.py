@@ -53,6 +53,7 @@ from bson import Binary
 from bson.decimal128 import Decimal128
 from confluent_kafka import Message
 
+from kafka_mongo_etl.processors import Chain, ProcessorRefusal
 from kafka_mongo_etl.records import (
     BadRecordError,
     Document,
@@ -64,6 +65,7 @@ from kafka_mongo_etl.records import (
     id_identity,
     kafka_position,
     quote,
+    value_problem,
     where,
 )
 
@@ -101,10 +103,12 @@ class CdcSettings:
             raise ValueError(f"unknown cdc times {self.times!r}; choose one of {', '.join(TIME_MODES)}")
 
 
-def change_events(settings: CdcSettings | None = None) -> RecordBuilder:
+def change_events(settings: CdcSettings | None = None, chain: Chain | None = None) -> RecordBuilder:
     """The record builder of write mode ``cdc``: a Debezium change event becomes the row's
-    document, a delete or tombstone a delete (``body=None``), anything else a ``BadRecordError``."""
+    document, a delete or tombstone a delete (``body=None``), anything else a ``BadRecordError``.
+    A ``chain`` of processors shapes each row (after its columns' conversion) and ``_kafka``."""
     settings = settings or CdcSettings()
+    chain = chain or Chain()
 
     def to_document(message: Message) -> Document:
         if message.value() is None:
@@ -142,11 +146,16 @@ def change_events(settings: CdcSettings | None = None) -> RecordBuilder:
                 "every column, then replay this dead letter or re-snapshot the table",
             )
         row = _convert(after, _field_schema(schema, "after", message), settings, message)
+        if chain:
+            try:
+                row = chain.apply(row, message, value_problem)
+            except ProcessorRefusal as err:
+                raise BadRecordError(err.code, f"change event {where(message)}: {err}") from None
         check_fields(row, message)
         document: dict[str, Any] = {"_id": _id, **row}
         if settings.keep_source:
             document[CDC_FIELD] = _cdc_metadata(envelope, op)
-        document["_kafka"] = kafka_position(message)
+        document["_kafka"] = chain.kafka_field(message, kafka_position(message))
         return Document(id=_id, identity=id_identity(_id), body=encode(document, message), message=message)
 
     return to_document

@@ -65,6 +65,11 @@ class ConsumeJob:
     partitions: tuple[int, ...] | None = None
     # Route each record to the collection a field of its key or value names (routing.py).
     route_by: str | None = None
+    # The post-processors' specs (kafka_mongo_etl.processors), in order; None: none.
+    processors: tuple[Any, ...] | None = None
+    # write_mode cdc: the sub-millisecond time types (cdc.TIME_MODES), and whether _cdc is kept.
+    cdc_times: str = "exact"
+    cdc_keep_source: bool = True
 
     @property
     def consumer_group(self) -> str:

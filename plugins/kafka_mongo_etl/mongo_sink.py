@@ -14,6 +14,7 @@ from pymongo import ReplaceOne
 from pymongo.collection import Collection
 
 from kafka_mongo_etl.bulk import bulk_write, refusal
+from kafka_mongo_etl.processors import WriteHints
 from kafka_mongo_etl.records import DeadLetter, Document
 from kafka_mongo_etl.write_models import WRITE_MODES, WriteFailedError, WriteResult, write_model
 
@@ -45,7 +46,9 @@ class MongoSink:
     the collection's write concern; it raises ``WriteFailedError`` on anything else.
     """
 
-    def __init__(self, collection: Collection, mode: str = "replace") -> None:
+    def __init__(
+        self, collection: Collection, mode: str = "replace", hints: WriteHints | None = None
+    ) -> None:
         if not collection.write_concern.acknowledged:
             raise ValueError(
                 f"the write concern of {collection.full_name} is {collection.write_concern.document} "
@@ -54,7 +57,8 @@ class MongoSink:
             )
         self.collection = collection
         self.mode = mode
-        self.model = write_model(mode)
+        # hints: what the record path's processors ask of the writes (insert-only fields, _kafka).
+        self.model = write_model(mode, hints)
 
     def write(self, documents: Sequence[Document]) -> WriteResult:
         """Write ``documents``: every record of a batch, in read order (versions of one ``_id``

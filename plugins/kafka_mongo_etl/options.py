@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from kafka_mongo_etl.errors import ParamsRefusedError
 from kafka_mongo_etl.ids import ID_FIELD_NAME_PATTERN, ID_STRATEGIES, MAX_ID_FIELDS, id_strategy
 from kafka_mongo_etl.parallelism import ONE_TASK, PER_PARTITION
+from kafka_mongo_etl.processors import PROCESSORS, chain_problems, parse_specs
 
 if TYPE_CHECKING:
     from airflow.sdk import Param
@@ -52,6 +53,8 @@ KAFKA_SECTION = "Kafka topic and consumer"
 ID_SECTION = "Document _id"
 DEAD_LETTER_SECTION = "Dead letters"
 TOPICS_SECTION = "Many topics"
+SHAPE_SECTION = "Document shape (processors)"
+CDC_SECTION = "Change events (write mode cdc)"
 
 INT64_MAX = 2**63 - 1
 MAX_COUNT = 10_000_000
@@ -140,6 +143,23 @@ def _optional_float(value: Any) -> float | None:
 
 def _optional_tuple(value: Any) -> tuple[str, ...] | None:
     return tuple(value) if value else None
+
+
+def _processor_specs(value: Any) -> tuple[Any, ...] | None:
+    """The ``processors`` option as a tuple of specs (a JSON string is read); checked by
+    ``option_problems``, so a spec that cannot work is kept here as given."""
+    try:
+        specs = parse_specs(value)
+    except ValueError:
+        return value
+    return tuple(specs) if specs else None
+
+
+# Implemented by cdc.TIME_MODES under the same names (a unit test checks it).
+CDC_TIME_MODES: dict[str, str] = {
+    "exact": "Exact: microsecond and nanosecond times stay numbers, timestamptz an ISO string",
+    "date": "BSON dates, cut to the millisecond",
+}
 
 
 @dataclass(frozen=True)
@@ -410,6 +430,50 @@ LOAD_OPTIONS: list[LoadOption] = [
         to_job=float,
         in_form=False,
     ),
+    LoadOption(
+        "processors",
+        None,
+        {
+            "type": ["null", "array"],
+            "items": {
+                "type": "object",
+                "required": ["type"],
+                "properties": {"type": {"enum": list(PROCESSORS)}},
+            },
+        },
+        "Post-processors",
+        "An ordered list of steps that shape each record's document, applied after its _id is "
+        'made: [{"type": "block", "fields": ["password"]}, {"type": "rename", "fields": '
+        '{"addr.zip": "postcode"}}]. Types: ' + ", ".join(PROCESSORS) + ". A record a step cannot "
+        "shape is a dead letter. Reference and one example each: docs/processors.md.",
+        readers=(CONSUME,),
+        section=SHAPE_SECTION,
+        job_field="processors",
+        to_job=_processor_specs,
+    ),
+    LoadOption(
+        "cdc_times",
+        "exact",
+        {"type": "string"},
+        "Sub-millisecond times",
+        "write_mode cdc, schemas.enable=true: what becomes of Debezium's MicroTimestamp, "
+        "NanoTimestamp and ZonedTimestamp values (finer than BSON's millisecond dates).",
+        readers=(CONSUME,),
+        section=CDC_SECTION,
+        choices=CDC_TIME_MODES,
+        job_field="cdc_times",
+    ),
+    LoadOption(
+        "cdc_keep_source",
+        True,
+        {"type": "boolean"},
+        "Keep the change's source position (_cdc)",
+        "write_mode cdc: store the change's op, commit time and log position (lsn, txId) in "
+        "each document's _cdc field.",
+        readers=(CONSUME,),
+        section=CDC_SECTION,
+        job_field="cdc_keep_source",
+    ),
 ]
 
 # Appended, not inserted: other options are appended to the table too, and its order is the form's.
@@ -526,7 +590,11 @@ def option_problems(values: Mapping[str, Any]) -> list[str]:
     problems = []
     strategy = values.get("id_strategy") or option("id_strategy").default
     write_mode = values.get("write_mode") or option("write_mode").default
-    for name, choices in (("write_mode", WRITE_MODES), ("on_retention_gap", RETENTION_GAP_POLICIES)):
+    for name, choices in (
+        ("write_mode", WRITE_MODES),
+        ("on_retention_gap", RETENTION_GAP_POLICIES),
+        ("cdc_times", CDC_TIME_MODES),
+    ):
         if name in values and values[name] not in choices:
             problems.append(f"unknown {name} {values[name]!r}; choose one of {', '.join(choices)}")
     try:
@@ -546,6 +614,7 @@ def option_problems(values: Mapping[str, Any]) -> list[str]:
             f"route_by {route_by!r} would send their deletes to the target collection; route by "
             "'key' or a 'key.<field>'"
         )
+    problems += chain_problems(values.get("processors"), write_mode, strategy)
     start, count = values.get("start"), values.get("count")
     if isinstance(start, int) and isinstance(count, int) and start + count - 1 > INT64_MAX:
         problems.append(

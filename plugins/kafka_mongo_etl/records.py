@@ -37,6 +37,7 @@ from confluent_kafka import Message
 
 from kafka_mongo_etl.errors import EtlError
 from kafka_mongo_etl.ids import IdFunction
+from kafka_mongo_etl.processors import Chain, ProcessorRefusal
 
 # MongoDB refuses documents over 16 MiB (BSON, _id and _kafka included): BSONObjMaxUserSize.
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
@@ -81,6 +82,9 @@ BAD_RECORD_CODES = {
     "truncate": "write_mode cdc: a Debezium truncate event, which is not applied (docs/cdc.md)",
     "unavailable_value": "write_mode cdc: an update without an unchanged TOASTed column's value",
     "bad_route": "route_by: the routing field's value is not a collection name MongoDB takes",
+    "rename_conflict": "processors: a rename would overwrite a field the record already has",
+    "function_failed": "processors: the user function raised an exception for the record",
+    "function_result": "processors: the user function returned no document, or one MongoDB cannot store",
 }
 
 
@@ -384,14 +388,17 @@ def encode(document: dict[str, Any], message: Message) -> RawBSONDocument:
     return RawBSONDocument(raw)
 
 
-def json_document(id_for: IdFunction) -> RecordBuilder:
+def json_document(id_for: IdFunction, chain: Chain | None = None) -> RecordBuilder:
     """Turn a record whose value is a JSON object into a ``Document``.
 
     The value's own ``_id`` is dropped (the id strategy makes the ``_id``), and ``_kafka`` is set
     to the record's topic, partition and offset, and ``applied``, the fence:
     ``{"<topic>:<partition>": offset}`` (``kafka_position``; a value's own ``_kafka`` is
-    overwritten; see docs/fencing.md).
+    overwritten; see docs/fencing.md). A ``chain`` of processors
+    (``kafka_mongo_etl.processors``) shapes the value between the ``_id`` and the checks.
     """
+    if chain:
+        return _processed_document(id_for, chain)
 
     def to_document(message: Message) -> Document:
         value = decode_json(message)
@@ -403,6 +410,62 @@ def json_document(id_for: IdFunction) -> RecordBuilder:
         value.pop("_id", None)
         check_fields(value, message)
         document = {"_id": _id, **value, "_kafka": kafka_position(message)}
+        return Document(id=_id, identity=id_identity(_id), body=encode(document, message), message=message)
+
+    return to_document
+
+
+def value_problem(value: dict[str, Any]) -> str | None:
+    """What MongoDB's rules refuse in a document of these fields (``None``: nothing); for the
+    processors that run user code."""
+    try:
+        if any(not isinstance(name, str) for name in value):
+            return "a field name is not a string"
+        check_fields(value, _NO_MESSAGE)
+        encode({"_id": None, **value}, _NO_MESSAGE)
+    except BadRecordError as err:
+        return str(err).replace(f"record {where(_NO_MESSAGE)}", "the document", 1)
+    except (TypeError, ValueError) as err:  # a name that is not a string below the top, for one
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+class _Unnamed:
+    """Stands for the message in ``value_problem``'s checks: the reason names no record (the
+    record path names it when it makes the reason a dead letter's)."""
+
+    def topic(self) -> str:
+        return "?"
+
+    def partition(self) -> str:
+        return "?"
+
+    def offset(self) -> str:
+        return "?"
+
+
+_NO_MESSAGE: Any = _Unnamed()
+
+
+def _processed_document(id_for: IdFunction, chain: Chain) -> RecordBuilder:
+    """``json_document`` with the processors: the ``_id`` from the record as it came, then the
+    chain, then MongoDB's rules on what the chain made. A refusal is the record's dead letter."""
+
+    def to_document(message: Message) -> Document:
+        value = decode_json(message)
+        try:
+            _id = id_for(message, value)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise BadRecordError("no_id", f"record {where(message)}: {err}") from None
+        check_id(_id, message)
+        value.pop("_id", None)
+        try:
+            value = chain.apply(value, message, value_problem)
+        except ProcessorRefusal as err:
+            raise BadRecordError(err.code, f"record {where(message)}: {err}") from None
+        value.pop("_id", None)  # a rename may make one: the id strategy's _id wins, as without processors
+        check_fields(value, message)
+        document = {"_id": _id, **value, "_kafka": chain.kafka_field(message, kafka_position(message))}
         return Document(id=_id, identity=id_identity(_id), body=encode(document, message), message=message)
 
     return to_document

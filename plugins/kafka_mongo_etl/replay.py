@@ -31,13 +31,13 @@ from pymongo import DeleteOne, UpdateOne
 from pymongo.database import Database
 
 from kafka_mongo_etl.bulk import bulk_write
+from kafka_mongo_etl.cdc import CdcSettings
 from kafka_mongo_etl.errors import ParamsRefusedError
-from kafka_mongo_etl.ids import id_function
 from kafka_mongo_etl.mongo_client import EtlMongoHook
 from kafka_mongo_etl.mongo_sink import MAX_CODE_CHARS, MAX_REASON_CHARS, MongoSink, _cut
 from kafka_mongo_etl.options import DEAD_LETTER_SUFFIX, check_options
-from kafka_mongo_etl.records import BadRecordError, Document, json_document
-from kafka_mongo_etl.write_models import record_builder
+from kafka_mongo_etl.records import BadRecordError, Document
+from kafka_mongo_etl.write_models import record_path
 
 __all__ = ["DeadLetterSelection", "ReplaySummary", "replay_dead_letters", "run_replay"]
 
@@ -173,11 +173,13 @@ def replay_dead_letters(
     id_field: str | None = None,
     id_fields: Sequence[str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    processors: Any = None,
+    cdc: CdcSettings | None = None,
 ) -> ReplaySummary:
     """Replay the dead letters of ``database[collection + "_dlq"]`` that ``selection`` picks, in
     ``_id`` order, ``batch_size`` at a time, into ``database[collection]`` with the given write
     mode and id strategy (those the collection is loaded with: an other strategy makes other
-    ``_id``s).
+    ``_id``s), post-processors and change-event settings.
 
     Raises ``ValueError`` for an empty selection or options that cannot work, before anything is
     read; lets MongoDB's errors (and ``WriteFailedError``) leave: what was replayed so far stays
@@ -186,9 +188,8 @@ def replay_dead_letters(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     query = selection.query()
-    id_for = id_function(id_strategy, id_field, tuple(id_fields) if id_fields else None)
-    to_document = record_builder(write_mode, json_document(id_for), id_for, id_strategy)
-    sink = MongoSink(database[collection], write_mode)
+    to_document, hints = record_path(write_mode, id_strategy, id_field, id_fields, processors, cdc)
+    sink = MongoSink(database[collection], write_mode, hints)
     letters = database[f"{collection}{DEAD_LETTER_SUFFIX}"]
     summary = ReplaySummary()
     still_failing: Counter[str] = Counter()
@@ -315,8 +316,8 @@ def run_replay(params: dict[str, Any]) -> dict[str, Any]:
     id_field, id_fields = params.get("id_field") or None, params.get("id_fields") or None
     try:
         selection.query()
-        id_for = id_function(id_strategy, id_field, id_fields)
-        record_builder(write_mode, json_document(id_for), id_for, id_strategy)
+        cdc = CdcSettings(params.get("cdc_keep_source", True), params.get("cdc_times") or "exact")
+        record_path(write_mode, id_strategy, id_field, id_fields, params.get("processors"), cdc)
     except ValueError as err:
         raise ParamsRefusedError(f"{err}. {done}; run again with other params.") from err
     conn_id = params.get("mongo_conn_id") or "mongo_default"
@@ -332,6 +333,8 @@ def run_replay(params: dict[str, Any]) -> dict[str, Any]:
                 id_field=id_field,
                 id_fields=id_fields,
                 batch_size=int(params.get("batch_size") or DEFAULT_BATCH_SIZE),
+                processors=params.get("processors"),
+                cdc=cdc,
             )
     result = {"target": f"{params['mongo_db']}.{params['mongo_collection']}", **summary.as_dict()}
     log.info("Replay done: %s", result)

@@ -33,6 +33,7 @@ from pymongo.database import Database
 
 from kafka_mongo_etl.mongo_sink import MongoSink
 from kafka_mongo_etl.options import MAX_NAMESPACE_BYTES, MONGO_COLLECTION_PATTERN
+from kafka_mongo_etl.processors import WriteHints
 from kafka_mongo_etl.records import BadRecordError, Document, RecordBuilder, where
 from kafka_mongo_etl.write_models import WriteResult
 
@@ -134,15 +135,18 @@ class RoutingSink:
     ``None``: ``default``), each with its own ``MongoSink`` and write model, and returns only
     after every collection's write was acknowledged (a failure raises before the drain commits)."""
 
-    def __init__(self, database: Database, default: str, mode: str = "replace") -> None:
+    def __init__(
+        self, database: Database, default: str, mode: str = "replace", hints: WriteHints | None = None
+    ) -> None:
         self.database = database
         self.default = default
         self.mode = mode
+        self.hints = hints  # what the processors ask of the writes (kafka_mongo_etl.processors)
         self.sinks: dict[str, MongoSink] = {}
 
     def sink(self, name: str) -> MongoSink:
         if name not in self.sinks:
-            self.sinks[name] = MongoSink(self.database[name], self.mode)
+            self.sinks[name] = MongoSink(self.database[name], self.mode, self.hints)
         return self.sinks[name]
 
     def write(self, documents: Sequence[Document]) -> WriteResult:

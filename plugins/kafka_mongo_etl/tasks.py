@@ -14,6 +14,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from kafka_mongo_etl.audit import AUDIT_COLLECTION, TryAudit, dead_letter_reasons_since, write_try
+from kafka_mongo_etl.cdc import CdcSettings
 from kafka_mongo_etl.clients import (
     KAFKA_METADATA_TIMEOUT,
     EtlConsumerHook,
@@ -31,11 +32,11 @@ from kafka_mongo_etl.ledger import LEDGER_COLLECTION, OffsetLedger
 from kafka_mongo_etl.mongo_client import EtlMongoHook
 from kafka_mongo_etl.mongo_sink import MongoDeadLetterSink, MongoSink
 from kafka_mongo_etl.options import check_options
+from kafka_mongo_etl.processors import WriteHints
 from kafka_mongo_etl.produce import ensure_topic, produce_batch
-from kafka_mongo_etl.records import json_document
 from kafka_mongo_etl.routing import RoutingSink, routed
 from kafka_mongo_etl.sigterm import stop_on_sigterm
-from kafka_mongo_etl.write_models import record_builder
+from kafka_mongo_etl.write_models import record_path
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,14 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
     """
     check_options(vars(job), done="Nothing was loaded")
     try:
-        id_for = id_function(job.id_strategy, job.id_field, job.id_fields)
-        to_document = record_builder(job.write_mode, json_document(id_for), id_for, job.id_strategy)
+        to_document, hints = record_path(
+            job.write_mode,
+            job.id_strategy,
+            job.id_field,
+            job.id_fields,
+            job.processors,
+            CdcSettings(keep_source=job.cdc_keep_source, times=job.cdc_times),
+        )
         if job.route_by:
             to_document = routed(to_document, job.route_by, job.mongo_db)
     except ValueError as err:
@@ -86,7 +93,7 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
     this_try = TryAudit.begin(_try_number())
     try:
         with hook.errors(), kafka_errors(job.kafka_conn_id):
-            summary = _drain_under_lease(job, database, to_document, hook.label)
+            summary = _drain_under_lease(job, database, to_document, hook.label, hints)
         result = {**audit, **summary.as_dict(), "state": "success"}
         breach = job.dead_letter_policy.breach(summary.dead_letters, summary.records)
         stall = _stall_problem(job, summary)
@@ -168,7 +175,7 @@ def _try_number() -> int | None:
 
 
 def _drain_under_lease(
-    job: ConsumeJob, database: Database, to_document: Any, mongo_label: str
+    job: ConsumeJob, database: Database, to_document: Any, mongo_label: str, hints: WriteHints | None = None
 ) -> DrainSummary:
     """The drain, under the leases of every partition it drains (``lease.partition_leases``).
 
@@ -199,9 +206,9 @@ def _drain_under_lease(
                     job.topic,
                     job.consumer_group,
                     (
-                        RoutingSink(database, job.mongo_collection, job.write_mode)
+                        RoutingSink(database, job.mongo_collection, job.write_mode, hints)
                         if job.route_by
-                        else MongoSink(database[job.mongo_collection], job.write_mode)
+                        else MongoSink(database[job.mongo_collection], job.write_mode, hints)
                     ),
                     to_document,
                     dataclasses.replace(job.drain, on_retention_gap=job.on_retention_gap),

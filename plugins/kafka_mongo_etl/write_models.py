@@ -64,11 +64,12 @@ from kafka_mongo_etl.bulk import (  # noqa: F401 - importable from here too
     check_write_concern,
     refusal,
 )
-from kafka_mongo_etl.cdc import change_events
+from kafka_mongo_etl.cdc import CdcSettings, change_events
 from kafka_mongo_etl.errors import WriteFailedError
-from kafka_mongo_etl.ids import IdFunction
+from kafka_mongo_etl.ids import IdFunction, id_function
 from kafka_mongo_etl.options import WRITE_MODES as WRITE_MODE_NAMES
 from kafka_mongo_etl.options import key_ids_problem
+from kafka_mongo_etl.processors import Chain, WriteHints, build_chain
 from kafka_mongo_etl.records import (
     MAX_DOCUMENT_BYTES,
     MAX_STATEMENT_BYTES,
@@ -78,6 +79,7 @@ from kafka_mongo_etl.records import (
     RecordBuilder,
     fence_key,
     id_identity,
+    json_document,
     where,
 )
 
@@ -198,9 +200,10 @@ def _seen(write: Write) -> dict[str, Any]:
     return {"$ifNull": [{"$getField": {"field": write.fence_key, "input": "$$applied"}}, -1]}
 
 
-def kafka_field(write: Write) -> dict[str, Any]:
+def kafka_field(write: Write, own: bool = False) -> dict[str, Any]:
     """The expression of the ``_kafka`` a fenced write stores: its record, and the applied map
-    with its topic's partition moved up to its offset."""
+    with its topic's partition moved up to its offset. ``own``: the record's document says what
+    ``_kafka`` shows besides the fence (the ``kafka_metadata`` processor), kept as it is."""
     applied = {
         "$setField": {
             "field": write.fence_key,
@@ -208,6 +211,10 @@ def kafka_field(write: Write) -> dict[str, Any]:
             "value": {"$max": [write.offset, _seen(write)]},
         }
     }
+    if own and write.body is not None:
+        shown = write.body.get("_kafka") or {}
+        display = {name: {"$literal": value} for name, value in shown.items() if name != "applied"}
+        return {**display, "applied": applied}
     return {"topic": write.topic, "partition": write.partition, "offset": write.offset, "applied": applied}
 
 
@@ -266,8 +273,25 @@ class WriteModel:
     # True when the rewrite is fenced (matched but not modified = stale).
     is_fenced: ClassVar[bool] = True
 
-    def __init__(self) -> None:
+    def __init__(self, hints: WriteHints | None = None) -> None:
         self.rewrite_next = False
+        # What the record path's processors ask of a rewrite (kafka_mongo_etl.processors).
+        self.hints = hints or WriteHints()
+
+    def kafka(self, write: Write) -> dict[str, Any]:
+        """The ``_kafka`` expression of ``write``'s fenced rewrite."""
+        return kafka_field(write, self.hints.own_kafka)
+
+    def kept_on_rewrite(self, write: Write) -> dict[str, Any]:
+        """The insert-only fields (``insert_timestamp``) a rewrite sets: the stored value, else
+        the record's. Empty without such processors."""
+        if not self.hints.insert_only or write.body is None:
+            return {}
+        return {
+            name: {"$ifNull": ["$" + name, {"$literal": write.body[name]}]}
+            for name in self.hints.insert_only
+            if name in write.body
+        }
 
     def plan(self, versions: list[Document]) -> list[Write]:
         """The writes, in order, that give ``versions`` (one ``_id``'s, in read order) the
@@ -390,10 +414,22 @@ def is_id_duplicate(error: dict[str, Any]) -> bool:
     return error.get("code") == DUPLICATE_KEY and error.get("keyPattern") == ID_INDEX
 
 
-def _replacement(write: Write) -> dict[str, Any]:
+def _replacement(
+    write: Write, kafka: dict[str, Any] | None = None, kept: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The record's document, as an expression (``$literal``: its nested names stay names),
-    with the fence's ``_kafka``."""
-    return {"$setField": {"field": "_kafka", "input": {"$literal": write.body}, "value": kafka_field(write)}}
+    with the fence's ``_kafka`` (``kafka``, default ``kafka_field``) and the ``kept`` fields'
+    expressions (insert-only fields)."""
+    document: dict[str, Any] = {
+        "$setField": {
+            "field": "_kafka",
+            "input": {"$literal": write.body},
+            "value": kafka or kafka_field(write),
+        }
+    }
+    for name, value in (kept or {}).items():
+        document = {"$setField": {"field": name, "input": document, "value": value}}
+    return document
 
 
 class ReplaceModel(WriteModel):
@@ -403,7 +439,7 @@ class ReplaceModel(WriteModel):
     name: ClassVar[str] = "replace"
 
     def rewrite(self, write: Write, at: dt.datetime) -> UpdateOne:
-        return fenced(write, _replacement(write))
+        return fenced(write, _replacement(write, self.kafka(write), self.kept_on_rewrite(write)))
 
 
 class InsertModel(WriteModel):
@@ -483,7 +519,8 @@ class UpdateModel(WriteModel):
         stamps = {
             UPDATED_AT: at,
             CREATED_AT: {"$ifNull": ["$" + CREATED_AT, at]},
-            "_kafka": kafka_field(write),
+            "_kafka": self.kafka(write),
+            **self.kept_on_rewrite(write),
         }
         return fenced(write, {"$mergeObjects": ["$$ROOT", {"$literal": fields}, stamps]})
 
@@ -503,8 +540,8 @@ class DeleteOnTombstoneModel(ReplaceModel):
 
     name: ClassVar[str] = "delete_on_tombstone"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, hints: WriteHints | None = None) -> None:
+        super().__init__(hints)
         self.marker_index = False
 
     def prepare(self, collection: Collection, writes: list[Write]) -> None:
@@ -586,26 +623,50 @@ WRITE_MODES = tuple(name for name in WRITE_MODELS if name != CdcModel.name)
 TOMBSTONE_MODES = tuple(name for name, mode in WRITE_MODE_NAMES.items() if mode.needs_key_ids)
 
 
-def write_model(mode: str) -> WriteModel:
+def write_model(mode: str, hints: WriteHints | None = None) -> WriteModel:
     try:
-        return WRITE_MODELS[mode]()
+        model = WRITE_MODELS[mode]
     except KeyError:
         raise ValueError(f"unknown write_mode {mode!r}; choose one of {', '.join(WRITE_MODELS)}") from None
+    return model(hints)
 
 
 def record_builder(
-    mode: str, builder: RecordBuilder, id_for: IdFunction, id_strategy: str
+    mode: str,
+    builder: RecordBuilder,
+    id_for: IdFunction,
+    id_strategy: str,
+    cdc: CdcSettings | None = None,
+    chain: Chain | None = None,
 ) -> Callable[[Message], Document]:
     """The record builder ``mode`` needs: tombstones become deletes in ``delete_on_tombstone``;
-    ``cdc`` reads Debezium change events (``cdc.change_events``) instead of ``builder``."""
+    ``cdc`` reads Debezium change events (``cdc.change_events``, with ``cdc`` settings and the
+    value ``chain`` of processors applied to each row) instead of ``builder``."""
     if mode not in TOMBSTONE_MODES:
         return builder
     problem = key_ids_problem(mode, id_strategy)
     if problem:
         raise ValueError(problem)
     if mode == CdcModel.name:
-        return change_events()
+        return change_events(cdc, chain)
     return tombstones_delete(builder, id_for)
+
+
+def record_path(
+    write_mode: str,
+    id_strategy: str = "key",
+    id_field: str | None = None,
+    id_fields: Sequence[str] | None = None,
+    processors: Any = None,
+    cdc: CdcSettings | None = None,
+) -> tuple[RecordBuilder, WriteHints]:
+    """How a load's records become documents — its id strategy, write mode, post-processors
+    (``kafka_mongo_etl.processors``) and change-event settings — and what the write model must
+    know of the processors. Raises ``ValueError`` for options that cannot work."""
+    chain = build_chain(processors)
+    id_for = chain.key_ids(id_function(id_strategy, id_field, tuple(id_fields) if id_fields else None))
+    builder = record_builder(write_mode, json_document(id_for, chain), id_for, id_strategy, cdc, chain)
+    return builder, chain.hints
 
 
 __all__ = [
