@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import operator
 import queue
 import threading
 import time
@@ -333,6 +334,9 @@ def _check_starts(
         )
 
 
+_ERROR = operator.methodcaller("error")
+
+
 class Drain:
     """One drain of ``topic`` for ``group_id`` from the committed offsets to the snapshot.
 
@@ -455,7 +459,11 @@ class Drain:
         left = sum(progress[p].end - self.read_to[p] for p in self.unread)
         wanted = max(1, min(self.settings.batch_size, left))
         messages = self.consumer.consume(num_messages=wanted, timeout=self.settings.poll_timeout)
-        return [message for message in messages if not self._end_of_partition(message)]
+        # Events are rare (one per partition that reached its end): a pass in C finds whether
+        # there are any before a pass in Python takes them out.
+        if any(map(_ERROR, messages)):
+            messages = [message for message in messages if not self._end_of_partition(message)]
+        return messages
 
     def _end_of_partition(self, message: Message) -> bool:
         """Note an end-of-partition event (``enable.partition.eof``) and leave it out of the batch.
@@ -525,8 +533,11 @@ class Drain:
                 self.read_to[tp.partition] = progress[tp.partition].end
                 done.add(tp.partition)
         if done:
-            self.consumer.pause([TopicPartition(self.topic, p) for p in sorted(done)])
             self.unread -= done
+            # Pausing waits on librdkafka's threads (milliseconds on a busy machine); once no
+            # partition is left to read, nothing is consumed again and none needs it.
+            if self.unread:
+                self.consumer.pause([TopicPartition(self.topic, p) for p in sorted(done)])
         return batch
 
     def store(self, batch: Batch) -> None:
