@@ -57,12 +57,15 @@ def stages(module: ModuleType, batch: list[Message]) -> dict[str, Callable[[], A
     by_key = id_function("key")
     values = [module.decode_json(m) for m in batch]
     ids = [by_key(m, v) for m, v in zip(batch, values, strict=True)]
-    # The documents as the record path makes them (its _kafka has the fence's "applied" too).
-    positions = [(m.partition(), m.offset()) for m in batch]
-    documents = [
-        {"_id": i, **v, "_kafka": {"partition": p, "offset": o, "applied": {str(p): o}}}
-        for v, i, (p, o) in zip(values, ids, positions, strict=True)
-    ]
+    # The documents as the record path makes them (a records.py before kafka_position: its form).
+    position = getattr(module, "kafka_position", None) or (
+        lambda m: {
+            "partition": m.partition(),
+            "offset": m.offset(),
+            "applied": {str(m.partition()): m.offset()},
+        }
+    )
+    documents = [{"_id": i, **v, "_kafka": position(m)} for m, v, i in zip(batch, values, ids, strict=True)]
     to_document = module.json_document(by_key)
 
     def checks() -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from kafka_mongo_etl import offsets
 
 
 def unique(prefix: str) -> str:
@@ -39,11 +41,7 @@ def records_on(bootstrap_servers: str, topic: str) -> int:
     """How many offsets the topic holds (sum of high - low watermarks over its partitions)."""
     consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": unique("bench_count")})
     try:
-        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        offsets = [
-            consumer.get_watermark_offsets(TopicPartition(topic, p), 30, cached=False) for p in partitions
-        ]
-        return sum(high - low for low, high in offsets)
+        return offsets.records_on(consumer, topic, timeout=30)
     finally:
         consumer.close()
 

@@ -14,7 +14,7 @@ from kafka_mongo_etl.operators import KafkaToMongoOperator, ProduceNumberedBatch
 from kafka_mongo_etl.options import (
     DAG_DEFAULT_ARGS,
     check_options,
-    consume_options,
+    drain_options,
     form_params,
     produce_option_names,
     with_current_names,
@@ -37,6 +37,12 @@ the run in `<mongo_db>.etl_runs`.
 With `parallelism` = *per partition*, `drains` lists the topic's partitions and `consume` is
 mapped over them: one task per partition, each under the lease of its partition, each committing
 only its own partition's offsets. The ETL page sums a run's drains into one row.
+
+**Many topics.** A `topics` map (`{"orders": "shop.orders", "returns": {"collection":
+"shop.returns", "write_mode": "update"}}`) drains each of its topics instead of `topic`, into its
+own collection, with per-topic overrides of the consume options: one drain per topic (and per
+partition when asked), each with its own consumer group, leases and audit. `produce` still
+writes to `topic` only.
 
 **Dead letters.** A record that cannot become a document by MongoDB's rules (not UTF-8, not
 JSON, not an object, a tombstone, a number beyond int64 or double, a lone surrogate, a refused
@@ -104,14 +110,22 @@ def build_kafka_to_mongo(
 
         @task(execution_timeout=dt.timedelta(minutes=10))
         def drains() -> list[dict[str, Any]]:
-            """The consume options from the params, once per drain: all partitions, or one each."""
+            """The consume options from the params, once per drain: per topic (one, or each of
+            the topic map's), and per topic all partitions, or one each."""
             from kafka_mongo_etl.parallelism import PER_PARTITION, drain_scopes, topic_partitions
 
             params = with_current_names(get_current_context()["params"])
-            per_partition = params["parallelism"] == PER_PARTITION
-            listed = topic_partitions(kafka_conn_id, params["topic"]) if per_partition else []
-            options = {found.name: params[found.name] for found in consume_options() if found.in_form}
-            return [{**options, "partitions": scope} for scope in drain_scopes(params["parallelism"], listed)]
+            planned = []
+            for options in drain_options(params):
+                parallelism = options.pop("parallelism")
+                per_partition = parallelism == PER_PARTITION
+                listed = topic_partitions(kafka_conn_id, options["topic"]) if per_partition else []
+                drain = dict(options)
+                if params.get("topics") is not None:
+                    # Each topic's drain has its own audit document: the run's batch and the topic.
+                    drain["batch"] = "{{ dag.dag_id }}/{{ run_id }}/" + options["topic"]
+                planned += [{**drain, "partitions": scope} for scope in drain_scopes(parallelism, listed)]
+            return planned
 
         planned = drains()
         produce >> planned
@@ -122,7 +136,7 @@ def build_kafka_to_mongo(
             produced=produce.output,
             outlets=[loads_alias()],
             execution_timeout=dt.timedelta(hours=4),
-            map_index_template="{{ task.drain_label }}",
+            map_index_template="{{ task.topic }}: {{ task.drain_label }}",
         ).expand_kwargs(planned)
 
     return kafka_to_mongo()

@@ -152,15 +152,16 @@ def show(
 
 
 def wait_for(broker: KafkaBroker, topic: str, count: int) -> None:
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer
+
+    from kafka_mongo_etl import offsets
 
     consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": "cdc-demo-watch"})
     try:
 
         def arrived() -> bool:
-            if topic not in consumer.list_topics(timeout=10).topics:
-                return False
-            return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1] >= count
+            # 0 while Debezium has not created the topic (a consumer's metadata request never does).
+            return offsets.records_on(consumer, topic, timeout=10) >= count
 
         wait_until(f"{count} change events in {topic}", arrived, timeout=120)
     finally:

@@ -54,12 +54,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TopicLag:
-    """Per partition: the high watermark, how many records below it the group has not committed,
-    and the group's committed offset (negative: none yet)."""
+    """Per partition: the high watermark, how many records the group's next drain reads
+    (``offsets.lag``), and the group's committed offset (``None`` or absent: none yet)."""
 
     high: dict[int, int]
     pending: dict[int, int]
-    committed: dict[int, int] = field(default_factory=dict)
+    committed: dict[int, int | None] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -74,24 +74,16 @@ def topic_lag(consumer: Any, topic: str, timeout: float) -> TopicLag:
     """The lag on ``topic`` of ``consumer``'s group, read without joining the group or committing.
 
     ``consumer`` is never assigned or subscribed, and has auto-commit off: ``committed()`` only
-    asks the group coordinator for the offsets, ``get_watermark_offsets`` the partition leaders.
+    asks the group coordinator for the offsets, ``get_watermark_offsets`` the partition leaders
+    (``offsets.partition_offsets``). A topic that does not exist yet has nothing waiting.
     """
-    from confluent_kafka import TopicPartition
+    from kafka_mongo_etl.offsets import partition_offsets
 
-    from kafka_mongo_etl.metadata import topic_metadata
-
-    found = topic_metadata(consumer, topic, timeout).topics.get(topic)
-    if found is None or found.error is not None or not found.partitions:
-        return TopicLag(high={}, pending={})  # no topic yet: nothing has arrived
-    partitions = [TopicPartition(topic, p) for p in sorted(found.partitions)]
-    watermarks = {
-        tp.partition: consumer.get_watermark_offsets(tp, timeout=timeout, cached=False) for tp in partitions
-    }
-    committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=timeout)}
-    # No commit yet (a negative offset) or one below the log start: the drain starts at the earliest.
-    pending = {p: max(0, high - max(committed.get(p, -1), low)) for p, (low, high) in watermarks.items()}
+    found = partition_offsets(consumer, topic, timeout)
     return TopicLag(
-        high={p: high for p, (_, high) in watermarks.items()}, pending=pending, committed=committed
+        high={p: o.high for p, o in found.items()},
+        pending={p: o.lag for p, o in found.items()},
+        committed={p: o.committed for p, o in found.items()},
     )
 
 

@@ -62,6 +62,7 @@ from kafka_mongo_etl.records import (
     decode_json,
     encode,
     id_identity,
+    kafka_position,
     quote,
     where,
 )
@@ -145,7 +146,7 @@ def change_events(settings: CdcSettings | None = None) -> RecordBuilder:
         document: dict[str, Any] = {"_id": _id, **row}
         if settings.keep_source:
             document[CDC_FIELD] = _cdc_metadata(envelope, op)
-        document["_kafka"] = {"partition": message.partition(), "offset": message.offset()}
+        document["_kafka"] = kafka_position(message)
         return Document(id=_id, identity=id_identity(_id), body=encode(document, message), message=message)
 
     return to_document

@@ -21,6 +21,9 @@ from kafka_mongo_etl.errors import ConnectionProblem
 
 log = logging.getLogger(__name__)
 
+# How long a metadata request (creating a topic, listing its partitions) may wait for the broker.
+KAFKA_METADATA_TIMEOUT = 15.0
+
 # Every client's first connection: librdkafka drops its bootstrap connection as soon as the
 # first metadata names the brokers, and connects to a named broker no sooner than half of
 # reconnect.backoff.ms later (100 ms by default: 50 ms of every new client's start, measured
@@ -147,6 +150,12 @@ def _bootstrap_servers(kafka_config_id: str) -> str:
     return str(extra.get("bootstrap.servers") or "no bootstrap.servers")
 
 
+def kafka_label(kafka_config_id: str) -> str:
+    """How messages name a Kafka connection: its id and bootstrap servers, never the rest of its
+    extra (which may hold credentials)."""
+    return f"Kafka connection {kafka_config_id!r} ({_bootstrap_servers(kafka_config_id)})"
+
+
 @contextlib.contextmanager
 def kafka_errors(kafka_config_id: str) -> Iterator[None]:
     """Turn client errors into a ``ConnectionProblem`` naming the connection and what to check.
@@ -159,7 +168,6 @@ def kafka_errors(kafka_config_id: str) -> Iterator[None]:
     except KafkaException as err:
         error = err.args[0] if err.args and isinstance(err.args[0], KafkaError) else None
         code = error.code() if error is not None else None
-        where = f"Kafka connection {kafka_config_id!r} ({_bootstrap_servers(kafka_config_id)})"
         if code in _UNREACHABLE:
             hint = "no broker answered: check bootstrap.servers, the network and that the broker runs"
         elif code in _AUTH:
@@ -167,7 +175,7 @@ def kafka_errors(kafka_config_id: str) -> Iterator[None]:
         else:
             raise
         detail = error.str() if error is not None else str(err)
-        raise ConnectionProblem(f"{where}: {hint} ({detail})") from err
+        raise ConnectionProblem(f"{kafka_label(kafka_config_id)}: {hint} ({detail})") from err
     except ValueError as err:
         if "bootstrap.servers" not in str(err):
             raise

@@ -25,19 +25,23 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from kafka_mongo_etl import offsets as kafka_offsets
 from kafka_mongo_etl.errors import OffsetAboveWatermarkError, RetentionGapError, TopicNotFoundError
-from kafka_mongo_etl.metadata import topic_metadata
+from kafka_mongo_etl.offsets import committed_offsets, committed_or_none, partitions_of
 from kafka_mongo_etl.records import BadRecordError, DeadLetter, Document, RecordBuilder, json_document
 from kafka_mongo_etl.write_models import WriteResult
 
-# Where the record path's names used to live; kept for callers of the drain module.
+# Where the record path's and the offset readers' names used to live; kept for callers of the
+# drain module (the readers live in ``offsets``).
 __all__ = [
     "BadRecordError",
     "DeadLetter",
     "DrainSettings",
     "DrainSummary",
+    "committed_offsets",
     "drain_to_watermark",
     "json_document",
+    "partitions_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -139,83 +143,6 @@ class DrainSummary:
         return data
 
 
-def partitions_of(consumer: Consumer, topic: str, timeout: float) -> list[int]:
-    """The partition ids of ``topic`` from the broker's metadata; ``TopicNotFoundError`` if none."""
-    found = topic_metadata(consumer, topic, timeout).topics.get(topic)
-    if found is None or found.error is not None or not found.partitions:
-        reason = found.error if found is not None else "no metadata"
-        raise TopicNotFoundError(
-            f"topic {topic!r} does not exist on the broker ({reason}); produce to it first or check "
-            "the topic name"
-        )
-    return sorted(found.partitions)
-
-
-def high_watermarks(consumer: Consumer, topic: str, timeout: float) -> dict[int, tuple[int, int]]:
-    """``{partition: (low, high)}`` read from the partition leaders now (not cached)."""
-    partitions = partitions_of(consumer, topic, timeout)
-    deadline = time.monotonic() + timeout
-    return {p: _watermarks(consumer, TopicPartition(topic, p), deadline) for p in partitions}
-
-
-_LEADER_MOVING = (
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-)
-
-
-def _watermarks(consumer: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
-    """One partition's ``(low, high)``, asking again while its leader is moving or being elected
-    (NOT_LEADER_FOR_PARTITION right after the topic was created, or after a broker restart)."""
-    while True:
-        try:
-            return consumer.get_watermark_offsets(
-                tp, timeout=max(0.1, deadline - time.monotonic()), cached=False
-            )
-        except KafkaException as err:
-            error = err.args[0]
-            if not (error.retriable() or error.code() in _LEADER_MOVING) or time.monotonic() >= deadline:
-                raise
-            log.info(
-                "Watermarks of %s[%s] not available yet (%s); asking again",
-                tp.topic,
-                tp.partition,
-                error.str(),
-            )
-            # The leader's election gives the client no event to wait on.
-            time.sleep(0.2)
-
-
-_COORDINATOR_NOT_READY = (
-    KafkaError.NOT_COORDINATOR,
-    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-    KafkaError.COORDINATOR_NOT_AVAILABLE,
-)
-
-
-def committed_offsets(
-    consumer: Consumer, partitions: list[TopicPartition], timeout: float
-) -> list[TopicPartition]:
-    """The group's committed offsets, retrying while the group coordinator is not ready.
-
-    A broker answers NOT_COORDINATOR or COORDINATOR_LOAD_IN_PROGRESS while it is still loading
-    the offsets topic (a fresh or just-restarted cluster); those are worth waiting for.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return consumer.committed(partitions, timeout=timeout)
-        except KafkaException as err:
-            error = err.args[0]
-            waiting = error.retriable() or error.code() in _COORDINATOR_NOT_READY
-            if not waiting or time.monotonic() >= deadline:
-                raise
-            log.info("Group coordinator not ready (%s); asking again", error.str())
-            # Nothing to wait on but time: the coordinator gives no signal when it is ready.
-            time.sleep(0.5)
-
-
 def _commit(consumer: Consumer, topic: str, offsets: dict[int, int]) -> None:
     committed = consumer.commit(
         offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()], asynchronous=False
@@ -281,15 +208,15 @@ def start_offsets(
             raise KafkaException(tp.error)
         topic = tp.topic
         low, high = watermarks[tp.partition]
-        offset = tp.offset
-        if offset < 0 and tp.partition in ledger:
+        offset = committed_or_none(tp.offset)
+        if offset is None and tp.partition in ledger:
             offset = forgotten[tp.partition] = ledger[tp.partition]
-        # A negative offset is "no commit yet" (OFFSET_INVALID): start at the earliest record.
-        start, lost = (low, 0) if offset < 0 else (offset, 0)
-        if 0 <= offset < low:
+        # No commit yet: start at the earliest record.
+        start, lost = (low, 0) if offset is None else (offset, 0)
+        if offset is not None and offset < low:
             gaps[tp.partition] = (offset, low)
             start, lost = low, low - offset
-        elif offset > high:
+        elif offset is not None and offset > high:
             above[tp.partition] = (offset, high)
         progress[tp.partition] = PartitionProgress(
             start=start, end=high, committed=start, lost=lost, from_ledger=tp.partition in forgotten
@@ -426,7 +353,7 @@ class Drain:
 
     def snapshot(self) -> None:
         """The stopping line (high watermarks now) and each partition's committed start."""
-        watermarks = high_watermarks(self.consumer, self.topic, self.settings.metadata_timeout)
+        watermarks = kafka_offsets.watermarks(self.consumer, self.topic, None, self.settings.metadata_timeout)
         if self.only is not None:
             missing = set(self.only) - set(watermarks)
             if missing:
@@ -435,7 +362,9 @@ class Drain:
         committed = committed_offsets(
             self.consumer, [TopicPartition(self.topic, p) for p in watermarks], self.settings.metadata_timeout
         )
-        forgotten = [tp.partition for tp in committed if tp.offset < 0 and tp.error is None]
+        forgotten = [
+            tp.partition for tp in committed if committed_or_none(tp.offset) is None and tp.error is None
+        ]
         recorded = self.ledger.read(forgotten) if self.ledger is not None and forgotten else {}
         self.summary.partitions = start_offsets(
             committed, watermarks, self.settings.on_retention_gap, self.summary.group_id, recorded

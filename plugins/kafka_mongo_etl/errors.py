@@ -28,7 +28,7 @@ is defined here and imported from here, except ``BadRecordError``, which belongs
 path (``kafka_mongo_etl.records``). ``WriteFailedError`` is also re-exported by
 ``kafka_mongo_etl.write_models`` (and so reachable through ``mongo_sink``) for older imports;
 import it from here. Errors of the client libraries are mapped to these at one boundary per
-system: ``clients.kafka_errors`` for Kafka, ``tasks.mongo_errors`` for MongoDB.
+system: ``clients.kafka_errors`` for Kafka, ``mongo_client.EtlMongoHook.errors`` for MongoDB.
 """
 
 from __future__ import annotations

@@ -63,6 +63,8 @@ class ConsumeJob:
     write_mode: str = "replace"
     # Drain only these partitions (a mapped task per partition); None: all of them.
     partitions: tuple[int, ...] | None = None
+    # Route each record to the collection a field of its key or value names (routing.py).
+    route_by: str | None = None
 
     @property
     def consumer_group(self) -> str:

@@ -48,6 +48,8 @@ from kafka_mongo_etl.errors import DrainBusyError, LeaseLostError
 
 log = logging.getLogger(__name__)
 
+# The collection of the target database that holds the drains' leases.
+LEASE_COLLECTION = "etl_leases"
 # Long enough to ride out a slow renewal or two; short enough that a killed try's lease frees
 # the next drain quickly (Airflow's first retry comes 15 s after a failure anyway).
 LEASE_TTL = 30.0

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ PLAN = "plan"  # the DAG's drains task: how many consume tasks a run maps
 KAFKA_SECTION = "Kafka topic and consumer"
 ID_SECTION = "Document _id"
 DEAD_LETTER_SECTION = "Dead letters"
+TOPICS_SECTION = "Many topics"
 
 INT64_MAX = 2**63 - 1
 MAX_COUNT = 10_000_000
@@ -57,6 +59,8 @@ MAX_COUNT = 10_000_000
 MAX_START = 2**63 - MAX_COUNT
 # Kafka's rule for topic names (legal characters, at most 249 of them; "." and ".." are not).
 TOPIC_PATTERN = r"^(?!\.{1,2}$)[a-zA-Z0-9._-]{1,249}$"
+# route_by: the whole key, or a dotted path into the key or the value (kafka_mongo_etl.routing).
+ROUTE_PATTERN = r"^(key|key(\.[^.\x00]+)+|value(\.[^.\x00]+)+)$"
 # MongoDB: database names have none of /\. "$*<>:|? and at most 63 characters;
 # collection names do not start with "system." and contain no "$" or NUL.
 MONGO_DB_PATTERN = r'^[^/\\. "$*<>:|?]{1,63}$'
@@ -408,6 +412,46 @@ LOAD_OPTIONS: list[LoadOption] = [
     ),
 ]
 
+# Appended, not inserted: other options are appended to the table too, and its order is the form's.
+LOAD_OPTIONS.append(
+    LoadOption(
+        "topics",
+        None,
+        {
+            "type": ["null", "object"],
+            "propertyNames": {"pattern": TOPIC_PATTERN},
+            "additionalProperties": {"type": ["string", "object"]},
+        },
+        "Topic map (many topics, one run)",
+        'Empty: drain "Kafka topic" into "MongoDB database"."MongoDB collection". Otherwise drain '
+        'every topic of the map instead, each into its own namespace: {"orders": "shop.orders", '
+        '"returns": {"collection": "shop.returns", "write_mode": "update"}}. An object entry may '
+        "override any consume option for its topic (id_strategy, id_field, write_mode, group_id, "
+        "batch_size, parallelism, …). Each topic is its own drain: its own consumer group "
+        "(default: one per target), leases and audit. Produce still writes to Kafka topic only.",
+        readers=(PLAN,),
+        section=TOPICS_SECTION,
+        hint='Map topic names to "<database>.<collection>" or to {"collection": …, overrides}.',
+    )
+)
+LOAD_OPTIONS.append(
+    LoadOption(
+        "route_by",
+        None,
+        {"type": ["null", "string"], "pattern": ROUTE_PATTERN},
+        "Route records to collections by a field",
+        "Empty: every record goes to the target collection. 'value.<field>' (or 'key.<field>', "
+        "'key' for the whole key) names, in each record, the collection of the target database it "
+        "goes to; a record without the field goes to the target collection, one whose field is not a "
+        "usable collection name is a dead letter. Dead letters stay in <target collection>_dlq.",
+        readers=(CONSUME,),
+        section=TOPICS_SECTION,
+        job_field="route_by",
+        to_job=_optional_str,
+        hint="Use 'key', 'key.<field>' or 'value.<field>' (dots go into embedded documents).",
+    )
+)
+
 
 def option(name: str) -> LoadOption:
     """The option called ``name``."""
@@ -491,6 +535,17 @@ def option_problems(values: Mapping[str, Any]) -> list[str]:
         problems.append(str(err))
     if tombstones := key_ids_problem(write_mode, strategy):
         problems.append(tombstones)
+    route_by = values.get("route_by")
+    if (
+        isinstance(route_by, str)
+        and route_by.startswith("value")
+        and WRITE_MODES.get(write_mode, WRITE_MODES["replace"]).needs_key_ids
+    ):
+        problems.append(
+            f"write_mode {write_mode!r} deletes on tombstones, which have no value to route by: "
+            f"route_by {route_by!r} would send their deletes to the target collection; route by "
+            "'key' or a 'key.<field>'"
+        )
     start, count = values.get("start"), values.get("count")
     if isinstance(start, int) and isinstance(count, int) and start + count - 1 > INT64_MAX:
         problems.append(
@@ -498,6 +553,8 @@ def option_problems(values: Mapping[str, Any]) -> list[str]:
             f"cannot store as a number; use a start of at most {INT64_MAX - count + 1} for {count} records"
         )
     problems += _namespace_problems(values.get("mongo_db"), values.get("mongo_collection"))
+    if values.get("topics") is not None:
+        problems += topic_map_problems(values)
     return problems
 
 
@@ -517,6 +574,127 @@ def _namespace_problems(database: Any, collection: Any) -> list[str]:
             f"{MAX_NAMESPACE_BYTES} for <database>.<collection>: shorten mongo_db or mongo_collection"
         )
     return problems
+
+
+# What a topic map's entry sets itself: an override of these is refused (say it in the entry).
+TOPIC_MAP_SETS = ("topic", "mongo_db", "mongo_collection")
+
+
+def topic_overridable() -> list[str]:
+    """The options a topic map's entry may override: every option a drain or its plan reads,
+    but the ones the entry sets itself (``TOPIC_MAP_SETS``) and the map."""
+    return [
+        found.name
+        for found in LOAD_OPTIONS
+        if (CONSUME in found.readers or PLAN in found.readers)
+        and found.name not in (*TOPIC_MAP_SETS, "topics")
+    ]
+
+
+@dataclass(frozen=True)
+class TopicTarget:
+    """One entry of the topic map: ``topic`` drained into ``mongo_db.mongo_collection`` with the
+    run's options, ``overrides`` (option name → value) replacing some of them."""
+
+    topic: str
+    mongo_db: str
+    mongo_collection: str
+    overrides: Mapping[str, Any]
+
+    def options(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The run's ``values`` as this topic's drain takes them (without the map)."""
+        merged = {name: value for name, value in values.items() if name != "topics"}
+        merged.update(self.overrides)
+        merged.update(topic=self.topic, mongo_db=self.mongo_db, mongo_collection=self.mongo_collection)
+        return merged
+
+
+def _entry_problems(topic: Any, entry: Any) -> tuple[TopicTarget | None, list[str]]:
+    """The target of one topic-map entry, or the problems that make it unusable."""
+    # Imported here: the DAG file imports this module at parse time, and needs no validator.
+    from jsonschema import Draft7Validator
+    from jsonschema.exceptions import best_match
+
+    where = f"topics[{topic!r}]"
+    problems = []
+    if not isinstance(topic, str) or not re.search(TOPIC_PATTERN, topic):
+        problems.append(f"{where}: not a Kafka topic name; {option('topic').hint}")
+    if isinstance(entry, str):
+        namespace, overrides = entry, {}
+    elif isinstance(entry, Mapping):
+        namespace, overrides = entry.get("collection"), {k: v for k, v in entry.items() if k != "collection"}
+    else:
+        return None, [*problems, f'{where}: give "<database>.<collection>" or an object, not {entry!r}']
+    # A database name holds no '.', so the first one ends it; a collection name may hold more.
+    database, dot, collection = namespace.partition(".") if isinstance(namespace, str) else ("", "", "")
+    if not (dot and database and collection):
+        problems.append(
+            f'{where}: the target must be "<database>.<collection>" (as "collection" in an object '
+            f"entry), not {namespace!r}"
+        )
+    else:
+        for name, value in (("mongo_db", database), ("mongo_collection", collection)):
+            if not re.search(option(name).schema["pattern"], value):
+                problems.append(f"{where}: {value!r} is not a usable {name}; {option(name).hint}")
+    allowed = topic_overridable()
+    for name, value in overrides.items():
+        if name not in allowed:
+            fixed = " (the entry's target sets it)" if name in TOPIC_MAP_SETS else ""
+            problems.append(
+                f"{where}: {name!r} cannot be set per topic{fixed}; the options a topic may set are "
+                f"collection, {', '.join(allowed)}"
+            )
+            continue
+        found = option(name)
+        schema = {**found.schema, **({"enum": list(found.choices)} if found.choices else {})}
+        error = best_match(Draft7Validator(schema).iter_errors(value))
+        if error is not None:
+            problems.append(f"{where}: {name} {value!r} is not allowed: {found.hint or error.message}")
+    if problems:
+        return None, problems
+    return TopicTarget(topic, database, collection, dict(overrides)), []
+
+
+def topic_targets(topics: Mapping[str, Any]) -> list[TopicTarget]:
+    """The topic map's entries, in the map's order; ``ValueError`` naming every unusable one."""
+    targets, problems = [], []
+    for topic, entry in topics.items():
+        target, found = _entry_problems(topic, entry)
+        problems += found
+        if target is not None:
+            targets.append(target)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return targets
+
+
+def topic_map_problems(values: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the run's topic map: its entries, and each topic's options taken
+    together (``option_problems`` of what the topic's drain takes, prefixed with the topic)."""
+    topics = values.get("topics")
+    if not isinstance(topics, Mapping) or not topics:
+        return ['topics must be an object mapping topic names to "<database>.<collection>" (or empty)']
+    problems = []
+    for topic, entry in topics.items():
+        target, found = _entry_problems(topic, entry)
+        problems += found
+        if target is not None:
+            problems += [
+                f"topics[{topic!r}]: {problem}" for problem in option_problems(target.options(values))
+            ]
+    return problems
+
+
+def drain_options(values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The options of each topic a run drains: the run's own (one drain, of ``topic``) without a
+    topic map, else one per entry of the map with its target and overrides. Each holds every
+    option a drain or its plan reads (``parallelism`` included), by name."""
+    names = [*(found.name for found in consume_options()), "parallelism"]
+    if values.get("topics") is None:
+        drains = [dict(values)]
+    else:
+        drains = [target.options(values) for target in topic_targets(values["topics"])]
+    return [{name: found[name] for name in names if name in found} for found in drains]
 
 
 def check_options(values: Mapping[str, Any], *, done: str = "Nothing was produced or loaded") -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from kafka_mongo_etl.errors import TopicNotFoundError
-
 ONE_TASK = "one task"
 PER_PARTITION = "per partition"
 PARALLELISM = (ONE_TASK, PER_PARTITION)
@@ -31,16 +29,10 @@ def drain_scopes(parallelism: str, partitions: Iterable[int] = ()) -> list[list[
 
 
 def topic_partitions(kafka_conn_id: str, topic: str, timeout: float = 15.0) -> list[int]:
-    """The partition ids of ``topic``, read from the broker through the connection."""
+    """The partition ids of ``topic``, read from the broker through the connection;
+    ``TopicNotFoundError`` if it has none (``offsets.partitions_of``)."""
     from kafka_mongo_etl.clients import admin_client, kafka_errors
-    from kafka_mongo_etl.metadata import topic_metadata
+    from kafka_mongo_etl.offsets import partitions_of
 
     with kafka_errors(kafka_conn_id):
-        found = topic_metadata(admin_client(kafka_conn_id), topic, timeout).topics.get(topic)
-    if found is None or found.error is not None or not found.partitions:
-        reason = found.error if found is not None else "no metadata"
-        raise TopicNotFoundError(
-            f"topic {topic!r} does not exist on the broker ({reason}); produce to it first or check "
-            "the topic name"
-        )
-    return sorted(found.partitions)
+        return partitions_of(admin_client(kafka_conn_id), topic, timeout)

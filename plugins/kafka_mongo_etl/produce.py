@@ -6,18 +6,18 @@ keys, so the MongoDB load (keyed by record key) keeps exactly one copy.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicCollection
-from confluent_kafka.admin import AdminClient, NewTopic, TopicDescription
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from kafka_mongo_etl.errors import DeliveryError
 from kafka_mongo_etl.ids import record_key
 from kafka_mongo_etl.metadata import topic_metadata
+from kafka_mongo_etl.offsets import describe_topic
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def ensure_topic(admin: AdminClient, topic: str, partitions: int, timeout: float
     with ``auto.create.topics.enable=true`` (Kafka's default) that request alone would create it
     with the broker's default partition count before ``create_topics`` could.
     """
-    existing = _describe_topic(admin, topic, timeout)
+    existing = describe_topic(admin, topic, timeout)
     if existing is not None:
         if len(existing.partitions) != partitions:
             log.info(
@@ -63,27 +63,6 @@ def ensure_topic(admin: AdminClient, topic: str, partitions: int, timeout: float
         raise
     log.info("Created topic %s with %s partitions", topic, partitions)
     return True
-
-
-def _describe_topic(admin: AdminClient, topic: str, timeout: float) -> TopicDescription | None:
-    """The topic's description, or None if the broker does not know it.
-
-    Waits in short steps, serving the client's error callback in between, so that a refused
-    login fails at once (``clients.on_client_error``) instead of after ``timeout``.
-    """
-    future = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic]
-    deadline = time.monotonic() + timeout
-    while not future.done() and time.monotonic() < deadline:
-        admin.poll(0)
-        concurrent.futures.wait([future], timeout=0.2)
-    try:
-        return future.result(timeout=max(0.1, deadline - time.monotonic()))
-    except KafkaException as err:
-        if err.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-            return None
-        raise
-    except concurrent.futures.TimeoutError:
-        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"describing topic {topic!r}")) from None
 
 
 # One encoder for the batch: json.dumps with separators builds a new one per call.

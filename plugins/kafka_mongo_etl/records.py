@@ -80,6 +80,7 @@ BAD_RECORD_CODES = {
     "not_change_event": "write_mode cdc: not a Debezium change event (no envelope, no 'after', unknown op)",
     "truncate": "write_mode cdc: a Debezium truncate event, which is not applied (docs/cdc.md)",
     "unavailable_value": "write_mode cdc: an update without an unchanged TOASTed column's value",
+    "bad_route": "route_by: the routing field's value is not a collection name MongoDB takes",
 }
 
 
@@ -110,16 +111,36 @@ class Document:
     ``identity`` is equal for two documents exactly when MongoDB would take their ``_id``s for
     the same one; the write model folds a batch's versions of one identity as its mode says
     (``write_models``). ``body`` is the whole document, ``_id`` first, encoded once; ``None``
-    for a tombstone (``write_mode='delete_on_tombstone'``).
+    for a tombstone (``write_mode='delete_on_tombstone'``). ``collection`` is where a routed
+    record goes (``kafka_mongo_etl.routing``); ``None``: the drain's own collection.
     """
 
     id: Any
     identity: Hashable
     body: RawBSONDocument | None
     message: Message
+    collection: str | None = None
 
 
 RecordBuilder = Callable[[Message], Document]
+
+
+def fence_key(topic: str, partition: int) -> str:
+    """The key of the fence's ``applied`` map for a topic's partition: ``"<topic>:<partition>"``
+    (a topic name never holds ':', so the key is unambiguous; docs/fencing.md)."""
+    return f"{topic}:{partition}"
+
+
+def kafka_position(message: Message) -> dict[str, Any]:
+    """A document's ``_kafka`` for the record ``message``: its topic, partition and offset, and
+    the fence ``applied`` with this record's position (``{"<topic>:<partition>": offset}``)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    return {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "applied": {fence_key(topic, partition): offset},
+    }
 
 
 def where(message: Message) -> str:
@@ -399,8 +420,9 @@ def json_document(id_for: IdFunction) -> RecordBuilder:
     """Turn a record whose value is a JSON object into a ``Document``.
 
     The value's own ``_id`` is dropped (the id strategy makes the ``_id``), and ``_kafka`` is set
-    to the record's partition and offset, and ``applied``, the fence: ``{"<partition>": offset}``
-    (a value's own ``_kafka`` is overwritten; see docs/fencing.md).
+    to the record's topic, partition and offset, and ``applied``, the fence:
+    ``{"<topic>:<partition>": offset}`` (``kafka_position``; a value's own ``_kafka`` is
+    overwritten; see docs/fencing.md).
     """
 
     def to_document(message: Message) -> Document:
@@ -416,13 +438,12 @@ def json_document(id_for: IdFunction) -> RecordBuilder:
             identity = _canonical(_id)
         value.pop("_id", None)
         check_fields(value, message)
-        partition, offset = message.partition(), message.offset()
-        # The value's own dict becomes {"_id": _id, **value, "_kafka": position} without a copy:
-        # the BSON encoder writes a top-level _id first wherever it stands, and a value's own
-        # _kafka keeps its place, overwritten. (Splicing the _id and _kafka elements around the
-        # value's encoding in Python was slower than the C encoder's dict: 2.6 against 1.9 µs.)
+        # The value's own dict becomes {"_id": _id, **value, "_kafka": ...} without a copy: the
+        # BSON encoder writes a top-level _id first wherever it stands, and a value's own _kafka
+        # keeps its place, overwritten. (Splicing the _id and _kafka elements around the value's
+        # encoding in Python was slower than the C encoder's dict: 2.6 against 1.9 µs.)
         value["_id"] = _id
-        value["_kafka"] = {"partition": partition, "offset": offset, "applied": {str(partition): offset}}
+        value["_kafka"] = kafka_position(message)
         return Document(_id, identity, encode(value, message), message)
 
     return to_document

@@ -33,10 +33,10 @@ from pymongo.database import Database
 from kafka_mongo_etl.bulk import bulk_write
 from kafka_mongo_etl.errors import ParamsRefusedError
 from kafka_mongo_etl.ids import id_function
+from kafka_mongo_etl.mongo_client import EtlMongoHook
 from kafka_mongo_etl.mongo_sink import MAX_CODE_CHARS, MAX_REASON_CHARS, MongoSink, _cut
 from kafka_mongo_etl.options import DEAD_LETTER_SUFFIX, check_options
 from kafka_mongo_etl.records import BadRecordError, Document, json_document
-from kafka_mongo_etl.tasks import _mongo_client, close_client, mongo_errors
 from kafka_mongo_etl.write_models import record_builder
 
 __all__ = ["DeadLetterSelection", "ReplaySummary", "replay_dead_letters", "run_replay"]
@@ -320,9 +320,9 @@ def run_replay(params: dict[str, Any]) -> dict[str, Any]:
     except ValueError as err:
         raise ParamsRefusedError(f"{err}. {done}; run again with other params.") from err
     conn_id = params.get("mongo_conn_id") or "mongo_default"
-    client, address = _mongo_client(conn_id)
-    try:
-        with mongo_errors(conn_id, address):
+    with EtlMongoHook(conn_id) as hook:
+        client = hook.get_conn()
+        with hook.errors():
             summary = replay_dead_letters(
                 client[params["mongo_db"]],
                 params["mongo_collection"],
@@ -333,8 +333,6 @@ def run_replay(params: dict[str, Any]) -> dict[str, Any]:
                 id_fields=id_fields,
                 batch_size=int(params.get("batch_size") or DEFAULT_BATCH_SIZE),
             )
-    finally:
-        close_client(client)
     result = {"target": f"{params['mongo_db']}.{params['mongo_collection']}", **summary.as_dict()}
     log.info("Replay done: %s", result)
     return result

@@ -1,14 +1,15 @@
 """How a batch of documents is written: one small class per write model, picked by name.
 
 **The fence.** Every stored document carries what was applied to it:
-``_kafka: {partition, offset, applied: {"<partition>": <highest offset applied>}}``. A write of
-the record at (partition p, offset o) changes the document only if ``applied[p]`` is missing or
-below o, in one server-side statement (an update pipeline: ``$replaceWith`` of ``$cond``), so a
-late writer — a try paused past its lease, a request the network delivered late, a re-read of
-one partition after a crash — can never replace, update or delete content newer than its own
-record, whenever it arrives. A tombstone (``delete_on_tombstone``) obeys the same rule: it
-replaces the document with a small marker (``_deleted_at``, ``_kafka``) that a TTL index purges
-after ``MARKER_RETENTION``. docs/fencing.md says what this protects, what it costs and its limits.
+``_kafka: {topic, partition, offset, applied: {"<topic>:<partition>": <highest offset applied>}}``.
+A write of the record at (topic t, partition p, offset o) changes the document only if
+``applied["t:p"]`` is missing or below o, in one server-side statement (an update pipeline:
+``$replaceWith`` of ``$cond``), so a late writer — a try paused past its lease, a request the
+network delivered late, a re-read of one partition after a crash — can never replace, update or
+delete content newer than its own record, whenever it arrives. A tombstone
+(``delete_on_tombstone``) obeys the same rule: it replaces the document with a small marker
+(``_deleted_at``, ``_kafka``) that a TTL index purges after ``MARKER_RETENTION``.
+docs/fencing.md says what this protects, what it costs and its limits.
 
 **A batch** is written in (usually) two unordered bulk writes, so writing it again changes nothing:
 
@@ -26,7 +27,7 @@ index when ``a`` is stored with ``email: x`` (the record collides with itself).
 
 **Versions of one _id in a batch** give the result writing them one by one would give: the model
 folds a partition's consecutive versions into one write (``replace``: the last; ``update``: the
-fields merged in offset order; ``insert``: the first). Versions from several partitions are
+fields merged in offset order; ``insert``: the first). Versions from several partitions (or topics) are
 written in rounds, one bulk write per round, in read order; and when the server refuses a folded
 write, that ``_id``'s versions are written again one by one, so only the refused record becomes a
 dead letter.
@@ -75,6 +76,7 @@ from kafka_mongo_etl.records import (
     BadRecordError,
     Document,
     RecordBuilder,
+    fence_key,
     id_identity,
     where,
 )
@@ -135,20 +137,25 @@ def now() -> dt.datetime:
 
 @dataclass
 class Write:
-    """What one statement writes for one ``_id``: ``versions`` (records of one partition, in
-    offset order) folded into ``body`` (``None`` for a tombstone). The fence checks the record at
-    (``partition``, ``offset``), the latest of the versions."""
+    """What one statement writes for one ``_id``: ``versions`` (records of one topic's partition,
+    in offset order) folded into ``body`` (``None`` for a tombstone). The fence checks the record
+    at (``topic``, ``partition``, ``offset``), the latest of the versions."""
 
     id: Any
     body: Any
     versions: list[Document]
     partition: int
     offset: int
+    topic: str
 
     @classmethod
     def of(cls, versions: list[Document], body: Any, _id: Any) -> Write:
         last = versions[-1].message
-        return cls(_id, body, versions, last.partition(), last.offset())
+        return cls(_id, body, versions, last.partition(), last.offset(), last.topic())
+
+    @property
+    def fence_key(self) -> str:
+        return fence_key(self.topic, self.partition)
 
     @classmethod
     def single(cls, document: Document) -> Write:
@@ -157,43 +164,74 @@ class Write:
 
 # The stored document's applied map, or an empty one when it has none (stored before the fence,
 # or by another program): such a document takes any record as newer. Guarded by type, because
-# $getField of a non-document fails the whole command, not the one statement.
+# $objectToArray of a non-document fails the whole command, not the one statement.
 _STORED_APPLIED = {"$cond": [{"$eq": [{"$type": "$_kafka.applied"}, "object"]}, "$_kafka.applied", {}]}
 
 
-def _seen(partition: int) -> dict[str, Any]:
-    """The highest offset of ``partition`` the stored document applied, -1 for none (spelled out:
-    SecantusDB's ``$max`` of a missing value is missing)."""
-    return {"$ifNull": [{"$getField": {"field": str(partition), "input": "$$applied"}}, -1]}
+def stored_applied(topic: str) -> dict[str, Any]:
+    """The stored document's applied map as the fence reads it for a write from ``topic``.
+
+    Keys written before the fence was keyed by topic are partition numbers alone (``"0"``; no
+    ':'): they were written when a collection could be loaded from one topic only, so they are
+    read as the writing topic's (``"0"`` becomes ``"<topic>:0"``), and the write stores them
+    under that name: the first write after an upgrade keeps the old fence instead of losing it
+    (docs/fencing.md, "Documents written before the topic key").
+    """
+    entry_key = {
+        "$cond": [
+            {"$lt": [{"$indexOfBytes": ["$$entry.k", ":"]}, 0]},
+            {"$concat": [{"$literal": topic}, ":", "$$entry.k"]},
+            "$$entry.k",
+        ]
+    }
+    entries = {"$objectToArray": _STORED_APPLIED}
+    return {
+        "$arrayToObject": {
+            "$map": {"input": entries, "as": "entry", "in": {"k": entry_key, "v": "$$entry.v"}}
+        }
+    }
+
+
+def _seen(write: Write) -> dict[str, Any]:
+    """The highest offset of ``write``'s topic and partition the stored document applied, -1 for
+    none (spelled out: SecantusDB's ``$max`` of a missing value is missing)."""
+    return {"$ifNull": [{"$getField": {"field": write.fence_key, "input": "$$applied"}}, -1]}
 
 
 def kafka_field(write: Write) -> dict[str, Any]:
     """The expression of the ``_kafka`` a fenced write stores: its record, and the applied map
-    with its partition moved up to its offset."""
+    with its topic's partition moved up to its offset."""
     applied = {
         "$setField": {
-            "field": str(write.partition),
+            "field": write.fence_key,
             "input": "$$applied",
-            "value": {"$max": [write.offset, _seen(write.partition)]},
+            "value": {"$max": [write.offset, _seen(write)]},
         }
     }
-    return {"partition": write.partition, "offset": write.offset, "applied": applied}
+    return {"topic": write.topic, "partition": write.partition, "offset": write.offset, "applied": applied}
 
 
 def fenced(write: Write, new: Any) -> UpdateOne:
     """An upsert that stores ``new`` (an expression) only if ``write``'s record is newer than
-    what the stored document applied of its partition; otherwise the document stays as it is
-    (the server reports it matched, not modified)."""
-    newer = {"$lt": [_seen(write.partition), write.offset]}
-    replacement = {"$let": {"vars": {"applied": _STORED_APPLIED}, "in": {"$cond": [newer, new, "$$ROOT"]}}}
+    what the stored document applied of its topic's partition; otherwise the document stays as
+    it is (the server reports it matched, not modified)."""
+    newer = {"$lt": [_seen(write), write.offset]}
+    replacement = {
+        "$let": {"vars": {"applied": stored_applied(write.topic)}, "in": {"$cond": [newer, new, "$$ROOT"]}}
+    }
     return UpdateOne({"_id": write.id}, [{"$replaceWith": replacement}], upsert=True)
 
 
+def _position(document: Document) -> tuple[str, int]:
+    return document.message.topic(), document.message.partition()
+
+
 def _runs(versions: list[Document]) -> list[list[Document]]:
-    """``versions`` cut where the partition changes: each run is one partition's, in offset order."""
+    """``versions`` cut where the topic or partition changes: each run is one partition's, in
+    offset order."""
     runs: list[list[Document]] = []
     for document in versions:
-        if runs and runs[-1][-1].message.partition() == document.message.partition():
+        if runs and _position(runs[-1][-1]) == _position(document):
             runs[-1].append(document)
         else:
             runs.append([document])
@@ -418,7 +456,7 @@ class UpdateModel(WriteModel):
     def plan(self, versions: list[Document]) -> list[Write]:
         runs = _runs(versions)
         if len(runs) > 1:
-            # Merging across partitions could set a field again that a newer record of another
+            # Merging across partitions (or topics) could set a field again that a newer record of another
             # partition has set since: one by one, each under its own fence.
             return [Write.single(doc) for doc in versions]
         if len(versions) == 1:

@@ -18,12 +18,13 @@ from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.core_api.security import requires_access_dag
 from airflow.exceptions import AirflowException
-from airflow.providers.mongo.hooks.mongo import MongoHook
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException
 
+from kafka_mongo_etl.errors import ConnectionProblem
+from kafka_mongo_etl.mongo_client import EtlMongoHook
 from kafka_mongo_etl_ui.lag import consumer_lag
 from kafka_mongo_etl_ui.page import PageData, render_page
 from kafka_mongo_etl_ui.runs import (
@@ -34,6 +35,7 @@ from kafka_mongo_etl_ui.runs import (
     dead_letters,
     known_targets,
     latest_runs,
+    more_run_sources,
     run_rows,
     run_source,
 )
@@ -72,13 +74,14 @@ def collect_page_data(target: Target, settings: EtlPageSettings) -> PageData:
     targets: list[str] = []
     dead: DeadLetters | None = None
     try:
-        with MongoHook(mongo_conn_id=settings.mongo_conn_id) as hook:
+        # The ETL's own hook: the connection's timeouts bound the page too.
+        with EtlMongoHook(settings.mongo_conn_id) as hook:
             client = hook.get_conn()
             database = client[target.database]
             documents = latest_runs(database, target, settings.runs_limit)
             targets = known_targets(client)
             dead = dead_letters(database, target)
-    except PyMongoError as err:
+    except (PyMongoError, ConnectionProblem) as err:
         problems.append(f"MongoDB ({settings.mongo_conn_id}) could not be read: {err}")
     except AirflowException as err:
         problems.append(f"Connection {settings.mongo_conn_id}: {err}")
@@ -87,6 +90,15 @@ def collect_page_data(target: Target, settings: EtlPageSettings) -> PageData:
         consumer_lag(settings.kafka_conn_id, source.topic, source.group_id, settings.lag_timeout)
         if source is not None
         else None
+    )
+    # When the first topic's lag could not be read, Kafka is away: do not wait again per topic.
+    more_lags = (
+        tuple(
+            consumer_lag(settings.kafka_conn_id, more.topic, more.group_id, settings.lag_timeout)
+            for more in more_run_sources(documents, target)
+        )
+        if lag is not None and lag.error is None
+        else ()
     )
     return PageData(
         target=target,
@@ -97,6 +109,7 @@ def collect_page_data(target: Target, settings: EtlPageSettings) -> PageData:
         lag=lag,
         dead_letters=dead,
         problems=problems,
+        more_lags=more_lags,
     )
 
 

@@ -27,6 +27,8 @@ class PageData:
     lag: ConsumerLag | None = None
     dead_letters: DeadLetters | None = None
     problems: Sequence[str] = field(default_factory=tuple)
+    # The lag of the other topics the target's latest runs read (a topic map), newest first.
+    more_lags: Sequence[ConsumerLag] = field(default_factory=tuple)
 
 
 STYLE = """
@@ -127,9 +129,10 @@ def _runs_table(runs: Sequence[RunRow]) -> str:
             failed = f", {run.failed_tries} failed" if run.failed_tries else ""
             drains += f' <span class="muted tries">({run.tries} tries{failed})</span>'
         rows.append(
-            f'<tr class="run" data-run-id="{escape(run.run_id)}">'
+            f'<tr class="run" data-run-id="{escape(run.run_id)}" data-topic="{escape(run.topic or "")}">'
             f'<td><a class="run-link" target="_top" href="../{escape(run.run_path)}">'
             f"{escape(run.run_id)}</a>{drains}</td>"
+            f'<td class="topic">{escape(run.topic or "–")}</td>'
             f"<td{error}>{_state(run.state)}{stalled}</td>"
             f'<td class="num produced">{_number(run.produced)}</td>'
             f'<td class="num loaded">{_number(run.loaded)}</td>'
@@ -139,10 +142,27 @@ def _runs_table(runs: Sequence[RunRow]) -> str:
             f"<td>{_time(run.updated_at)}</td></tr>"
         )
     return (
-        '<table id="runs"><thead><tr><th>Run</th><th>State</th><th class="num">Produced</th>'
+        '<table id="runs"><thead><tr><th>Run</th><th>Topic</th><th>State</th><th class="num">Produced</th>'
         '<th class="num">Loaded</th><th class="num">Dead letters</th><th class="num">Seconds</th>'
         '<th class="num">Records/s</th><th>Finished</th></tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _more_lags(lags: Sequence[ConsumerLag]) -> str:
+    """One line per other topic that loads this target: its group and total lag."""
+    if not lags:
+        return ""
+    rows = "".join(
+        f'<tr class="topic-lag" data-topic="{escape(lag.topic)}"><td><code>{escape(lag.topic)}</code></td>'
+        f"<td><code>{escape(lag.group_id)}</code></td>"
+        f'<td class="num lag">{escape(lag.error) if lag.error is not None else _number(lag.total)}</td></tr>'
+        for lag in lags
+    )
+    return (
+        '<p class="muted">Other topics this target\'s latest runs read:</p><table id="more-lags"><thead><tr>'
+        '<th>Topic</th><th>Group</th><th class="num">Lag</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>"
     )
 
 
@@ -246,7 +266,7 @@ def render_page(data: PageData, nonce: str) -> str:
 <h2>Runs <span class="muted">({escape(runs_note)})</span></h2>
 {_runs_table(data.runs)}
 <div class="columns">
-<section><h2>Consumer lag now</h2>{_lag_section(data)}</section>
+<section><h2>Consumer lag now</h2>{_lag_section(data)}{_more_lags(data.more_lags)}</section>
 <section><h2>Dead letters</h2>{_dead_letter_section(data.dead_letters, data.runs)}</section>
 </div>
 {_newest_dead_letters(data.dead_letters)}

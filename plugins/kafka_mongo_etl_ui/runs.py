@@ -129,6 +129,8 @@ class RunRow:
     # The tries of its drains (one each unless retried), and how many of them failed.
     tries: int = 1
     failed_tries: int = 0
+    # The topic the drains read (a run with a topic map has a row per topic); None: not recorded.
+    topic: str | None = None
 
     @classmethod
     def from_audit(cls, document: dict[str, Any]) -> RunRow:
@@ -159,6 +161,7 @@ class RunRow:
             records=_as_int(document.get("records")),
             tries=max(1, _as_int(totals.get("tries")) or 1),
             failed_tries=_as_int(totals.get("failures")) or 0,
+            topic=str(document["topic"]) if document.get("topic") else None,
         )
 
     @classmethod
@@ -201,6 +204,7 @@ class RunRow:
             lost_to_retention=sum(row.lost_to_retention for row in drains),
             tries=sum(row.tries for row in drains),
             failed_tries=sum(row.failed_tries for row in drains),
+            topic=first.topic,
         )
 
     @property
@@ -220,12 +224,13 @@ def _largest(values: Iterable[Any]) -> Any:
 
 
 def run_rows(documents: Sequence[dict[str, Any]]) -> list[RunRow]:
-    """The audit documents as one row per DAG run, newest first: the drains of a run that mapped
-    ``consume`` over partitions (``<batch>:<partition>`` documents) become a single row."""
-    grouped: dict[tuple[str, str], list[RunRow]] = {}
+    """The audit documents as one row per DAG run and topic, newest first: the drains of a run that
+    mapped ``consume`` over partitions (``<batch>:<partition>`` documents) become a single row; a
+    run that drained several topics into this target (a topic map) has a row per topic."""
+    grouped: dict[tuple[str, str, str | None], list[RunRow]] = {}
     for document in documents:
         row = RunRow.from_audit(document)
-        grouped.setdefault((row.dag_id, row.run_id), []).append(row)
+        grouped.setdefault((row.dag_id, row.run_id, row.topic), []).append(row)
     return [RunRow.combine(rows) for rows in grouped.values()]
 
 
@@ -278,6 +283,26 @@ def latest_runs(database: Database, target: Target, limit: int = RUNS_LIMIT) -> 
     ensure_indexes(audit, AUDIT_INDEXES)
     cursor = audit.find({"target": str(target)}).sort("updated_at", DESCENDING).limit(limit)
     return list(cursor)
+
+
+# A target loaded from several topics (a topic map) shows the lag of at most this many more.
+MORE_SOURCES_LIMIT = 4
+
+
+def more_run_sources(
+    documents: list[dict[str, Any]], target: Target, limit: int = MORE_SOURCES_LIMIT
+) -> list[RunSource]:
+    """The other topics (and groups) the target's latest runs read, newest first, after the one
+    ``run_source`` names: a target that several topics load (docs/routing.md) shows each one's lag."""
+    first = run_source(documents, target)
+    found: list[RunSource] = []
+    for document in documents:
+        if not document.get("topic"):
+            continue
+        source = RunSource(str(document["topic"]), str(document.get("group_id") or target.default_group_id))
+        if source != first and source not in found:
+            found.append(source)
+    return found[:limit]
 
 
 def run_source(documents: list[dict[str, Any]], target: Target) -> RunSource | None:

@@ -32,10 +32,10 @@ def make_job(topic: str, mongo_db: str) -> Callable[..., Any]:
 def committed_offsets(kafka_broker) -> Callable[..., dict[int, int]]:
     """``(topic, group, partitions=1) -> {partition: offset}`` the group has committed on the
     session broker (negative where it has committed nothing). Asks again while the group
-    coordinator is still loading, as the drain does (``drain.committed_offsets``)."""
+    coordinator is still loading, as the drain does (``offsets.committed_offsets``)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from kafka_mongo_etl.drain import committed_offsets as read_committed
+    from kafka_mongo_etl.offsets import committed_offsets as read_committed
 
     def read(topic: str, group: str, partitions: int = 1) -> dict[int, int]:
         consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap_servers, "group.id": group})

@@ -36,7 +36,8 @@ from faults.trials import DAG_ID, run_fault_trial
 from kafka_mongo_etl.drain import DrainSettings
 from kafka_mongo_etl.errors import ConnectionProblem, DrainStalledError
 from kafka_mongo_etl.ids import batch_id, record_key
-from kafka_mongo_etl.tasks import _mongo_client, run_consume, run_produce
+from kafka_mongo_etl.mongo_client import EtlMongoHook
+from kafka_mongo_etl.tasks import run_consume, run_produce
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -235,9 +236,9 @@ def test_the_mongodb_client_is_bounded_and_durable_by_default(monkeypatch, mongo
     def connect(extra: dict) -> tuple:
         conn = {"conn_type": "mongo", "host": mongo_server.host, "port": mongo_server.port, "extra": extra}
         monkeypatch.setenv("AIRFLOW_CONN_MONGO_DEFAULT", json.dumps(conn))
-        client, _address = _mongo_client("mongo_default")
-        client.close()
-        return client.write_concern.document, client.options.timeout
+        with EtlMongoHook("mongo_default") as hook:
+            client = hook.get_conn()
+            return client.write_concern.document, client.options.timeout
 
     assert connect({}) == ({"w": "majority", "j": True}, 20.0)
     assert connect({"w": 1, "journal": False, "timeoutMS": 2500}) == ({"w": 1, "j": False}, 2.5)
@@ -260,6 +261,6 @@ def test_an_unreachable_mongodb_still_fails_in_seconds(monkeypatch) -> None:
     with pytest.raises(
         ConnectionProblem, match=r"'mongo_default' \(127\.0\.0\.1:\d+\): the server did not answer"
     ):
-        _mongo_client("mongo_default")
+        EtlMongoHook("mongo_default").get_conn()
     # Bounded by the server-selection timeout, not by the 20 s operation timeout.
     assert time.monotonic() - began < 15

@@ -26,7 +26,12 @@ from kafka_mongo_etl import write_models
 from kafka_mongo_etl.drain import Drain, PartitionProgress
 from kafka_mongo_etl.ids import id_function
 from kafka_mongo_etl.mongo_sink import MongoSink
-from kafka_mongo_etl.records import MAX_STATEMENT_BYTES, STATEMENT_OVERHEAD_BYTES, json_document
+from kafka_mongo_etl.records import (
+    MAX_STATEMENT_BYTES,
+    STATEMENT_OVERHEAD_BYTES,
+    json_document,
+    kafka_position,
+)
 from kafka_mongo_etl.write_models import record_builder
 
 TOPIC = "orders"
@@ -35,10 +40,12 @@ PARTITIONS = 3
 CLOCK_FIELDS = ("_created_at", "_updated_at", "_deleted_at")
 
 
-def record(partition: int, offset: int, key: str, value: dict[str, Any] | None) -> Message:
+def record(
+    partition: int, offset: int, key: str, value: dict[str, Any] | None, topic: str = TOPIC
+) -> Message:
     """A record as the consumer returns it; a value of None is a tombstone."""
     raw = None if value is None else json.dumps(value).encode()
-    return Message(topic=TOPIC, partition=partition, offset=offset, key=key.encode(), value=raw)
+    return Message(topic=topic, partition=partition, offset=offset, key=key.encode(), value=raw)
 
 
 class _DeadLetters:
@@ -113,7 +120,7 @@ def test_an_older_batch_written_late_leaves_the_newer_content(collection, mode, 
     assert {_id: doc["v"] for _id, doc in stored.items()} == {"a": 2, "b": 2, "c": 2}
     # replace: the latest version whole; update: its fields set on what the earlier one set.
     assert all(("old" in doc) == (mode == "update") for doc in stored.values())
-    assert all(doc["_kafka"]["applied"] == {"0": doc["_kafka"]["offset"]} for doc in stored.values())
+    assert all(doc["_kafka"]["applied"] == {"orders:0": doc["_kafka"]["offset"]} for doc in stored.values())
     assert late.summary.stale == 3 and late.summary.loaded == 3
 
 
@@ -139,7 +146,7 @@ def test_a_late_older_value_does_not_bring_a_deleted_document_back(collection) -
     assert markers["a"] == {
         "_id": "a",
         "_deleted_at": True,
-        "_kafka": {"partition": 0, "offset": 1, "applied": {"0": 1}},
+        "_kafka": {"topic": TOPIC, "partition": 0, "offset": 1, "applied": {"orders:0": 1}},
     }
     # A newer value brings the key back, and its marker is gone.
     successor.write([record(1, 2, "b", {"v": 3})])
@@ -173,7 +180,7 @@ def test_update_mode_merges_the_versions_of_a_batch_in_offset_order(collection) 
     )
     stored = live(collection)
     assert {k: v for k, v in stored["a"].items() if k in ("a", "b")} == {"a": 3, "b": 2}
-    assert stored["a"]["_kafka"] == {"partition": 0, "offset": 1, "applied": {"0": 1}}
+    assert stored["a"]["_kafka"] == {"topic": TOPIC, "partition": 0, "offset": 1, "applied": {"orders:0": 1}}
 
 
 def test_two_drains_interleaved_leave_the_latest_version_of_every_key(collection) -> None:
@@ -202,8 +209,58 @@ def test_a_reread_of_one_partition_never_restores_an_older_version_from_it(colle
     )
     stored = live(collection)["X"]
     assert stored["v"] == 2
-    assert stored["_kafka"] == {"partition": 1, "offset": 0, "applied": {"0": 0, "1": 0}}
+    assert stored["_kafka"] == {
+        "topic": TOPIC,
+        "partition": 1,
+        "offset": 0,
+        "applied": {"orders:0": 0, "orders:1": 0},
+    }
     assert reread.summary.stale == 1
+
+
+def test_two_topics_into_one_collection_are_fenced_apart(collection) -> None:
+    """The same partition number of two topics: each topic's offsets are its own. Topic B's
+    record at a low offset is newer than nothing of B, so it applies; a re-read of A stays stale."""
+    writer = Try(collection)
+    writer.write([record(0, 0, "a", {"v": 1}), record(0, 500, "a", {"v": 2})])
+    writer.write([record(0, 3, "a", {"v": 3}, topic="returns")])
+    assert live(collection)["a"]["v"] == 3
+    reread = Try(collection).write([record(0, 0, "a", {"v": 1})])
+    late = Try(collection).write([record(0, 2, "a", {"v": 0}, topic="returns")])
+    stored = live(collection)["a"]
+    assert stored["v"] == 3
+    assert stored["_kafka"] == {
+        "topic": "returns",
+        "partition": 0,
+        "offset": 3,
+        "applied": {"orders:0": 500, "returns:0": 3},
+    }
+    assert (reread.summary.stale, late.summary.stale) == (1, 1)
+
+
+@pytest.mark.parametrize("mode", ["replace", "update", "delete_on_tombstone"])
+def test_a_fence_written_before_the_topic_key_is_kept(collection, mode) -> None:
+    """A document stored by an earlier version (``applied`` keyed by partition alone) is fenced
+    as the writing topic's: an older record stays stale, a newer one applies and moves the old
+    entries under the topic's name."""
+    legacy = {"partition": 0, "offset": 5, "applied": {"0": 5, "2": 9}}
+    collection.insert_many([{"_id": "a", "v": 5, "_kafka": legacy}, {"_id": "b", "v": 5, "_kafka": legacy}])
+    older = Try(collection, mode).write([record(0, 4, "a", {"v": 4}), record(2, 9, "b", {"v": 4})])
+    assert older.summary.stale == 2
+    assert {_id: doc["v"] for _id, doc in live(collection).items()} == {"a": 5, "b": 5}
+    newer = Try(collection, mode).write([record(0, 6, "a", {"v": 6})])
+    assert newer.summary.stale == 0
+    stored = content(collection)
+    assert stored["a"]["v"] == 6
+    assert stored["a"]["_kafka"] == {
+        "topic": TOPIC,
+        "partition": 0,
+        "offset": 6,
+        "applied": {"orders:0": 6, "orders:2": 9},
+    }
+    # The moved entry still fences partition 2.
+    assert Try(collection, mode).write([record(2, 8, "a", {"v": 0})]).summary.stale == 1
+    assert stored["b"]["_kafka"] == legacy
 
 
 def test_the_largest_document_with_a_large_id_goes_through_the_fence(collection) -> None:
@@ -211,16 +268,14 @@ def test_the_largest_document_with_a_large_id_goes_through_the_fence(collection)
     carries the _id twice): stored, never a command-level failure that would wedge the batch."""
     key = "k" * 64 * 1024
     frame = len(
-        bson.encode(
-            {"_id": key, "v": 0, "blob": "", "_kafka": {"partition": 0, "offset": 1, "applied": {"0": 1}}}
-        )
+        bson.encode({"_id": key, "v": 0, "blob": "", "_kafka": kafka_position(record(0, 1, key, {}))})
     )
     room = MAX_STATEMENT_BYTES - STATEMENT_OVERHEAD_BYTES - len(bson.encode({"_id": key})) - frame
     drain = Try(collection)
     for offset in (0, 1):
         drain.write([record(0, offset, key, {"v": offset, "blob": "x" * room})])
     stored = collection.find_one({"_id": key}, {"blob": 0})
-    assert stored["v"] == 1 and stored["_kafka"]["applied"] == {"0": 1}
+    assert stored["v"] == 1 and stored["_kafka"]["applied"] == {"orders:0": 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,9 +292,15 @@ def one_by_one(mode: str, records: list[Message]) -> tuple[dict[str, dict[str, A
         value = None if message.value() is None else json.loads(message.value())
         current = stored.get(key)
         applied = dict(current["_kafka"]["applied"]) if current else {}
-        if applied.get(str(partition), -1) >= offset:
+        fence = f"{TOPIC}:{partition}"
+        if applied.get(fence, -1) >= offset:
             continue
-        kafka = {"partition": partition, "offset": offset, "applied": {**applied, str(partition): offset}}
+        kafka = {
+            "topic": TOPIC,
+            "partition": partition,
+            "offset": offset,
+            "applied": {**applied, fence: offset},
+        }
         if value is None:
             stored[key] = {"_id": key, "_deleted_at": True, "_kafka": kafka}
             continue

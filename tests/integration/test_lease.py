@@ -25,10 +25,10 @@ from kafka_mongo_etl.clients import EtlConsumerHook
 from kafka_mongo_etl.drain import STOP_WAIT, DrainSettings, drain_to_watermark
 from kafka_mongo_etl.errors import DrainBusyError, LeaseLostError, StopRequested
 from kafka_mongo_etl.ids import id_function, record_key
-from kafka_mongo_etl.lease import DrainLease, lease_owner, partition_leases
+from kafka_mongo_etl.lease import LEASE_COLLECTION, DrainLease, lease_owner, partition_leases
 from kafka_mongo_etl.mongo_sink import MongoSink
 from kafka_mongo_etl.records import json_document
-from kafka_mongo_etl.tasks import LEASE_COLLECTION, run_consume, run_produce
+from kafka_mongo_etl.tasks import run_consume, run_produce
 
 REPO = Path(__file__).resolve().parents[2]
 

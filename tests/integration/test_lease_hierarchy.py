@@ -14,9 +14,9 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kafka_mongo_etl.errors import DrainBusyError, LeaseLostError
-from kafka_mongo_etl.lease import DrainLease, lease_owner, partition_leases
+from kafka_mongo_etl.lease import LEASE_COLLECTION, DrainLease, lease_owner, partition_leases
 from kafka_mongo_etl.mongo_sink import MongoSink
-from kafka_mongo_etl.tasks import LEASE_COLLECTION, run_consume
+from kafka_mongo_etl.tasks import run_consume
 
 KEYS = 90
 VERSIONS = 3

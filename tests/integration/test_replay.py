@@ -37,6 +37,11 @@ def db(job, mongo_client):
     return database
 
 
+def position(topic: str, offset: int) -> dict[str, Any]:
+    """The ``_kafka`` of a document stored from partition 0 of ``topic`` at ``offset``."""
+    return {"topic": topic, "partition": 0, "offset": offset, "applied": {f"{topic}:0": offset}}
+
+
 def send(bootstrap: str, topic: str, records: list[tuple[str, Any]]) -> None:
     """Create ``topic`` (one partition) if needed and send ``(key, value)``: bytes as they are,
     anything else as JSON."""
@@ -90,9 +95,10 @@ def test_a_fixed_cause_loads_the_selected_run_and_leaves_the_others(job, db, kaf
     assert content(db, "no-num") == {"_id": "no-num", "other": 1}
     assert content(db, "str-num") == {"_id": "str-num", "num": "two", "tags": ["a"]}
     assert db.testnum.find_one({"_id": "str-num"})["_kafka"] == {
+        "topic": job.topic,
         "partition": 0,
         "offset": 2,
-        "applied": {"0": 2},
+        "applied": {f"{job.topic}:0": 2},
     }
     (left,) = db.testnum_dlq.find()
     assert (left["_id"], left["run_id"], left.get("replays")) == (f"{job.topic}:0:3", "run-2", None)
@@ -144,7 +150,7 @@ def test_a_replay_never_overwrites_newer_content(job, db, kafka_broker) -> None:
 
     assert (summary.selected, summary.loaded, summary.stale) == (1, 1, 1)
     assert content(db, "k") == {"_id": "k", "num": 2, "v": "new"}
-    assert db.testnum.find_one({"_id": "k"})["_kafka"] == {"partition": 0, "offset": 1, "applied": {"0": 1}}
+    assert db.testnum.find_one({"_id": "k"})["_kafka"] == position(job.topic, 1)
     assert db.testnum_dlq.count_documents({}) == 0
 
 
@@ -158,7 +164,7 @@ def test_versions_of_one_key_replay_in_offset_order_not_id_order(job, db, kafka_
 
     assert (summary.selected, summary.loaded, summary.stale) == (11, 11, 0)
     assert content(db, "k") == {"_id": "k", "other": 10}
-    assert db.testnum.find_one({"_id": "k"})["_kafka"] == {"partition": 0, "offset": 10, "applied": {"0": 10}}
+    assert db.testnum.find_one({"_id": "k"})["_kafka"] == position(job.topic, 10)
     assert db.testnum_dlq.count_documents({}) == 0
 
 

@@ -10,11 +10,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka import TopicCollection
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from devstack.kafka import KafkaBroker
 from devstack.process import free_port
+from kafka_mongo_etl.offsets import describe_topic
 from kafka_mongo_etl.produce import ensure_topic
 from kafka_mongo_etl.tasks import run_produce
 
@@ -43,8 +43,15 @@ def new_topic() -> str:
     return f"t_topics_{uuid.uuid4().hex[:10]}"
 
 
-def partitions_of(admin: AdminClient, topic: str) -> int:
-    return len(admin.describe_topics(TopicCollection([topic]))[topic].result(30).partitions)
+def partition_count(admin: AdminClient, topic: str) -> int:
+    """The topic's partitions, asked until the broker knows it (bounded): a topic just created
+    reaches the broker's metadata a moment after ``create_topics`` returns. Describing never
+    creates it."""
+    deadline = time.monotonic() + 30
+    while (found := describe_topic(admin, topic, timeout=10)) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert found is not None, f"the broker does not know {topic} 30 s after it was created"
+    return len(found.partitions)
 
 
 def test_the_broker_does_auto_create_on_a_named_metadata_request(admin: AdminClient) -> None:
@@ -56,24 +63,24 @@ def test_the_broker_does_auto_create_on_a_named_metadata_request(admin: AdminCli
     deadline = time.monotonic() + 30
     while topic not in admin.list_topics(timeout=10).topics and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert partitions_of(admin, topic) == 1
+    assert partition_count(admin, topic) == 1
 
 
 def test_ensure_topic_creates_the_topic_with_the_partitions_asked_for(admin: AdminClient) -> None:
     topic = new_topic()
     assert ensure_topic(admin, topic, partitions=4, timeout=15) is True
-    assert partitions_of(admin, topic) == 4
+    assert partition_count(admin, topic) == 4
     assert ensure_topic(admin, topic, partitions=4, timeout=15) is False
     # An existing topic keeps its own count.
     assert ensure_topic(admin, topic, partitions=9, timeout=15) is False
-    assert partitions_of(admin, topic) == 4
+    assert partition_count(admin, topic) == 4
 
 
 def test_an_existing_topic_is_left_as_it_is(admin: AdminClient) -> None:
     topic = new_topic()
     admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(30)
     assert ensure_topic(admin, topic, partitions=6, timeout=15) is False
-    assert partitions_of(admin, topic) == 2
+    assert partition_count(admin, topic) == 2
 
 
 def test_produce_task_gets_its_partitions_on_an_auto_creating_broker(
@@ -89,7 +96,7 @@ def test_produce_task_gets_its_partitions_on_an_auto_creating_broker(
         kafka_conn_id="kafka_default", topic=topic, partitions=5, batch="test/topics", start=0, count=50
     )
     assert summary["count"] == 50
-    assert partitions_of(admin, topic) == 5
+    assert partition_count(admin, topic) == 5
     watermarks = [admin_watermark(auto_creating_broker, topic, p) for p in range(5)]
     assert sum(watermarks) == 50
 

@@ -57,7 +57,7 @@ def test_update_merges_one_partition_s_versions_in_offset_order() -> None:
         "_id": "a",
         "a": 3,
         "b": 2,
-        "_kafka": {"partition": 0, "offset": 2, "applied": {"0": 2}},
+        "_kafka": {"topic": "t", "partition": 0, "offset": 2, "applied": {"t:0": 2}},
     }
 
 

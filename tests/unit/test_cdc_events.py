@@ -108,7 +108,8 @@ def test_the_schema_events_of_a_table_leave_its_rows_with_their_types() -> None:
     # Types, not only values: Decimal128 and not a string, an int64 beyond double's integers.
     assert type(document["price"]) is Decimal128 and isinstance(document["big"], int)
     assert list(document) == ["_id", *[k for k in ITEM_10 if k != "_id"], "_cdc", "_kafka"]
-    assert document["_kafka"] == {"partition": 0, "offset": 7}
+    topic = f"{SCHEMA}:public.items"
+    assert document["_kafka"] == {"topic": topic, "partition": 0, "offset": 7, "applied": {f"{topic}:0": 7}}
     cdc = document["_cdc"]
     assert cdc["op"] == "c" and isinstance(cdc["lsn"], int) and isinstance(cdc["txId"], int)
     assert cdc["ts"] == utc(2026, 12, 6, 22, 32, 10, 531000).replace(tzinfo=None)

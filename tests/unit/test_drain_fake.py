@@ -1,258 +1,37 @@
-"""The drain's interleavings against a small fake Kafka consumer, in milliseconds, without services.
-
-``FakeConsumer`` answers the dozen calls the drain makes (``list_topics``, ``get_watermark_offsets``,
-``committed``, ``assign``, ``consume``, ``position``, ``pause``, ``commit``, ``close``, ``poll``) from
-an in-memory log per partition. An offset that holds ``None`` is a transaction marker, one that holds
-``ABORTED`` a record of an aborted transaction: a read_committed consumer returns neither, and, as
-librdkafka does, its position moves past a marker but not past aborted records (until the next
-marker or record). With ``eof=True`` it reports reaching the end of what it may fetch, as
-``enable.partition.eof`` does. The integration tests against the real broker
-prove the fake honest where it matters (tests/integration/test_lease.py, test_offset_ledger.py).
+"""The drain's stop paths, offset ledger and read_committed corner against the fake consumer
+(tests/unit/fakes.py), in milliseconds, without services. The integration tests against the
+real broker prove the fake honest where it matters (tests/integration/test_lease.py,
+test_offset_ledger.py, test_read_committed_corner.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from types import FrameType, SimpleNamespace
+from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_INVALID, KafkaError, TopicPartition
+from fakes import (
+    ABORTED,
+    TOPIC,
+    FakeConsumer,
+    FakeLease,
+    FakeLedger,
+    FakePartition,
+    FakeSink,
+    build_with,
+    committed_in,
+    versions,
+)
 
 from kafka_mongo_etl import drain as drain_module
 from kafka_mongo_etl.drain import Drain, DrainSettings
 from kafka_mongo_etl.errors import RetentionGapError, StopRequested
-from kafka_mongo_etl.ids import id_function
-from kafka_mongo_etl.records import Document, json_document
-from kafka_mongo_etl.tasks import stop_on_sigterm
-from kafka_mongo_etl.write_models import WriteResult
-
-TOPIC = "t"
-
-
-ABORTED = ("<aborted>", {})
-
-
-@dataclass
-class FakeMessage:
-    _topic: str
-    _partition: int
-    _offset: int
-    _key: bytes | None
-    _value: bytes | None
-    _error: KafkaError | None = None
-
-    def error(self) -> KafkaError | None:
-        return self._error
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def headers(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (0, 0)
-
-
-@dataclass
-class FakePartition:
-    """One partition's log: ``records[i]`` is offset ``low + i``; ``None`` is never returned
-    under read_committed. ``stable`` (the last stable offset, default: the end of the log) is
-    the high end a read_committed watermark query reports and how far a fetch reads."""
-
-    records: list[tuple[str, dict[str, Any]] | None] = field(default_factory=list)
-    low: int = 0
-    stable: int | None = None
-
-    @property
-    def high(self) -> int:
-        return self.low + len(self.records)
-
-    @property
-    def lso(self) -> int:
-        return self.high if self.stable is None else self.stable
-
-
-def versions(keys: Sequence[str], rounds: int) -> list[tuple[str, dict[str, Any]]]:
-    """``rounds`` versions of every key, in order: key k's last version is ``{"v": rounds - 1}``."""
-    return [(key, {"v": v}) for v in range(rounds) for key in keys]
-
-
-class FakeConsumer:
-    """The calls the drain makes on a confluent-kafka ``Consumer``, over ``FakePartition``s.
-
-    ``events`` is shared with the fake sink, so a test can check that a commit came after the
-    write of its records. ``group_offsets`` is what the group has committed.
-    """
-
-    def __init__(
-        self,
-        partitions: dict[int, FakePartition],
-        events: list[tuple[Any, ...]] | None = None,
-        group_offsets: dict[int, int] | None = None,
-        on_consume: Callable[[FakeConsumer], None] | None = None,
-        eof: bool = False,
-    ) -> None:
-        self.partitions = partitions
-        self.eof = eof
-        self.fetched: dict[int, int] = {}
-        self.eof_at: dict[int, int] = {}
-        self.events = events if events is not None else []
-        self.group_offsets = dict(group_offsets or {})
-        self.on_consume = on_consume
-        self.positions: dict[int, int] = {}
-        self.paused: set[int] = set()
-        self.closed = False
-
-    def list_topics(self, topic: str, timeout: float) -> Any:
-        found = SimpleNamespace(error=None, partitions={p: None for p in self.partitions})
-        return SimpleNamespace(topics={topic: found} if topic == TOPIC else {})
-
-    def poll(self, timeout: float) -> None:
-        return None
-
-    def get_watermark_offsets(
-        self, tp: TopicPartition, timeout: float = 0, cached: bool = False
-    ) -> tuple[int, int]:
-        log = self.partitions[tp.partition]
-        return log.low, log.lso
-
-    def committed(self, partitions: list[TopicPartition], timeout: float = 0) -> list[TopicPartition]:
-        return [
-            TopicPartition(tp.topic, tp.partition, self.group_offsets.get(tp.partition, OFFSET_INVALID))
-            for tp in partitions
-        ]
-
-    def assign(self, partitions: list[TopicPartition]) -> None:
-        self.positions = {tp.partition: tp.offset for tp in partitions}
-        self.fetched = dict(self.positions)
-        self.paused = set()
-
-    def pause(self, partitions: list[TopicPartition]) -> None:
-        self.paused |= {tp.partition for tp in partitions}
-
-    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
-        return [TopicPartition(tp.topic, tp.partition, self.positions[tp.partition]) for tp in partitions]
-
-    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
-        if self.on_consume is not None:
-            self.on_consume(self)
-        messages: list[FakeMessage] = []
-        for p in sorted(self.positions):
-            if p in self.paused:
-                continue
-            log = self.partitions[p]
-            while self.fetched[p] < log.lso and len(messages) < num_messages:
-                offset = self.fetched[p]
-                self.fetched[p] += 1
-                entry = log.records[offset - log.low]
-                if entry is ABORTED:
-                    continue  # dropped by the fetcher; the position stays
-                self.positions[p] = offset + 1
-                if entry is not None:
-                    key, value = entry
-                    messages.append(FakeMessage(TOPIC, p, offset, key.encode(), json.dumps(value).encode()))
-            at = self.fetched[p]
-            if self.eof and at >= log.lso and self.eof_at.get(p) != at and len(messages) < num_messages:
-                self.eof_at[p] = at
-                messages.append(FakeMessage(TOPIC, p, at, None, None, KafkaError(KafkaError._PARTITION_EOF)))
-        if not messages:
-            time.sleep(min(max(timeout, 0), 0.01))  # what consume() waits when nothing comes
-        return messages
-
-    def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> list[TopicPartition]:
-        assert not asynchronous, "the drain commits synchronously"
-        for tp in offsets:
-            self.group_offsets[tp.partition] = tp.offset
-        self.events.append(("commit", {tp.partition: tp.offset for tp in offsets}))
-        return [TopicPartition(tp.topic, tp.partition, tp.offset) for tp in offsets]
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class FakeSink:
-    """A collection as a dict ``{_id: document}``; ``before_write(n)`` runs before the n-th write."""
-
-    def __init__(
-        self, events: list[tuple[Any, ...]], before_write: Callable[[int], None] | None = None
-    ) -> None:
-        self.events = events
-        self.before_write = before_write
-        self.documents: dict[Any, dict[str, Any]] = {}
-        self.writes = 0
-
-    def write(self, documents: Sequence[Document]) -> WriteResult:
-        self.writes += 1
-        if self.before_write is not None:
-            self.before_write(self.writes)
-        for document in documents:
-            self.documents[document.id] = dict(document.body or {})
-        self.events.append(("write", sorted((d.message.partition(), d.message.offset()) for d in documents)))
-        return WriteResult(written=len(documents), inserted=len(documents), replaced=0)
-
-
-class FakeLease:
-    """Records what the drain asks of its lease; ``released`` is what ``DrainLease.release`` would do."""
-
-    def __init__(self) -> None:
-        self.renewals = 0
-        self.abandoned = False
-
-    def renew(self) -> None:
-        self.renewals += 1
-
-    def abandon(self) -> None:
-        self.abandoned = True
-
-    def settled(self) -> None:
-        self.abandoned = False
-
-
-def build_with(
-    fail_at: dict[int, BaseException] | None = None, after: threading.Event | None = None
-) -> Callable[[Any], Document]:
-    """The real JSON record builder keyed by the record key; raises ``fail_at[offset]`` there
-    (once ``after`` is set, when given)."""
-    build = json_document(id_function("key"))
-
-    def to_document(message: Any) -> Document:
-        if fail_at and message.offset() in fail_at:
-            if after is not None:
-                assert after.wait(30)
-            raise fail_at[message.offset()]
-        return build(message)
-
-    return to_document
-
-
-def committed_in(events: list[tuple[Any, ...]]) -> dict[int, int]:
-    offsets: dict[int, int] = {}
-    for event in events:
-        if event[0] == "commit":
-            offsets.update(event[1])
-    return offsets
-
+from kafka_mongo_etl.sigterm import stop_on_sigterm
 
 # --- the stop path (issue 19, finding 5) ------------------------------------------------------
 
@@ -432,19 +211,6 @@ def _wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 # --- the offset ledger (issue 19, finding 3) ---------------------------------------------------
-
-
-class FakeLedger:
-    def __init__(self, events: list[tuple[Any, ...]], offsets: dict[int, int] | None = None) -> None:
-        self.events = events
-        self.offsets = dict(offsets or {})
-
-    def read(self, partitions: Any) -> dict[int, int]:
-        return {p: self.offsets[p] for p in partitions if p in self.offsets}
-
-    def record(self, offsets: dict[int, int]) -> None:
-        self.offsets.update(offsets)
-        self.events.append(("ledger", dict(offsets)))
 
 
 def test_every_partition_is_committed_at_the_end_also_those_with_nothing_to_read() -> None:

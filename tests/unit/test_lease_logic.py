@@ -18,7 +18,7 @@ from pymongo.errors import AutoReconnect
 from kafka_mongo_etl import lease as lease_module
 from kafka_mongo_etl.errors import LeaseLostError, StopRequested
 from kafka_mongo_etl.lease import DrainLease, lease_owner
-from kafka_mongo_etl.tasks import stop_on_sigterm
+from kafka_mongo_etl.sigterm import stop_on_sigterm
 
 
 @given(run_id=st.text(min_size=1, max_size=60), try_number=st.none() | st.integers(1, 100))

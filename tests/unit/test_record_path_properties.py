@@ -285,8 +285,13 @@ def expected_document(message: Message, strategy: str, ids: dict[str, Any]) -> d
     else:
         _id = {field: value[field] for field in ids["fields"]}
     fields = {name: item for name, item in value.items() if name != "_id"}
-    partition, offset = message.partition(), message.offset()
-    position = {"partition": partition, "offset": offset, "applied": {str(partition): offset}}
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    position = {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "applied": {f"{topic}:{partition}": offset},
+    }
     return {"_id": _id, **fields, "_kafka": position}
 
 

@@ -52,7 +52,7 @@ def test_json_document_keeps_the_value_and_where_it_came_from() -> None:
     assert bson.decode(document.body.raw) == {
         "_id": "k",
         "num": 1,
-        "_kafka": {"partition": 2, "offset": 7, "applied": {"2": 7}},
+        "_kafka": {"topic": "t", "partition": 2, "offset": 7, "applied": {"t:2": 7}},
     }
 
 
@@ -175,7 +175,11 @@ def test_records_mongodb_would_refuse_are_bad_records(value: bytes, code: str) -
 )
 def test_records_mongodb_takes_are_loaded_as_they_are(value: bytes) -> None:
     document = loaded(value)
-    expected = {"_id": "k", **json.loads(value), "_kafka": {"partition": 2, "offset": 7, "applied": {"2": 7}}}
+    expected = {
+        "_id": "k",
+        **json.loads(value),
+        "_kafka": {"topic": "t", "partition": 2, "offset": 7, "applied": {"t:2": 7}},
+    }
     assert bson.encode(document) == bson.encode(expected)
 
 
@@ -194,7 +198,12 @@ def test_duplicate_names_keep_the_last_value() -> None:
 def test_the_value_s_own_id_and_kafka_fields_give_way() -> None:
     document = loaded(b'{"_kafka": "mine", "_id": "theirs", "num": 1}')
     assert list(document) == ["_id", "_kafka", "num"]
-    assert document["_id"] == "k" and document["_kafka"] == {"partition": 2, "offset": 7, "applied": {"2": 7}}
+    assert document["_id"] == "k" and document["_kafka"] == {
+        "topic": "t",
+        "partition": 2,
+        "offset": 7,
+        "applied": {"t:2": 7},
+    }
 
 
 def test_a_field_name_is_refused_every_time_however_often_good_names_were_seen() -> None:
@@ -232,7 +241,13 @@ def test_a_large_key_counts_towards_16_mib() -> None:
 
 def test_16_mib_is_exact_with_id_and_kafka_included() -> None:
     frame = len(
-        bson.encode({"_id": "k", "blob": "", "_kafka": {"partition": 2, "offset": 7, "applied": {"2": 7}}})
+        bson.encode(
+            {
+                "_id": "k",
+                "blob": "",
+                "_kafka": {"topic": "t", "partition": 2, "offset": 7, "applied": {"t:2": 7}},
+            }
+        )
     )
     fits = json.dumps({"blob": "x" * (MAX_DOCUMENT_BYTES - frame)}).encode()
     document = json_document(id_function("key"))(message(fits))

@@ -148,6 +148,8 @@ def test_lag_counts_from_the_committed_offset_or_from_the_earliest_without_one()
     assert PartitionLag(0, committed=40, earliest=0, high=50).lag == 10
     assert PartitionLag(1, committed=None, earliest=5, high=50).lag == 45
     assert PartitionLag(2, committed=50, earliest=0, high=50).lag == 0
+    # Committed below what retention left: the records still there, as the drain would read them.
+    assert PartitionLag(3, committed=10, earliest=20, high=30).lag == 10
     lag = ConsumerLag("t", "g", (PartitionLag(0, 40, 0, 50), PartitionLag(1, None, 5, 50)))
     assert lag.total == 55
 
