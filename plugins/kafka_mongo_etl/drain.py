@@ -462,11 +462,8 @@ class Drain:
                 self.read_to[tp.partition] = progress[tp.partition].end
                 done.add(tp.partition)
         if done:
+            self.consumer.pause([TopicPartition(self.topic, p) for p in sorted(done)])
             self.unread -= done
-            # Pausing waits on librdkafka's threads (milliseconds on a busy machine); once no
-            # partition is left to read, nothing is consumed again and none needs it.
-            if self.unread:
-                self.consumer.pause([TopicPartition(self.topic, p) for p in sorted(done)])
         return batch
 
     def store(self, batch: Batch) -> None:
