@@ -57,8 +57,8 @@ cdc: check-tools $(STAMP)  ## A table mirrored through Debezium: PostgreSQL -> C
 toxiproxy: $(STAMP)  ## Build the Toxiproxy server from source (go install) into .cache/, for the fault tests
 	$(PY) -m devstack.toxiproxy install
 
-bench: check-tools $(STAMP)  ## Benchmarks on their own broker, server and Airflow (N=20000 REPS=3 AIRFLOW=1 TUTORIAL_CAP=60 SECTIONS=)
-	$(PY) -m bench --n $(or $(N),20000) --airflow $(or $(AIRFLOW),1) $(if $(REPS),--reps $(REPS)) $(if $(TUTORIAL_CAP),--tutorial-cap $(TUTORIAL_CAP)) $(if $(SECTIONS),--sections $(SECTIONS))
+bench: check-tools $(STAMP)  ## Benchmarks on their own broker, server and Airflow (N=20000 REPS=3 AIRFLOW=1 TUTORIAL_CAP=60 SECTIONS= CONTENDERS=)
+	$(PY) -m bench --n $(or $(N),20000) --airflow $(or $(AIRFLOW),1) $(if $(REPS),--reps $(REPS)) $(if $(TUTORIAL_CAP),--tutorial-cap $(TUTORIAL_CAP)) $(if $(SECTIONS),--sections $(SECTIONS)) $(if $(CONTENDERS),--contenders $(CONTENDERS))
 
 fuzz: $(STAMP)  ## The record path's property tests with many more generated records (EXAMPLES=50000)
 	RECORD_PATH_PROFILE=fuzz FUZZ_EXAMPLES=$(or $(EXAMPLES),50000) $(PY) -m pytest \

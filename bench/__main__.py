@@ -28,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--airflow", type=int, choices=(0, 1), default=1, help="1: include the Airflow runs")
     parser.add_argument("--whole-runs", type=int, default=3, help="whole 500-record DAG runs (default 3)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"a subset of {','.join(SECTIONS)}")
+    parser.add_argument(
+        "--contenders", help="only these load contenders, by name (e.g. null_sink,raw_decode); default all"
+    )
     parser.add_argument("--results", type=Path, default=report.RESULTS)
     parser.add_argument("--report-only", action="store_true", help="redraw from --results")
     args = parser.parse_args(argv)
@@ -35,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if sections - set(SECTIONS):
         parser.error(f"unknown sections: {', '.join(sorted(sections - set(SECTIONS)))}")
     args.sections = frozenset(sections - (set() if args.airflow else {"airflow"}))
+    args.contenders = frozenset(c.strip() for c in args.contenders.split(",")) if args.contenders else None
     if args.n < 1 or args.reps < 1 or args.tutorial_cap <= 0:
         parser.error("--n and --reps must be at least 1, --tutorial-cap above 0")
     return args
@@ -63,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                 tutorial_cap=args.tutorial_cap,
                 whole_runs=args.whole_runs,
                 sections=args.sections,
+                contenders=args.contenders,
             )
             results = harness.run(services, options)
     report.write_json(results, args.results)

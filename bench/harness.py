@@ -44,13 +44,17 @@ class Options:
     whole_runs: int = 3
     warm_up: bool = True
     sections: frozenset[str] = field(default_factory=lambda: frozenset(SECTIONS))
+    # The load section's contenders by name (warm-up included); None: every one.
+    contenders: frozenset[str] | None = None
 
 
-def load_contenders(tutorial_cap: float) -> list[LoadContender]:
-    """One contender per question; add variants of our drain here (see bench/load.py)."""
+def load_contenders(tutorial_cap: float, only: frozenset[str] | None = None) -> list[LoadContender]:
+    """One contender per question; add variants of our drain here (see bench/load.py).
+
+    ``only``: just the contenders of these names (``--contenders``), to compare a few quickly."""
     upsert, insert = partial(load.raw, write_model=load.upserts), partial(load.raw, write_model=load.inserts)
     per_partition = "one write per partition at once"
-    return [
+    contenders = [
         LoadContender("ours", "ours: run_consume, default write mode", load.ours),
         LoadContender(
             "ours_in_turn",
@@ -81,6 +85,7 @@ def load_contenders(tutorial_cap: float) -> list[LoadContender]:
             writes=False,
         ),
     ]
+    return [c for c in contenders if only is None or c.name in only]
 
 
 def fill_topic(bootstrap_servers: str, prefix: str, count: int, partitions: int = 3) -> str:
@@ -191,7 +196,7 @@ def run(services: BenchServices, options: Options) -> dict[str, Any]:
         log.info("Warm-up: every contender once on %s records", SMALL)
         small = fill_topic(bs, "bench_small", SMALL)
         alternate(produce.CONTENDERS, 1, partial(produce.measure, bs, SMALL))
-        alternate(load_contenders(tutorial_cap=10.0), 1, drains(small, SMALL))
+        alternate(load_contenders(10.0, options.contenders), 1, drains(small, SMALL))
     if "profile" in sections:
         log.info("Profiling our produce and our drain (%s records)", n)
         produce_topic = create_topic(bs, unique("bench_profile"), produce.PARTITIONS)
@@ -204,7 +209,8 @@ def run(services: BenchServices, options: Options) -> dict[str, Any]:
         for key, size in (("produce", n), ("produce_10n", 10 * n)):
             results[key] = alternate(produce.CONTENDERS, options.reps, partial(produce.measure, bs, size))
     if "load" in sections:
-        results["load"] = alternate(load_contenders(options.tutorial_cap), options.reps, drains(topic, n))
+        contenders = load_contenders(options.tutorial_cap, options.contenders)
+        results["load"] = alternate(contenders, options.reps, drains(topic, n))
     if "peers" in sections:
         results["peers"], results["peers_unavailable"] = run_peers(bs, uri, topic, n, options.reps)
     if "memory" in sections:

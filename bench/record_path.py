@@ -6,9 +6,9 @@ On the project's own records (``{"num": n, "batch": ...}`` keyed ``batch/n``), p
 or server. The stages, each timed on inputs the previous one made:
 
 - ``decode``: ``decode_json`` (UTF-8, JSON, int64 and double); ``checks``: ``check_id`` and
-  ``check_fields`` (MongoDB's names and nesting); ``document``: the dict with ``_id`` first and
-  ``_kafka``; ``encode``: BSON and the 16 MiB bound; ``whole``: ``json_document``'s builder, which
-  adds the identity and the ``Document``;
+  ``check_fields`` (MongoDB's names and nesting); ``encode``: the finished document's BSON, the 16
+  MiB bound, the ``RawBSONDocument``; ``whole``: ``json_document``'s builder, which also makes
+  the ``_id``, the identity, the document (``_id``, the value, ``_kafka``) and the ``Document``;
 - ``naive``: ``json.loads``, ``_id``, ``_kafka``, ``bson.encode`` (the bench's ``raw_decode``).
 
 ``--before FILE`` loads another version of records.py (``git show REV:plugins/kafka_mongo_etl/
@@ -36,7 +36,7 @@ from kafka_mongo_etl import records
 from kafka_mongo_etl.ids import batch_id, id_function, record_key
 
 BATCH = batch_id("kafka_to_mongo", "manual__2026-12-01T00:00:00+00:00")
-STAGES = ("decode", "checks", "document", "encode", "whole")
+STAGES = ("decode", "checks", "encode", "whole")
 
 
 def messages(count: int) -> list[Message]:
@@ -57,10 +57,15 @@ def stages(module: ModuleType, batch: list[Message]) -> dict[str, Callable[[], A
     by_key = id_function("key")
     values = [module.decode_json(m) for m in batch]
     ids = [by_key(m, v) for m, v in zip(batch, values, strict=True)]
-    documents = [
-        {"_id": i, **v, "_kafka": {"partition": m.partition(), "offset": m.offset()}}
-        for m, v, i in zip(batch, values, ids, strict=True)
-    ]
+    # The documents as the record path makes them (a records.py before kafka_position: its form).
+    position = getattr(module, "kafka_position", None) or (
+        lambda m: {
+            "partition": m.partition(),
+            "offset": m.offset(),
+            "applied": {str(m.partition()): m.offset()},
+        }
+    )
+    documents = [{"_id": i, **v, "_kafka": position(m)} for m, v, i in zip(batch, values, ids, strict=True)]
     to_document = module.json_document(by_key)
 
     def checks() -> None:
@@ -71,10 +76,6 @@ def stages(module: ModuleType, batch: list[Message]) -> dict[str, Callable[[], A
     return {
         "decode": lambda: [module.decode_json(m) for m in batch],
         "checks": checks,
-        "document": lambda: [
-            {"_id": i, **v, "_kafka": {"partition": m.partition(), "offset": m.offset()}}
-            for m, v, i in zip(batch, values, ids, strict=True)
-        ],
         "encode": lambda: [module.encode(d, m) for d, m in zip(documents, batch, strict=True)],
         "whole": lambda: [to_document(m) for m in batch],
     }

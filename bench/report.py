@@ -114,12 +114,17 @@ def _rates_table(sections: dict[str, dict[str, Any]]) -> str:
             f"{statistics.median(entry['records']):,.0f}",
             _fmt(entry["median_seconds"], 3),
             _fmt(entry["median_records_per_second"], 0),
-            _fmt(ratio(section["ours"]["median_records_per_second"], entry["median_records_per_second"])),
+            _fmt(ratio(_ours_rate(section), entry["median_records_per_second"])),
         ]
         for suffix, section in sections.items()
         for name, entry in section.items()
     ]
     return _table(["contender", "what", "records", "median s", "records/s", "ours / this"], rows)
+
+
+def _ours_rate(section: dict[str, Any]) -> float | None:
+    """The section's ``ours`` rate; None when ``--contenders`` left it out."""
+    return section.get("ours", {}).get("median_records_per_second")
 
 
 def _peers_table(peers: dict[str, Any], unavailable: dict[str, str]) -> str:
@@ -157,12 +162,13 @@ def _sections(results: dict[str, Any]) -> dict[str, str]:
         fields["scale"] = _table(header, rows)
     if results.get("load"):
         fields["load"] = _rates_table({"": results["load"]})
-        tutorial = results["load"]["tutorial"]
-        rates = [
-            f"{r:,} records in {s:.0f} s"
-            for r, s in zip(tutorial["records"], tutorial["seconds"], strict=True)
-        ]
-        fields["tutorial"] = ", ".join(rates)
+        tutorial = results["load"].get("tutorial")
+        if tutorial is not None:
+            rates = [
+                f"{r:,} records in {s:.0f} s"
+                for r, s in zip(tutorial["records"], tutorial["seconds"], strict=True)
+            ]
+            fields["tutorial"] = ", ".join(rates)
     if results.get("produce"):
         sections = {", N": results["produce"], ", 10 x N": results["produce_10n"]}
         fields["produce"] = _rates_table(sections)

@@ -7,6 +7,7 @@ import json
 
 import bson
 import pytest
+from bson.raw_bson import RawBSONDocument
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from kafka_mongo_etl.drain import start_offsets
@@ -203,6 +204,32 @@ def test_the_value_s_own_id_and_kafka_fields_give_way() -> None:
         "offset": 7,
         "applied": {"t:2": 7},
     }
+
+
+def test_a_field_name_is_refused_every_time_however_often_good_names_were_seen() -> None:
+    # check_fields remembers top-level names that passed; a refused one is never remembered.
+    for _ in range(3):
+        assert loaded(b'{"num": 1, "region": "eu"}')["num"] == 1
+        assert refused(b'{"num": 1, "$set": 2}').code == "invalid_field"
+        assert refused(b'{"num": 1, "a\\u0000b": 2}').code == "invalid_field"
+        assert refused(b'{"num": {"b\\u0000": 1}}').code == "invalid_field"
+        assert refused(b'{"region": ' + b"[" * 200 + b"]" * 200 + b"}").code == "too_deep"
+
+
+def test_the_encoded_body_is_a_raw_bson_document_like_any_other() -> None:
+    body = json_document(id_function("key"))(message(b'{"num": 1, "a": {"b": [1, 2]}}')).body
+    plain = RawBSONDocument(body.raw)
+    assert isinstance(body, RawBSONDocument)
+    assert (body.raw, dict(body.items()), body["a"], list(body), len(body)) == (
+        plain.raw,
+        dict(plain.items()),
+        plain["a"],
+        list(plain),
+        len(plain),
+    )
+    assert body == plain
+    # pymongo sends it as raw bytes, embedded too (the fence's $literal), as it sends the plain one.
+    assert bson.encode({"d": body}) == bson.encode({"d": plain})
 
 
 def test_a_large_key_counts_towards_16_mib() -> None:
