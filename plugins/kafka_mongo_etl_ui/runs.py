@@ -329,7 +329,7 @@ def known_targets(client: MongoClient) -> list[str]:
 
 
 @dataclass(frozen=True)
-class DeadLetter:
+class DeadLetterRow:
     failed_at: dt.datetime | None
     run_id: str | None
     partition: int | None
@@ -345,12 +345,12 @@ class DeadLetters:
     collection: str
     exists: bool
     total: int = 0
-    latest: tuple[DeadLetter, ...] = ()
+    latest: tuple[DeadLetterRow, ...] = ()
 
 
-def _dead_letter(document: dict[str, Any]) -> DeadLetter:
+def _dead_letter(document: dict[str, Any]) -> DeadLetterRow:
     run_id = document.get("run_id")
-    return DeadLetter(
+    return DeadLetterRow(
         failed_at=_as_utc(document.get("failed_at")),
         run_id=str(run_id) if run_id else None,
         partition=_as_int(document.get("partition")),

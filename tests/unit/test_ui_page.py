@@ -10,7 +10,7 @@ import pytest
 from kafka_mongo_etl_ui.charts import compact_number, nice_ceiling, throughput_chart
 from kafka_mongo_etl_ui.lag import ConsumerLag, PartitionLag
 from kafka_mongo_etl_ui.page import PageData, render_page
-from kafka_mongo_etl_ui.runs import DeadLetter, DeadLetters, RunRow, RunSource, Target, run_source
+from kafka_mongo_etl_ui.runs import DeadLetterRow, DeadLetters, RunRow, RunSource, Target, run_source
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -259,7 +259,7 @@ def test_everything_from_the_database_is_escaped() -> None:
     hostile = '<script>alert("x")</script>'
     run = RunRow.from_audit(audit(1, dag_run_id=hostile, state=hostile, error=hostile))
     letters = DeadLetters(
-        "testnum_dlq", exists=True, total=1, latest=(DeadLetter(None, hostile, 0, 5, hostile, hostile),)
+        "testnum_dlq", exists=True, total=1, latest=(DeadLetterRow(None, hostile, 0, 5, hostile, hostile),)
     )
 
     html = page(runs=[run], targets=[hostile + ".c"], dead_letters=letters)
@@ -281,7 +281,7 @@ def test_dead_letters_show_the_count_and_the_newest_reasons() -> None:
         "testnum_dlq",
         exists=True,
         total=12,
-        latest=(DeadLetter(T0, "run-1", 2, 41, "not_json", "record testnum[2]@41 is not JSON"),),
+        latest=(DeadLetterRow(T0, "run-1", 2, 41, "not_json", "record testnum[2]@41 is not JSON"),),
     )
     runs = [
         RunRow.from_audit(audit(2, dead_letters=3, dead_letter_reasons={"not_json": 2, "too_large": 1})),
