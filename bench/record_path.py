@@ -85,7 +85,14 @@ def naive(batch: list[Message]) -> None:
     for message in batch:
         value = json.loads(message.value())
         value["_id"] = message.key().decode()
-        value["_kafka"] = {"partition": message.partition(), "offset": message.offset()}
+        # The _kafka the bench's raw_decode writes: ours' fields (bench.load._document).
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        value["_kafka"] = {
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "applied": {f"{topic}:{partition}": offset},
+        }
         bson.encode(value)
 
 

@@ -139,12 +139,18 @@ def kafka_position(message: Message) -> dict[str, Any]:
     """A document's ``_kafka`` for the record ``message``: its topic, partition and offset, and
     the fence ``applied`` with this record's position (``{"<topic>:<partition>": offset}``)."""
     topic, partition, offset = message.topic(), message.partition(), message.offset()
-    return {
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-        "applied": {fence_key(topic, partition): offset},
-    }
+    key = _FENCE_KEYS.get((topic, partition))
+    if key is None:
+        key = fence_key(topic, partition)
+        if len(_FENCE_KEYS) < _FENCE_KEYS_MAX:
+            _FENCE_KEYS[topic, partition] = key
+    return {"topic": topic, "partition": partition, "offset": offset, "applied": {key: offset}}
+
+
+# (topic, partition) -> fence_key(topic, partition): a drain's records repeat a few partitions, and
+# a lookup costs less than formatting the key for every record. Bounded, as _GOOD_NAMES is.
+_FENCE_KEYS: dict[tuple[str, int], str] = {}
+_FENCE_KEYS_MAX = 10_000
 
 
 def where(message: Message) -> str:

@@ -7,6 +7,7 @@ test_offset_ledger.py, test_read_committed_corner.py).
 from __future__ import annotations
 
 import contextlib
+import gc
 import signal
 import sys
 import threading
@@ -199,6 +200,35 @@ def test_a_failed_drain_commits_its_finished_write_in_flight_and_may_release_the
     assert committed_in(events) == {0: 200} and len(sink.documents) == 200
     # Each commit after the write of its records.
     assert [e[0] for e in events] == ["write", "commit", "write", "commit"]
+
+
+def test_the_collector_is_paused_while_a_batch_is_built_and_resumes_after_it_even_on_error() -> None:
+    """``Drain.build`` pauses the garbage collector for the batch (a performance measure): it is
+    running again after every batch, also one whose builder raised, and a collector the caller
+    had disabled stays disabled."""
+    gc_during_build: list[bool] = []
+    build = build_with({250: ValueError("a builder bug")})
+
+    def to_document(message: Any) -> Any:
+        gc_during_build.append(gc.isenabled())
+        return build(message)
+
+    def drain_of(count: int) -> Drain:
+        consumer = FakeConsumer(one_partition(count), [])
+        return Drain(consumer, TOPIC, "g", FakeSink([]), to_document, DrainSettings(batch_size=100))
+
+    assert gc.isenabled()
+    assert drain_of(200).run().records == 200
+    assert gc.isenabled() and len(gc_during_build) == 200 and not any(gc_during_build)
+    with pytest.raises(ValueError, match="a builder bug"):
+        drain_of(300).run()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        assert drain_of(200).run().records == 200
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def _wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:

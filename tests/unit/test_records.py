@@ -10,6 +10,7 @@ import pytest
 from bson.raw_bson import RawBSONDocument
 from confluent_kafka import KafkaError, Message, TopicPartition
 
+from kafka_mongo_etl import records
 from kafka_mongo_etl.drain import start_offsets
 from kafka_mongo_etl.errors import OffsetAboveWatermarkError, RetentionGapError
 from kafka_mongo_etl.ids import batch_id, id_function, record_key
@@ -425,3 +426,22 @@ def test_unknown_gap_policy_and_group_errors_are_raised() -> None:
 
     with pytest.raises(KafkaException, match="Group authorization failed"):
         start_offsets([Refused()], {0: (0, 1)})
+
+
+def test_kafka_position_keys_the_fence_by_each_records_own_topic_and_partition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The fence keys are cached by (topic, partition): records of other topics and partitions,
+    # in any order, each get their own key, and past the cache's bound the keys are still made.
+    monkeypatch.setattr(records, "_FENCE_KEYS", {})
+    monkeypatch.setattr(records, "_FENCE_KEYS_MAX", 3)
+    coordinates = [("a", 0, 5), ("a", 1, 6), ("b", 0, 7), ("a", 0, 8), ("c", 2, 9), ("b", 0, 1), ("d", 3, 2)]
+    for topic, partition, offset in coordinates * 2:
+        message = Message(topic=topic, partition=partition, offset=offset, key=b"k", value=b"{}")
+        assert records.kafka_position(message) == {
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "applied": {f"{topic}:{partition}": offset},
+        }
+    assert len(records._FENCE_KEYS) == 3
