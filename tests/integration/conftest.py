@@ -47,3 +47,26 @@ def committed_offsets(kafka_broker) -> Callable[..., dict[int, int]]:
         return {tp.partition: tp.offset for tp in found}
 
     return read
+
+
+@pytest.fixture
+def send_keyed(kafka_broker) -> Callable[[str, list[tuple[int, str, dict[str, Any]]]], None]:
+    """``(topic, [(partition, key, value), ...])``: sends each value as JSON to its partition, in
+    order, on the session broker, creating ``topic`` with 2 partitions first if it is new."""
+    import json
+
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    bootstrap = kafka_broker.bootstrap_servers
+
+    def send(topic: str, records: list[tuple[int, str, dict[str, Any]]]) -> None:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        if topic not in admin.list_topics(timeout=30).topics:
+            admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(30)
+        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+        for partition, key, value in records:
+            producer.produce(topic, key=key.encode(), value=json.dumps(value).encode(), partition=partition)
+        assert producer.flush(30) == 0
+
+    return send

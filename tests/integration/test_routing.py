@@ -5,7 +5,6 @@ only after every collection's write."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import Any
 
@@ -17,20 +16,6 @@ from kafka_mongo_etl.routing import RoutingSink
 from kafka_mongo_etl.tasks import run_consume
 
 pytestmark = pytest.mark.usefixtures("connections")
-
-
-def send(bootstrap: str, topic: str, records: list[tuple[int, str, dict[str, Any]]]) -> None:
-    """Send ``(partition, key, value)`` in order, creating ``topic`` with 2 partitions first."""
-    from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    if topic not in admin.list_topics(timeout=30).topics:
-        admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(30)
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-    for partition, key, value in records:
-        producer.produce(topic, key=key.encode(), value=json.dumps(value).encode(), partition=partition)
-    assert producer.flush(30) == 0
 
 
 # Three versions of six keys, routed by "kind" to alpha or beta; one key without a kind; two
@@ -60,10 +45,10 @@ def expect_routed(database) -> None:
 
 
 def test_records_land_once_in_the_collection_their_field_names(
-    make_job, kafka_broker, mongo_client, committed_offsets
+    make_job, send_keyed, mongo_client, committed_offsets
 ) -> None:
     job = make_job(route_by="value.kind", dead_letter_policy=DeadLetterPolicy(max_count=2))
-    send(kafka_broker.bootstrap_servers, job.topic, RECORDS)
+    send_keyed(job.topic, RECORDS)
     result = run_consume(job)
     assert (result["records"], result["dead_letters"]) == (len(RECORDS), 2)
     expect_routed(mongo_client[job.mongo_db])
@@ -74,10 +59,10 @@ def test_records_land_once_in_the_collection_their_field_names(
 
 
 def test_a_failure_between_two_collections_commits_nothing_and_the_retry_loads_once(
-    make_job, kafka_broker, mongo_client, committed_offsets, monkeypatch
+    make_job, send_keyed, mongo_client, committed_offsets, monkeypatch
 ) -> None:
     job = make_job(route_by="value.kind", dead_letter_policy=DeadLetterPolicy(max_count=2))
-    send(kafka_broker.bootstrap_servers, job.topic, RECORDS)
+    send_keyed(job.topic, RECORDS)
     written: list[str] = []
     original = RoutingSink.sink
 

@@ -5,7 +5,6 @@ options, group, leases and audit, exactly once — several versions per key, the
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,6 @@ DAGS = Path(__file__).resolve().parents[2] / "dags"
 CLOCK_FIELDS = ("_created_at", "_updated_at")
 
 pytestmark = pytest.mark.airflow
-
-
-def send(bootstrap: str, topic: str, records: list[tuple[int, str, dict[str, Any]]]) -> None:
-    """Send ``(partition, key, value)`` in order, creating ``topic`` with 2 partitions first."""
-    from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    if topic not in admin.list_topics(timeout=30).topics:
-        admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(30)
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-    for partition, key, value in records:
-        producer.produce(topic, key=key.encode(), value=json.dumps(value).encode(), partition=partition)
-    assert producer.flush(30) == 0
 
 
 def documents(collection) -> dict[str, dict[str, Any]]:
@@ -49,15 +34,13 @@ def content(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_two_topic_run_loads_two_collections_exactly_once(
-    airflow_db, connections, kafka_broker, topic, mongo_db, mongo_client, committed_offsets
+    airflow_db, connections, send_keyed, topic, mongo_db, mongo_client, committed_offsets
 ) -> None:
     from airflow.dag_processing.dagbag import DagBag
 
     orders, returns = topic, f"{topic}-returns"
-    bootstrap = kafka_broker.bootstrap_servers
     # Three versions of each key, each key on its own partition (key order in a partition is kept).
-    send(
-        bootstrap,
+    send_keyed(
         orders,
         [
             (n % 2, f"o{n}", {"v": v, **({"first": True} if v == 0 else {})})
@@ -65,8 +48,7 @@ def test_a_two_topic_run_loads_two_collections_exactly_once(
             for n in range(6)
         ],
     )
-    send(
-        bootstrap,
+    send_keyed(
         returns,
         [(n % 2, f"r{n}", {"v": v, f"set_by_{v}": True}) for v in range(3) for n in range(4)],
     )
@@ -119,8 +101,8 @@ def test_a_two_topic_run_loads_two_collections_exactly_once(
     assert committed_offsets(returns, default_group_id(mongo_db, "returns"), 2) == {0: 6, 1: 6}
 
     # A second run reads only what came since: new versions win, nothing loads twice.
-    send(bootstrap, orders, [(0, "o0", {"v": 3})])
-    send(bootstrap, returns, [(1, "r1", {"v": 3, "set_by_3": True})])
+    send_keyed(orders, [(0, "o0", {"v": 3})])
+    send_keyed(returns, [(1, "r1", {"v": 3, "set_by_3": True})])
     second = dag.test(
         run_conf={**conf, "start": 20, "count": 5}, logical_date=dt.datetime(2026, 5, 1, 1, tzinfo=dt.UTC)
     )
