@@ -239,17 +239,22 @@ def _kill_in_bulk_write(plan: KillPlan, work: Work, note: Path) -> None:
         requests = list(requests)
         if plan.mode == ACKNOWLEDGED_PREFIX:
             acknowledged = int(plan.split * len(requests))
-            if acknowledged:
-                original(self, requests[:acknowledged], *args, **kwargs)
-            sigkill_self(
-                note,
-                point=plan.point,
-                at="bulk_write",
-                mode=plan.mode,
-                call=writes,
-                requests=len(requests),
-                acknowledged=acknowledged,
-            )
+            try:
+                if acknowledged:
+                    # May raise BulkWriteError (the insert step's duplicate _ids are acknowledged
+                    # errors): the process must die here all the same, never hand the prefix's
+                    # result to the ETL as if it were the whole write's.
+                    original(self, requests[:acknowledged], *args, **kwargs)
+            finally:
+                sigkill_self(
+                    note,
+                    point=plan.point,
+                    at="bulk_write",
+                    mode=plan.mode,
+                    call=writes,
+                    requests=len(requests),
+                    acknowledged=acknowledged,
+                )
         _bulk_write_killed_by_timer(original, self, requests, args, kwargs, plan, note, writes)
         return None  # unreachable
 
@@ -292,7 +297,9 @@ def _bulk_write_killed_by_timer(
     timer = threading.Timer(plan.delay, from_timer)
     timer.daemon = True
     timer.start()
-    original(collection, requests, *args, **kwargs)
-    # Blocks for good if the timer won: its SIGKILL is on the way.
-    first.acquire()
-    kill(in_flight=False)
+    try:
+        original(collection, requests, *args, **kwargs)  # may raise BulkWriteError: die all the same
+    finally:
+        # Blocks for good if the timer won: its SIGKILL is on the way.
+        first.acquire()
+        kill(in_flight=False)
