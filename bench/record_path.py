@@ -32,6 +32,7 @@ from typing import Any
 import bson
 from confluent_kafka import Message
 
+from bench.load import _document
 from kafka_mongo_etl import records
 from kafka_mongo_etl.ids import batch_id, id_function, record_key
 
@@ -83,17 +84,7 @@ def stages(module: ModuleType, batch: list[Message]) -> dict[str, Callable[[], A
 
 def naive(batch: list[Message]) -> None:
     for message in batch:
-        value = json.loads(message.value())
-        value["_id"] = message.key().decode()
-        # The _kafka the bench's raw_decode writes: ours' fields (bench.load._document).
-        topic, partition, offset = message.topic(), message.partition(), message.offset()
-        value["_kafka"] = {
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "applied": {f"{topic}:{partition}": offset},
-        }
-        bson.encode(value)
+        bson.encode(_document(message))  # the document raw_decode encodes, written the same way
 
 
 def load_records(path: Path) -> ModuleType:

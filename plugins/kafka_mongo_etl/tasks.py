@@ -34,6 +34,7 @@ from kafka_mongo_etl.mongo_sink import MongoDeadLetterSink, MongoSink
 from kafka_mongo_etl.options import check_options
 from kafka_mongo_etl.processors import WriteHints
 from kafka_mongo_etl.produce import ensure_topic, produce_batch
+from kafka_mongo_etl.records import RecordBuilder
 from kafka_mongo_etl.routing import RoutingSink, routed
 from kafka_mongo_etl.sigterm import stop_on_sigterm
 from kafka_mongo_etl.write_models import record_path
@@ -66,20 +67,7 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
     committed and the audit written.
     """
     check_options(vars(job), done="Nothing was loaded")
-    try:
-        to_document, hints = record_path(
-            job.write_mode,
-            job.id_strategy,
-            job.id_field,
-            job.id_fields,
-            job.processors,
-            CdcSettings(keep_source=job.cdc_keep_source, times=job.cdc_times),
-        )
-        if job.route_by:
-            to_document = routed(to_document, job.route_by, job.mongo_db)
-    except ValueError as err:
-        # Options that cannot work: a retry would fail the same way.
-        raise ParamsRefusedError(f"{err}. Nothing was loaded; run again with other options.") from err
+    to_document, hints = _record_builder(job)
     hook = EtlMongoHook(job.mongo_conn_id)
     database = hook.get_conn()[job.mongo_db]
     audit = {
@@ -122,6 +110,26 @@ def run_consume(job: ConsumeJob, produced: dict[str, Any] | None = None) -> dict
         raise
     finally:
         hook.close()
+
+
+def _record_builder(job: ConsumeJob) -> tuple[RecordBuilder, WriteHints]:
+    """The job's record → document function (processors and routing included) and what the
+    processors ask of the writes; options that cannot work raise ``ParamsRefusedError``."""
+    try:
+        to_document, hints = record_path(
+            job.write_mode,
+            job.id_strategy,
+            job.id_field,
+            job.id_fields,
+            job.processors,
+            CdcSettings(keep_source=job.cdc_keep_source, times=job.cdc_times),
+        )
+        if job.route_by:
+            to_document = routed(to_document, job.route_by, job.mongo_db)
+    except ValueError as err:
+        # Options that cannot work: a retry would fail the same way.
+        raise ParamsRefusedError(f"{err}. Nothing was loaded; run again with other options.") from err
+    return to_document, hints
 
 
 def _audit_failure(
