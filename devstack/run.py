@@ -139,11 +139,12 @@ def stack_mongo_client(home: AirflowHome, conn_id: str = "mongo_default") -> Mon
     for name in [name for name in os.environ if name.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))]:
         del os.environ[name]
     os.environ["AIRFLOW_HOME"] = str(home.path)
-    from airflow.providers.mongo.hooks.mongo import MongoHook
+    import airflow  # noqa: F401  (puts the stack's plugins/ on sys.path)
 
-    hook = MongoHook(mongo_conn_id=conn_id)
-    hook.extras.setdefault("serverSelectionTimeoutMS", 5000)
-    return hook.get_conn()
+    from kafka_mongo_etl.mongo_client import EtlMongoHook
+
+    # The ETL's own hook: its timeouts, and a connection it cannot use fails with its name.
+    return EtlMongoHook(mongo_conn_id=conn_id).get_conn()
 
 
 def trigger_and_wait(

@@ -172,7 +172,8 @@ def test_the_client_comes_from_the_stacks_own_connections_file(tmp_path: Path, m
     )
 
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == [str(mongo_server.port), "1.0"]
+    # The hook logs its settings first; the script's own line is the last.
+    assert result.stdout.splitlines()[-1].split() == [str(mongo_server.port), "1.0"]
 
 
 # The wording, from XComs and landings written by hand.
