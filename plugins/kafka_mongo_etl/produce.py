@@ -137,27 +137,7 @@ def produce_batch(
     # (librdkafka 2.16, seen with debug=eos in 3 of 60 starts; 0 of 60 with the second request).
     topic_metadata(producer, topic, timeout=30.0)
     topic_metadata(producer, topic, timeout=30.0)
-    next_report = began + progress_every
-    produce = producer.produce
-    handed = 0
-    for num in range(start, start + count):
-        key = record_key(batch, num)
-        value = _encode({"num": num, "batch": batch})
-        while not tally.failed:
-            try:
-                produce(topic, value=value, key=key, on_delivery=tally)
-                handed += 1
-                break
-            except BufferError:
-                # The local queue is full: serve delivery reports until there is room.
-                producer.poll(0.1)
-        if tally.failed:
-            break
-        if num % _POLL_EVERY == 0:
-            producer.poll(0)
-            if time.monotonic() >= next_report:
-                log.info("Produced %s of %s records to %s", num - start + 1, count, topic)
-                next_report += progress_every
+    handed = _send(producer, topic, batch, start, count, tally, began + progress_every, progress_every)
     if tally.failed:
         log.error(
             "Delivery to %s failed (%s) after %s of %s records were handed to the producer; stopping",
@@ -199,3 +179,38 @@ def produce_batch(
         summary.records_per_second,
     )
     return summary
+
+
+def _send(
+    producer: Producer,
+    topic: str,
+    batch: str,
+    start: int,
+    count: int,
+    tally: _DeliveryTally,
+    next_report: float,
+    progress_every: float,
+) -> int:
+    """Hand the batch's records to ``producer`` until done or the first delivery error; how
+    many were handed over. Logs progress every ``progress_every`` seconds."""
+    produce = producer.produce
+    handed = 0
+    for num in range(start, start + count):
+        key = record_key(batch, num)
+        value = _encode({"num": num, "batch": batch})
+        while not tally.failed:
+            try:
+                produce(topic, value=value, key=key, on_delivery=tally)
+                handed += 1
+                break
+            except BufferError:
+                # The local queue is full: serve delivery reports until there is room.
+                producer.poll(0.1)
+        if tally.failed:
+            break
+        if num % _POLL_EVERY == 0:
+            producer.poll(0)
+            if time.monotonic() >= next_report:
+                log.info("Produced %s of %s records to %s", num - start + 1, count, topic)
+                next_report += progress_every
+    return handed
