@@ -17,7 +17,8 @@ DOC_MD = """
 Sends the dead letters of `<mongo_db>.<mongo_collection>_dlq` that match **every** criterion
 given — `run_id`, `codes`, `failed_after` (inclusive) / `failed_before` (exclusive), `ids` — back
 through the current record path and write model (at least one criterion is required). Give the
-write mode and `_id` options the collection is loaded with.
+write mode, `_id` options and `route_by` the collection is loaded with (a routing drain keeps
+every dead letter in its own collection's `_dlq`; the replay routes them again).
 
 A record that now loads is written, fenced by its original partition and offset — so it never
 overwrites newer content — and then its dead letter is deleted; a crash in between is safe to
@@ -76,6 +77,7 @@ def replay_params() -> dict[str, Param]:
                 "processors",
                 "cdc_times",
                 "cdc_keep_source",
+                "route_by",
             )
         },
         "batch_size": Param(

@@ -37,6 +37,7 @@ from kafka_mongo_etl.mongo_client import EtlMongoHook
 from kafka_mongo_etl.mongo_sink import MAX_CODE_CHARS, MAX_REASON_CHARS, MongoSink, _cut
 from kafka_mongo_etl.options import DEAD_LETTER_SUFFIX, check_options
 from kafka_mongo_etl.records import BadRecordError, Document
+from kafka_mongo_etl.routing import Route, RoutingSink, routed
 from kafka_mongo_etl.write_models import record_path
 
 __all__ = ["DeadLetterSelection", "ReplaySummary", "replay_dead_letters", "run_replay"]
@@ -175,11 +176,14 @@ def replay_dead_letters(
     batch_size: int = DEFAULT_BATCH_SIZE,
     processors: Any = None,
     cdc: CdcSettings | None = None,
+    route_by: str | None = None,
 ) -> ReplaySummary:
     """Replay the dead letters of ``database[collection + "_dlq"]`` that ``selection`` picks, in
     ``_id`` order, ``batch_size`` at a time, into ``database[collection]`` with the given write
     mode and id strategy (those the collection is loaded with: an other strategy makes other
-    ``_id``s), post-processors and change-event settings.
+    ``_id``s), post-processors and change-event settings. ``route_by`` (the drain's, when it
+    routes: its dead letters are all kept in ``collection``'s) sends each record to the collection
+    its field names, as the drain does.
 
     Raises ``ValueError`` for an empty selection or options that cannot work, before anything is
     read; lets MongoDB's errors (and ``WriteFailedError``) leave: what was replayed so far stays
@@ -189,7 +193,10 @@ def replay_dead_letters(
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     query = selection.query()
     to_document, hints = record_path(write_mode, id_strategy, id_field, id_fields, processors, cdc)
-    sink = MongoSink(database[collection], write_mode, hints)
+    sink: MongoSink | RoutingSink = MongoSink(database[collection], write_mode, hints)
+    if route_by:
+        to_document = routed(to_document, route_by, database.name)
+        sink = RoutingSink(database, collection, write_mode, hints)
     letters = database[f"{collection}{DEAD_LETTER_SUFFIX}"]
     summary = ReplaySummary()
     still_failing: Counter[str] = Counter()
@@ -224,7 +231,7 @@ def replay_dead_letters(
 def _replay_batch(
     batch: list[dict[str, Any]],
     to_document: Any,
-    sink: MongoSink,
+    sink: MongoSink | RoutingSink,
     letters: Any,
     summary: ReplaySummary,
     still_failing: Counter[str],
@@ -314,8 +321,11 @@ def run_replay(params: dict[str, Any]) -> dict[str, Any]:
     write_mode = params.get("write_mode") or "replace"
     id_strategy = params.get("id_strategy") or "key"
     id_field, id_fields = params.get("id_field") or None, params.get("id_fields") or None
+    route_by = params.get("route_by") or None
     try:
         selection.query()
+        if route_by:
+            Route.parse(route_by)
         cdc = CdcSettings(params.get("cdc_keep_source", True), params.get("cdc_times") or "exact")
         record_path(write_mode, id_strategy, id_field, id_fields, params.get("processors"), cdc)
     except ValueError as err:
@@ -335,6 +345,7 @@ def run_replay(params: dict[str, Any]) -> dict[str, Any]:
                 batch_size=int(params.get("batch_size") or DEFAULT_BATCH_SIZE),
                 processors=params.get("processors"),
                 cdc=cdc,
+                route_by=route_by,
             )
     result = {"target": f"{params['mongo_db']}.{params['mongo_collection']}", **summary.as_dict()}
     log.info("Replay done: %s", result)

@@ -61,7 +61,11 @@ def run(job: ConsumeJob, number: int) -> dict[str, Any]:
 
 
 def content(db, _id: str) -> dict[str, Any]:
-    found = db.testnum.find_one({"_id": _id})
+    return content_of(db.testnum, _id)
+
+
+def content_of(collection, _id: str) -> dict[str, Any]:
+    found = collection.find_one({"_id": _id})
     assert found is not None, _id
     return {name: value for name, value in found.items() if name != "_kafka"}
 
@@ -166,6 +170,39 @@ def test_versions_of_one_key_replay_in_offset_order_not_id_order(job, db, kafka_
     assert content(db, "k") == {"_id": "k", "other": 10}
     assert db.testnum.find_one({"_id": "k"})["_kafka"] == position(job.topic, 10)
     assert db.testnum_dlq.count_documents({}) == 0
+
+
+def test_routed_dead_letters_replay_into_the_collection_they_were_routed_to(job, db, kafka_broker) -> None:
+    """A routing drain keeps every dead letter in <target>_dlq; replayed with the same route_by,
+    each record goes to its routed collection (the latest version winning), not to the target."""
+    db.create_collection("returns", validator=NUM_IS_INT)
+    records = [("r1", {"kind": "returns", "other": n}) for n in range(3)]
+    records += [("t1", {"num": 1}), ("r2", {"kind": "returns", "num": 5}), ("t2", {"kind": None, "x": 1})]
+    send(kafka_broker.bootstrap_servers, job.topic, records)
+    assert run(replace(job, route_by="value.kind"), 1)["dead_letters"] == 4
+    assert {d["_id"] for d in db.testnum_dlq.find({}, {"_id": 1})} == {
+        f"{job.topic}:0:{n}" for n in (0, 1, 2, 5)
+    }
+    assert {d["_id"] for d in db.returns.find({}, {"_id": 1})} == {"r2"}
+    db.command("collMod", "returns", validator={})
+    db.command("collMod", "testnum", validator={})
+
+    summary = run_replay(
+        {"mongo_db": job.mongo_db, "mongo_collection": "testnum", "run_id": "run-1", "route_by": "value.kind"}
+    )
+
+    assert (summary["selected"], summary["loaded"], summary["still_failing"]) == (4, 4, {})
+    assert content_of(db.returns, "r1") == {"_id": "r1", "kind": "returns", "other": 2}
+    assert {d["_id"] for d in db.returns.find({}, {"_id": 1})} == {"r1", "r2"}
+    assert {d["_id"] for d in db.testnum.find({}, {"_id": 1})} == {"t1", "t2"}
+    assert content_of(db.testnum, "t2") == {"_id": "t2", "kind": None, "x": 1}
+    assert db.testnum_dlq.count_documents({}) == 0
+
+
+def test_a_route_by_that_names_no_field_is_refused_before_anything_is_read(job, db) -> None:
+    params = {"mongo_db": job.mongo_db, "mongo_collection": "testnum", "run_id": "r", "route_by": "value"}
+    with pytest.raises(ParamsRefusedError, match="route_by 'value' names no field"):
+        run_replay(params)
 
 
 def test_a_crash_between_write_and_delete_loads_exactly_once(job, db, kafka_broker, monkeypatch) -> None:
