@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -70,3 +70,18 @@ def send_keyed(kafka_broker) -> Callable[[str, list[tuple[int, str, dict[str, An
         assert producer.flush(30) == 0
 
     return send
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Confluent-compatible Schema Registry (Apicurio, devstack.registry) for the session,
+    started only for the tests that ask for it; built by Maven on first use (cached in .cache/)."""
+    from devstack.process import free_port
+    from devstack.registry import SchemaRegistry
+
+    registry = SchemaRegistry(tmp_path_factory.mktemp("registry"), port=free_port())
+    registry.start()
+    try:
+        yield registry
+    finally:
+        registry.stop()
