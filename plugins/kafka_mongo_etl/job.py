@@ -70,6 +70,10 @@ class ConsumeJob:
     # write_mode cdc: the sub-millisecond time types (cdc.TIME_MODES), and whether _cdc is kept.
     cdc_times: str = "exact"
     cdc_keep_source: bool = True
+    # How record values are encoded (schema_formats): "json", or a Schema Registry format whose
+    # registry is the Airflow connection schema_registry_conn_id.
+    value_format: str = "json"
+    schema_registry_conn_id: str = "schema_registry_default"
 
     @property
     def consumer_group(self) -> str:

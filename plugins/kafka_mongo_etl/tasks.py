@@ -36,6 +36,7 @@ from kafka_mongo_etl.processors import WriteHints
 from kafka_mongo_etl.produce import ensure_topic, produce_batch
 from kafka_mongo_etl.records import RecordBuilder
 from kafka_mongo_etl.routing import RoutingSink, routed
+from kafka_mongo_etl.schema_formats import value_decoder
 from kafka_mongo_etl.sigterm import stop_on_sigterm
 from kafka_mongo_etl.write_models import record_path
 
@@ -123,6 +124,7 @@ def _record_builder(job: ConsumeJob) -> tuple[RecordBuilder, WriteHints]:
             job.id_fields,
             job.processors,
             CdcSettings(keep_source=job.cdc_keep_source, times=job.cdc_times),
+            value_decoder(job.value_format, job.schema_registry_conn_id),
         )
         if job.route_by:
             to_document = routed(to_document, job.route_by, job.mongo_db)

@@ -82,6 +82,7 @@ from kafka_mongo_etl.records import (
     json_document,
     where,
 )
+from kafka_mongo_etl.schema_formats import ValueDecoder, decoded_document
 
 log = logging.getLogger(__name__)
 
@@ -659,13 +660,19 @@ def record_path(
     id_fields: Sequence[str] | None = None,
     processors: Any = None,
     cdc: CdcSettings | None = None,
+    value_decoder: ValueDecoder | None = None,
 ) -> tuple[RecordBuilder, WriteHints]:
     """How a load's records become documents — its id strategy, write mode, post-processors
     (``kafka_mongo_etl.processors``) and change-event settings — and what the write model must
-    know of the processors. Raises ``ValueError`` for options that cannot work."""
+    know of the processors. ``value_decoder`` reads values in a Schema Registry format
+    (``schema_formats.value_decoder``); ``None``: JSON. Raises ``ValueError`` for options that cannot work."""
     chain = build_chain(processors)
     id_for = chain.key_ids(id_function(id_strategy, id_field, tuple(id_fields) if id_fields else None))
-    builder = record_builder(write_mode, json_document(id_for, chain), id_for, id_strategy, cdc, chain)
+    if value_decoder is None:
+        values = json_document(id_for, chain)
+    else:
+        values = decoded_document(id_for, chain, value_decoder)
+    builder = record_builder(write_mode, values, id_for, id_strategy, cdc, chain)
     return builder, chain.hints
 
 

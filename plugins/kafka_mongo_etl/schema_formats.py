@@ -1,0 +1,401 @@
+"""Record values in Confluent's Schema Registry wire format: Avro and JSON Schema (``value_format``).
+
+A value in the wire format is the magic byte ``0x00``, the writer's schema id (4 bytes, big
+endian), then the payload encoded with that schema (Protobuf puts the message indexes, zig-zag
+varints, before its payload; it is not supported here, see docs/schema-registry.md). The schema
+is fetched from the registry by id once per drain and cached. The decoded value then takes the
+record path of a JSON object (``records``: MongoDB's rules, the ``_id`` strategies, processors,
+``_kafka`` and the fence): ``decoded_document`` is ``records.json_document`` with the JSON
+decoder swapped for a ``ValueDecoder``.
+
+Per record, one exit as everywhere on the record path: a document, or a ``BadRecordError`` with
+``bad_wire_format`` (not the wire format), ``unknown_schema`` (an id the registry does not know)
+or ``schema_mismatch`` (the payload does not decode against, or validate with, its schema). A
+registry that cannot be reached, or refuses the connection's credentials, is no record's fault:
+``ConnectionProblem`` fails the task (retried), naming the connection and URL, before the batch
+holding the record is written or committed.
+
+Avro values become BSON the way a user expects: ``decimal`` → Decimal128, ``timestamp-millis`` /
+``timestamp-micros`` (and the ``local-`` ones) → BSON dates (micros cut to the millisecond), ``date``
+→ a date at midnight UTC, ``time-*`` → an ``HH:MM:SS[.ffffff]`` string, ``uuid`` → a UUID
+(Binary subtype 4), ``bytes`` and ``fixed`` → Binary, enums → strings, unions → the branch's value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import io
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson import Binary, Decimal128
+from confluent_kafka import Message
+
+from kafka_mongo_etl.errors import ConnectionProblem
+from kafka_mongo_etl.ids import IdFunction
+from kafka_mongo_etl.processors import Chain, ProcessorRefusal
+from kafka_mongo_etl.records import (
+    BadRecordError,
+    Document,
+    RecordBuilder,
+    check_fields,
+    check_id,
+    decode_json,
+    encode,
+    id_identity,
+    kafka_position,
+    value_problem,
+    where,
+)
+
+log = logging.getLogger(__name__)
+
+MAGIC_BYTE = 0
+HEADER_BYTES = 5  # the magic byte and the 4-byte schema id
+# The registry's type of a schema, by value_format (the registry says AVRO when it says nothing).
+SCHEMA_TYPES = {"avro": "AVRO", "json_schema": "JSON"}
+DEFAULT_CONN_ID = "schema_registry_default"
+# Connection extras passed to confluent-kafka's SchemaRegistryClient as they are.
+CLIENT_SETTINGS = (
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "timeout",
+    "max.retries",
+    "retries.wait.ms",
+    "retries.max.wait.ms",
+)
+
+ValueDecoder = Callable[[Message], dict[str, Any]]
+
+
+class WireFormatError(ValueError):
+    """The bytes are not in Confluent's wire format; the message says how."""
+
+
+def parse_wire(raw: bytes) -> tuple[int, bytes]:
+    """``(schema id, payload)`` of a value in Confluent's wire format, or ``WireFormatError``."""
+    if len(raw) < HEADER_BYTES:
+        raise WireFormatError(
+            f"the value is {len(raw)} bytes; the wire format needs at least {HEADER_BYTES} "
+            "(the magic byte 0 and a 4-byte schema id)"
+        )
+    if raw[0] != MAGIC_BYTE:
+        raise WireFormatError(
+            f"the value starts with byte 0x{raw[0]:02x}, not the wire format's magic byte 0x00 "
+            "(was it written without a Schema Registry serializer?)"
+        )
+    return int.from_bytes(raw[1:HEADER_BYTES], "big"), bytes(raw[HEADER_BYTES:])
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """Where the registry is: the URL and the client's settings, made from an Airflow connection."""
+
+    conn_id: str
+    url: str
+    client_config: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_connection(cls, conn_id: str) -> RegistrySettings:
+        """The registry of Airflow connection ``conn_id``: the extra's ``url`` if given, else
+        ``<scheme>://<host>[:<port>][/<schema>]`` (scheme: the connection type when it is http or
+        https; Airflow puts a connection URI's path in ``schema``); login and password, when set,
+        are sent as HTTP basic authentication. Raises ``ConnectionProblem`` without it."""
+        from airflow.sdk import BaseHook
+
+        try:
+            conn = BaseHook.get_connection(conn_id)
+        except Exception as err:
+            raise ConnectionProblem(
+                f"the Schema Registry connection {conn_id!r} could not be read ({err}); define it "
+                '(e.g. AIRFLOW_CONN_SCHEMA_REGISTRY_DEFAULT=\'{"conn_type": "http", "host": '
+                '"127.0.0.1", "port": 8081}\') or set schema_registry_conn_id'
+            ) from err
+        extra = conn.extra_dejson or {}
+        url = extra.get("url")
+        if not url:
+            host = (conn.host or "").rstrip("/")
+            if not host:
+                raise ConnectionProblem(
+                    f"the Schema Registry connection {conn_id!r} has no host and no 'url' in its extra"
+                )
+            if "://" not in host:
+                scheme = conn.conn_type if conn.conn_type in ("http", "https") else "http"
+                host = f"{scheme}://{host}"
+            path = f"/{conn.schema.strip('/')}" if conn.schema else ""
+            url = host + (f":{conn.port}" if conn.port else "") + path
+        config: dict[str, Any] = {"url": url.rstrip("/")}
+        config.update({name: extra[name] for name in CLIENT_SETTINGS if name in extra})
+        if conn.login:
+            config["basic.auth.credentials.source"] = "USER_INFO"
+            config["basic.auth.user.info"] = f"{conn.login}:{conn.password or ''}"
+        return cls(conn_id, config["url"], config)
+
+
+class SchemaCache:
+    """Schemas by id, fetched from the registry once each (unknown ids too: they are remembered)."""
+
+    def __init__(self, settings: RegistrySettings, client: Any = None) -> None:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        self.settings = settings
+        try:
+            self.client = client or SchemaRegistryClient(settings.client_config)
+        except (ValueError, TypeError) as err:
+            raise ConnectionProblem(
+                f"the Schema Registry connection {settings.conn_id!r} ({settings.url}) has settings "
+                f"the client refuses: {err}"
+            ) from err
+        self._found: dict[int, Any] = {}
+
+    def get(self, schema_id: int) -> Any:
+        """The registry's schema ``schema_id`` (a confluent-kafka ``Schema``), ``None`` when the
+        registry does not know it; ``ConnectionProblem`` when it cannot be asked."""
+        if schema_id in self._found:
+            return self._found[schema_id]
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        try:
+            schema = self.client.get_schema(schema_id)
+        except SchemaRegistryError as err:
+            if err.http_status_code != 404:
+                raise self._unusable(f"answered HTTP {err.http_status_code}: {err.error_message}") from err
+            schema = None
+        except Exception as err:
+            raise self._unusable(f"could not be reached: {type(err).__name__}: {err}") from err
+        self._found[schema_id] = schema
+        return schema
+
+    def _unusable(self, what: str) -> ConnectionProblem:
+        return ConnectionProblem(
+            f"the Schema Registry of connection {self.settings.conn_id!r} at {self.settings.url} {what}. "
+            "Nothing of this batch was written or committed; the task's retry goes on from there once "
+            "the registry answers"
+        )
+
+
+class _Formatted:
+    """A decoder for one value_format: the payload of a schema id as a dict (``BadRecordError``)."""
+
+    schema_type: str
+
+    def __init__(self, schemas: SchemaCache) -> None:
+        self.schemas = schemas
+        self._readers: dict[int, Any] = {}
+
+    def __call__(self, message: Message) -> dict[str, Any]:
+        raw = message.value()
+        if raw is None:
+            raise BadRecordError("tombstone", f"record {where(message)} has no value (a tombstone)")
+        try:
+            schema_id, payload = parse_wire(raw)
+        except WireFormatError as err:
+            raise BadRecordError("bad_wire_format", f"record {where(message)}: {err}") from None
+        reader = self._readers.get(schema_id)
+        if reader is None:
+            reader = self._readers[schema_id] = self._reader(schema_id, message)
+        return reader(payload, message)
+
+    def _reader(self, schema_id: int, message: Message) -> Callable[[bytes, Message], dict[str, Any]]:
+        schema = self.schemas.get(schema_id)
+        if schema is None:
+            return _refuse(
+                "unknown_schema",
+                f"schema id {schema_id} is not in the Schema Registry at {self.schemas.settings.url} "
+                "(a registry other than the producer's, or a schema deleted since)",
+            )
+        found = (schema.schema_type or "AVRO").upper()
+        if found != self.schema_type:
+            return _refuse(
+                "schema_mismatch",
+                f"schema id {schema_id} is a {found} schema, but value_format reads {self.schema_type}",
+            )
+        if schema.references:
+            return _refuse(
+                "schema_mismatch",
+                f"schema id {schema_id} references other schemas "
+                f"({', '.join(ref.name for ref in schema.references)}), which value_format does not "
+                "resolve (docs/schema-registry.md)",
+            )
+        try:
+            return self._compile(schema_id, schema.schema_str)
+        except Exception as err:  # noqa: BLE001 - any parser error: the schema itself is unusable
+            reason = f"schema id {schema_id} cannot be read: {type(err).__name__}: {err}"
+            return _refuse("schema_mismatch", reason)
+
+    def _compile(self, schema_id: int, text: str) -> Callable[[bytes, Message], dict[str, Any]]:
+        raise NotImplementedError
+
+
+def _refuse(code: str, reason: str) -> Callable[[bytes, Message], dict[str, Any]]:
+    def refuse(_payload: bytes, message: Message) -> dict[str, Any]:
+        raise BadRecordError(code, f"record {where(message)}: {reason}")
+
+    return refuse
+
+
+class AvroValues(_Formatted):
+    """Avro payloads, read with the writer's schema (fastavro), mapped to BSON types."""
+
+    schema_type = "AVRO"
+
+    def _compile(self, schema_id: int, text: str) -> Callable[[bytes, Message], dict[str, Any]]:
+        import fastavro
+
+        parsed = fastavro.parse_schema(json.loads(text))
+
+        def read(payload: bytes, message: Message) -> dict[str, Any]:
+            stream = io.BytesIO(payload)
+            try:
+                value = fastavro.schemaless_reader(stream, parsed, None)
+            except Exception as err:  # noqa: BLE001 - fastavro raises EOFError, ValueError, IndexError ...
+                raise BadRecordError(
+                    "schema_mismatch",
+                    f"record {where(message)}: the payload does not decode with Avro schema id {schema_id}: "
+                    f"{type(err).__name__}: {err}",
+                ) from None
+            left = len(payload) - stream.tell()
+            if left:
+                raise BadRecordError(
+                    "schema_mismatch",
+                    f"record {where(message)}: {left} bytes are left over after decoding with Avro schema "
+                    f"id {schema_id}; the payload was not written with that schema",
+                )
+            if not isinstance(value, dict):
+                raise BadRecordError(
+                    "not_object",
+                    f"record {where(message)}: Avro schema id {schema_id} is not a record schema "
+                    f"(the value is a {type(value).__name__}); only records become documents",
+                )
+            return _to_bson(value, message)
+
+        return read
+
+
+class JsonSchemaValues(_Formatted):
+    """JSON payloads validated against their JSON Schema (jsonschema), then read like JSON values."""
+
+    schema_type = "JSON"
+
+    def _compile(self, schema_id: int, text: str) -> Callable[[bytes, Message], dict[str, Any]]:
+        from jsonschema.exceptions import best_match
+        from jsonschema.validators import validator_for
+
+        schema = json.loads(text)
+        validator_class = validator_for(schema)
+        validator_class.check_schema(schema)
+        validator = validator_class(schema)
+
+        def read(payload: bytes, message: Message) -> dict[str, Any]:
+            value = decode_json(_Payload(message, payload))  # the JSON path's own rules and codes
+            error = best_match(validator.iter_errors(value))
+            if error is not None:
+                at = "/".join(str(part) for part in error.absolute_path) or "(the value)"
+                raise BadRecordError(
+                    "schema_mismatch",
+                    f"record {where(message)}: the value does not match JSON schema id {schema_id} at "
+                    f"{at}: {error.message[:200]}",
+                )
+            return value
+
+        return read
+
+
+class _Payload:
+    """A record whose value is the wire format's payload (for ``records.decode_json``)."""
+
+    def __init__(self, message: Message, payload: bytes) -> None:
+        self._message, self._payload = message, payload
+
+    def value(self) -> bytes:
+        return self._payload
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._message, name)
+
+
+FORMATS: dict[str, type[_Formatted]] = {"avro": AvroValues, "json_schema": JsonSchemaValues}
+
+
+def value_decoder(value_format: str, conn_id: str = DEFAULT_CONN_ID) -> ValueDecoder | None:
+    """The decoder of ``value_format`` (``None`` for ``json``, the record path's own), with the
+    registry of Airflow connection ``conn_id``. ``ValueError`` for a format it does not read;
+    ``ConnectionProblem`` for a connection that is missing or that the client refuses."""
+    if value_format == "json":
+        return None
+    if value_format not in FORMATS:
+        raise ValueError(unsupported_format(value_format))
+    return FORMATS[value_format](SchemaCache(RegistrySettings.from_connection(conn_id)))
+
+
+def unsupported_format(value_format: str) -> str:
+    """Why ``value_format`` cannot be read."""
+    if value_format == "protobuf":
+        return (
+            "value_format 'protobuf' is not supported: decoding needs each schema's .proto compiled at "
+            "run time, which the project does not do (docs/schema-registry.md); choose json, avro or "
+            "json_schema"
+        )
+    return f"unknown value_format {value_format!r}; choose json, {', '.join(FORMATS)}"
+
+
+def _to_bson(value: Any, message: Message) -> Any:
+    """An Avro-decoded value with the types BSON cannot take, or would take wrongly, mapped."""
+    kind = type(value)
+    if kind is dict:
+        return {name: _to_bson(item, message) for name, item in value.items()}
+    if kind is list:
+        return [_to_bson(item, message) for item in value]
+    if kind in (str, int, float, bool, bytes) or value is None:
+        return value
+    if isinstance(value, decimal.Decimal):
+        try:
+            return Decimal128(value)
+        except (decimal.InvalidOperation, ValueError, TypeError) as err:
+            raise BadRecordError(
+                "number_out_of_range",
+                f"record {where(message)}: the decimal {str(value)[:40]} does not fit Decimal128 "
+                f"(34 digits): {err}",
+            ) from None
+    if isinstance(value, dt.datetime):
+        return value  # aware: stored as its UTC instant; naive (local-timestamp-*): taken as UTC
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    if isinstance(value, dt.time):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return Binary.from_uuid(value)
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    return value
+
+
+def decoded_document(id_for: IdFunction, chain: Chain, decode: ValueDecoder) -> RecordBuilder:
+    """``records.json_document`` for values ``decode`` makes: the ``_id`` from the record as it
+    came, the processors, MongoDB's rules, ``_kafka`` with the fence; ``BadRecordError`` else."""
+
+    def to_document(message: Message) -> Document:
+        value = decode(message)
+        try:
+            _id = id_for(message, value)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise BadRecordError("no_id", f"record {where(message)}: {err}") from None
+        check_id(_id, message)
+        value.pop("_id", None)
+        if chain:
+            try:
+                value = chain.apply(value, message, value_problem)
+            except ProcessorRefusal as err:
+                raise BadRecordError(err.code, f"record {where(message)}: {err}") from None
+            value.pop("_id", None)
+        check_fields(value, message)
+        document = {"_id": _id, **value, "_kafka": chain.kafka_field(message, kafka_position(message))}
+        return Document(id=_id, identity=id_identity(_id), body=encode(document, message), message=message)
+
+    return to_document

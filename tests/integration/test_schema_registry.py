@@ -1,0 +1,237 @@
+"""value_format avro and json_schema end to end: records written by confluent-kafka's own
+serializers against a real Schema Registry (Apicurio, devstack.registry), drained by
+``run_consume`` into the MongoDB-wire server. Keys with several versions (the latest wins), a
+schema evolving within the topic, Avro logical types landing as BSON types, dead letters for
+values that are not the wire format, of unknown schemas and corrupt payloads, offsets committed
+after the write, and a registry that cannot be reached failing the task."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from bson import Decimal128
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.json_schema import JSONSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from kafka_mongo_etl.drain import DrainSettings
+from kafka_mongo_etl.errors import ConnectionProblem
+from kafka_mongo_etl.tasks import ConsumeJob, DeadLetterPolicy, run_consume
+
+ORDER_V1 = {
+    "type": "record",
+    "name": "Order",
+    "namespace": "etl.test",
+    "fields": [
+        {"name": "id", "type": "long"},
+        {"name": "status", "type": "string"},
+        {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2}},
+        {"name": "placed_at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "due", "type": {"type": "int", "logicalType": "date"}},
+        {"name": "blob", "type": "bytes"},
+    ],
+}
+# v2 adds a defaulted field: BACKWARD compatible, so the registry takes it under the same subject.
+ORDER_V2 = {
+    **ORDER_V1,
+    "fields": [*ORDER_V1["fields"], {"name": "note", "type": ["null", "string"], "default": None}],
+}
+PLACED = dt.datetime(2026, 12, 7, 4, 30, 15, 123000, tzinfo=dt.UTC)
+CUSTOMER_SCHEMA = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "Customer",
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "tier": {"type": "integer", "minimum": 0}},
+    "required": ["name", "tier"],
+}
+
+
+@pytest.fixture
+def registry_client(schema_registry, monkeypatch) -> SchemaRegistryClient:
+    """schema_registry_default points at the session's registry (host, port and the API's path
+    in ``schema``, as Airflow parses http://host:port/apis/ccompat/v7)."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SCHEMA_REGISTRY_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": schema_registry.host,
+                "port": schema_registry.port,
+                "schema": "apis/ccompat/v7",
+            }
+        ),
+    )
+    return SchemaRegistryClient({"url": schema_registry.ccompat_url})
+
+
+@pytest.fixture
+def job(connections, make_job, registry_client) -> ConsumeJob:
+    return make_job(
+        value_format="avro",
+        drain=DrainSettings(batch_size=50, stall_timeout=10),
+        dead_letter_policy=DeadLetterPolicy(max_count=None),
+    )
+
+
+def create_topic(bootstrap: str, topic: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(30)
+
+
+def send(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for key, value in records:
+        producer.produce(topic, key=key, value=value)
+    assert producer.flush(30) == 0
+
+
+def order(n: int, status: str, **more: Any) -> dict[str, Any]:
+    return {
+        "id": n,
+        "status": status,
+        "amount": decimal.Decimal(f"{n}.{n % 100:02d}"),
+        "placed_at": PLACED,
+        "due": dt.date(2027, 1, n % 28 + 1),
+        "blob": bytes([n % 256, 0, 255]),
+        **more,
+    }
+
+
+def test_avro_records_load_with_bson_types_latest_version_wins_and_schema_evolves(
+    job, kafka_broker, mongo_client, registry_client, committed_offsets
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    create_topic(bootstrap, job.topic)
+    context = SerializationContext(job.topic, MessageField.VALUE)
+    v1 = AvroSerializer(registry_client, json.dumps(ORDER_V1))
+    v2 = AvroSerializer(registry_client, json.dumps(ORDER_V2))
+    records = [(f"order-{n}".encode(), v1(order(n, "new"), context)) for n in range(10)]
+    # Keys 0-4 again, written with v2 (new field): the latest version of each must win.
+    records += [(f"order-{n}".encode(), v2(order(n, "paid", note=f"paid {n}"), context)) for n in range(5)]
+    send(bootstrap, job.topic, records)
+    assert records[0][1][0] == 0 and records[10][1][1:5] != records[0][1][1:5]  # two schema ids
+
+    result = run_consume(job)
+
+    # 15 records, 10 keys: the 5 older versions are superseded within the batch.
+    assert (result["records"], result["loaded"], result["dead_letters"]) == (15, 10, 0)
+    documents = {d["_id"]: d for d in mongo_client[job.mongo_db].testnum.find()}
+    assert set(documents) == {f"order-{n}" for n in range(10)}
+    for n in range(10):
+        found = documents[f"order-{n}"]
+        assert found["status"] == ("paid" if n < 5 else "new")
+        assert found.get("note") == (f"paid {n}" if n < 5 else None)
+        assert ("note" in found) == (n < 5)
+        assert found["amount"] == Decimal128(decimal.Decimal(f"{n}.{n % 100:02d}"))
+        assert found["placed_at"] == PLACED.replace(tzinfo=None)  # pymongo reads BSON dates naive UTC
+        assert found["due"] == dt.datetime(2027, 1, n % 28 + 1)
+        assert found["blob"] == bytes([n % 256, 0, 255])
+        assert found["id"] == n
+        assert found["_kafka"]["topic"] == job.topic
+    assert committed_offsets(job.topic, job.consumer_group)[0] == 15
+
+
+def test_bad_wire_format_unknown_schema_and_corrupt_payload_are_dead_letters(
+    job, kafka_broker, mongo_client, registry_client, committed_offsets
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    create_topic(bootstrap, job.topic)
+    context = SerializationContext(job.topic, MessageField.VALUE)
+    good = AvroSerializer(registry_client, json.dumps(ORDER_V1))(order(1, "new"), context)
+    schema_id = int.from_bytes(good[1:5], "big")
+    unknown_id = schema_id + 100_000
+    bad = {
+        b"json": (b'{"id": 2}', "bad_wire_format", "magic byte"),
+        b"short": (b"\x00\x00\x01", "bad_wire_format", "3 bytes"),
+        b"unknown": (b"\x00" + unknown_id.to_bytes(4, "big") + good[5:], "unknown_schema", f"{unknown_id}"),
+        b"truncated": (good[:-4], "schema_mismatch", f"schema id {schema_id}"),
+        b"extra": (good + b"\x01\x02", "schema_mismatch", "left over"),
+    }
+    send(bootstrap, job.topic, [(b"good-1", good), *((key, value) for key, (value, *_) in bad.items())])
+
+    result = run_consume(job)
+
+    db = mongo_client[job.mongo_db]
+    assert (result["records"], result["loaded"], result["dead_letters"]) == (6, 1, 5)
+    assert [d["_id"] for d in db.testnum.find()] == ["good-1"]
+    letters = {d["key"]: d for d in db.testnum_dlq.find()}
+    assert set(letters) == set(bad)
+    for key, (value, code, named) in bad.items():
+        assert letters[key]["code"] == code, letters[key]
+        assert named in letters[key]["reason"], letters[key]["reason"]
+        assert letters[key]["value"] == value
+    assert result["dead_letter_reasons"] == {"bad_wire_format": 2, "unknown_schema": 1, "schema_mismatch": 2}
+    assert committed_offsets(job.topic, job.consumer_group)[0] == 6
+
+
+def test_json_schema_values_are_validated_and_loaded(
+    job, kafka_broker, mongo_client, registry_client, committed_offsets
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    create_topic(bootstrap, job.topic)
+    context = SerializationContext(job.topic, MessageField.VALUE)
+    serialize = JSONSerializer(json.dumps(CUSTOMER_SCHEMA), registry_client)
+    good = [(f"c-{n}".encode(), serialize({"name": f"name {n}", "tier": n}, context)) for n in range(4)]
+    good.append((b"c-1", serialize({"name": "renamed", "tier": 7}, context)))
+    header = good[0][1][:5]
+    # Valid JSON in the wire format that breaks its schema (the serializer would refuse to write it).
+    invalid = (b"c-bad", header + json.dumps({"name": "x", "tier": -1}).encode())
+    other = SerializationContext(job.topic + ".other", MessageField.VALUE)  # a subject of its own
+    avro_id = AvroSerializer(registry_client, json.dumps(ORDER_V1))(order(1, "new"), other)[:5]
+    wrong_type = (b"c-avro", avro_id + b'{"name": "y", "tier": 1}')
+    send(bootstrap, job.topic, [*good, invalid, wrong_type])
+
+    result = run_consume(replace(job, value_format="json_schema"))
+
+    db = mongo_client[job.mongo_db]
+    assert (result["records"], result["loaded"], result["dead_letters"]) == (7, 4, 2)  # c-1 twice
+    documents = {d["_id"]: {k: v for k, v in d.items() if k != "_kafka"} for d in db.testnum.find()}
+    assert documents == {
+        "c-0": {"_id": "c-0", "name": "name 0", "tier": 0},
+        "c-1": {"_id": "c-1", "name": "renamed", "tier": 7},
+        "c-2": {"_id": "c-2", "name": "name 2", "tier": 2},
+        "c-3": {"_id": "c-3", "name": "name 3", "tier": 3},
+    }
+    letters = {d["key"]: d for d in db.testnum_dlq.find()}
+    assert letters[b"c-bad"]["code"] == "schema_mismatch" and "tier" in letters[b"c-bad"]["reason"]
+    assert letters[b"c-avro"]["code"] == "schema_mismatch" and "AVRO" in letters[b"c-avro"]["reason"]
+    assert committed_offsets(job.topic, job.consumer_group)[0] == 7
+
+
+def test_registry_down_fails_the_task_naming_it_and_commits_nothing(
+    job, kafka_broker, registry_client, monkeypatch, committed_offsets
+) -> None:
+    from devstack.process import free_port
+
+    bootstrap = kafka_broker.bootstrap_servers
+    create_topic(bootstrap, job.topic)
+    context = SerializationContext(job.topic, MessageField.VALUE)
+    send(
+        bootstrap,
+        job.topic,
+        [(b"k", AvroSerializer(registry_client, json.dumps(ORDER_V1))(order(1, "new"), context))],
+    )
+    port = free_port()  # nothing listens there
+    url = f"http://127.0.0.1:{port}/apis/ccompat/v7"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SCHEMA_REGISTRY_DEFAULT", json.dumps({"conn_type": "http", "extra": {"url": url}})
+    )
+
+    with pytest.raises(ConnectionProblem, match=rf"'schema_registry_default' at {url} could not be reached"):
+        run_consume(job)
+    assert committed_offsets(job.topic, job.consumer_group)[0] < 0
+
+
+def test_protobuf_is_refused_before_anything_is_read(job) -> None:
+    from kafka_mongo_etl.errors import ParamsRefusedError
+
+    with pytest.raises(ParamsRefusedError, match="value_format 'protobuf' is not supported"):
+        run_consume(replace(job, value_format="protobuf"))
