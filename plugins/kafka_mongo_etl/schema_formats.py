@@ -357,11 +357,11 @@ def _to_bson(value: Any, message: Message) -> Any:
     if isinstance(value, decimal.Decimal):
         try:
             return Decimal128(value)
-        except (decimal.InvalidOperation, ValueError, TypeError) as err:
+        except (decimal.DecimalException, ValueError, TypeError):
             raise BadRecordError(
                 "number_out_of_range",
-                f"record {where(message)}: the decimal {str(value)[:40]} does not fit Decimal128 "
-                f"(34 digits): {err}",
+                f"record {where(message)}: the decimal {str(value)[:40]} does not fit BSON's Decimal128 "
+                "exactly (at most 34 significant digits, exponent -6176 to 6111)",
             ) from None
     if isinstance(value, dt.datetime):
         return value  # aware: stored as its UTC instant; naive (local-timestamp-*): taken as UTC

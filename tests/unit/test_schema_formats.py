@@ -1,0 +1,241 @@
+"""schema_formats without a registry: the wire-format parser (Hypothesis), the Avro → BSON type
+mapping, how a connection becomes the registry's URL, and the schema cache's answers (a small
+stand-in client; the real registry is in tests/integration/test_schema_registry.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import io
+import json
+import uuid
+from typing import Any
+
+import fastavro
+import pytest
+from bson import Binary, Decimal128
+from confluent_kafka.schema_registry import Schema
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kafka_mongo_etl.errors import ConnectionProblem
+from kafka_mongo_etl.options import VALUE_FORMATS, option_problems
+from kafka_mongo_etl.records import BAD_RECORD_CODES, BadRecordError
+from kafka_mongo_etl.schema_formats import (
+    FORMATS,
+    AvroValues,
+    RegistrySettings,
+    SchemaCache,
+    WireFormatError,
+    parse_wire,
+)
+
+
+class FakeMessage:
+    def __init__(self, value: bytes | None, key: bytes | None = b"k") -> None:
+        self._value, self._key = value, key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def topic(self) -> str:
+        return "t"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return 7
+
+
+class FakeClient:
+    """Answers get_schema from a dict; counts the calls; ``error`` raised instead when set."""
+
+    def __init__(self, schemas: dict[int, Schema], error: Exception | None = None) -> None:
+        self.schemas, self.error, self.calls = schemas, error, 0
+
+    def get_schema(self, schema_id: int) -> Schema:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        if schema_id not in self.schemas:
+            raise SchemaRegistryError(404, 40403, "Schema not found")
+        return self.schemas[schema_id]
+
+
+SETTINGS = RegistrySettings("schema_registry_default", "http://registry:8081")
+
+
+def test_every_value_format_but_json_has_a_decoder_and_codes_are_declared() -> None:
+    assert set(VALUE_FORMATS) == {"json", *FORMATS}
+    assert {"bad_wire_format", "unknown_schema", "schema_mismatch"} <= set(BAD_RECORD_CODES)
+
+
+@given(schema_id=st.integers(0, 2**32 - 1), payload=st.binary(max_size=64))
+def test_parse_wire_reads_back_what_the_wire_format_frames(schema_id: int, payload: bytes) -> None:
+    assert parse_wire(b"\x00" + schema_id.to_bytes(4, "big") + payload) == (schema_id, payload)
+
+
+@given(raw=st.binary(max_size=4))
+def test_parse_wire_refuses_values_shorter_than_the_header(raw: bytes) -> None:
+    with pytest.raises(WireFormatError, match=f"the value is {len(raw)} bytes"):
+        parse_wire(raw)
+
+
+@given(first=st.integers(1, 255), rest=st.binary(min_size=4, max_size=32))
+def test_parse_wire_refuses_any_other_magic_byte(first: int, rest: bytes) -> None:
+    with pytest.raises(WireFormatError, match=f"starts with byte 0x{first:02x}"):
+        parse_wire(bytes([first]) + rest)
+
+
+EVERY_TYPE = {
+    "type": "record",
+    "name": "Every",
+    "fields": [
+        {"name": "price", "type": {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 3}},
+        {"name": "at_ms", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "at_us", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {"name": "day", "type": {"type": "int", "logicalType": "date"}},
+        {"name": "clock", "type": {"type": "long", "logicalType": "time-micros"}},
+        {"name": "ref", "type": {"type": "string", "logicalType": "uuid"}},
+        {"name": "raw", "type": "bytes"},
+        {"name": "hash", "type": {"type": "fixed", "name": "Hash", "size": 2}},
+        {"name": "colour", "type": {"type": "enum", "name": "Colour", "symbols": ["RED", "BLUE"]}},
+        {"name": "tags", "type": {"type": "array", "items": "string"}},
+        {"name": "counts", "type": {"type": "map", "values": "long"}},
+        {
+            "name": "maybe",
+            "type": ["null", {"type": "record", "name": "Inner", "fields": [{"name": "x", "type": "int"}]}],
+        },
+    ],
+}
+REF = uuid.UUID("12345678-1234-5678-1234-567812345678")
+AT = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+
+
+def avro_bytes(schema: dict[str, Any], value: dict[str, Any], schema_id: int = 3) -> bytes:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(schema), value)
+    return b"\x00" + schema_id.to_bytes(4, "big") + out.getvalue()
+
+
+def test_avro_logical_types_become_the_bson_types_a_user_expects() -> None:
+    decode = AvroValues(SchemaCache(SETTINGS, FakeClient({3: Schema(json.dumps(EVERY_TYPE), "AVRO")})))
+    value = {
+        "price": decimal.Decimal("123456789.125"),
+        "at_ms": AT,
+        "at_us": AT,
+        "day": dt.date(2026, 2, 28),
+        "clock": dt.time(13, 14, 15, 16),
+        "ref": REF,
+        "raw": b"\x00\xff",
+        "hash": b"ab",
+        "colour": "BLUE",
+        "tags": ["a"],
+        "counts": {"n": 2**40},
+        "maybe": {"x": 1},
+    }
+    decoded = decode(FakeMessage(avro_bytes(EVERY_TYPE, value)))
+    assert decoded == {
+        "price": Decimal128("123456789.125"),
+        "at_ms": AT.replace(microsecond=678000),
+        "at_us": AT,  # BSON keeps milliseconds: the encoder cuts the rest when the document is written
+        "day": dt.datetime(2026, 2, 28, tzinfo=dt.UTC),
+        "clock": "13:14:15.000016",
+        "ref": Binary.from_uuid(REF),
+        "raw": b"\x00\xff",
+        "hash": b"ab",
+        "colour": "BLUE",
+        "tags": ["a"],
+        "counts": {"n": 2**40},
+        "maybe": {"x": 1},
+    }
+
+
+def test_a_decimal_beyond_decimal128_is_a_dead_letter() -> None:
+    wide = {
+        "type": "record",
+        "name": "Wide",
+        "fields": [
+            {"name": "d", "type": {"type": "bytes", "logicalType": "decimal", "precision": 60, "scale": 0}}
+        ],
+    }
+    decode = AvroValues(SchemaCache(SETTINGS, FakeClient({3: Schema(json.dumps(wide), "AVRO")})))
+    with pytest.raises(BadRecordError) as caught:
+        decode(FakeMessage(avro_bytes(wide, {"d": decimal.Decimal("1234567890" * 4)})))
+    assert caught.value.code == "number_out_of_range" and "Decimal128" in str(caught.value)
+
+
+def test_unknown_ids_are_asked_once_and_a_refusing_registry_fails_the_task() -> None:
+    client = FakeClient({})
+    decode = AvroValues(SchemaCache(SETTINGS, client))
+    for _ in range(3):
+        with pytest.raises(BadRecordError) as caught:
+            decode(FakeMessage(b"\x00\x00\x00\x00\x09abc"))
+        assert caught.value.code == "unknown_schema" and "schema id 9" in str(caught.value)
+    assert client.calls == 1
+
+    failing = AvroValues(
+        SchemaCache(SETTINGS, FakeClient({}, SchemaRegistryError(401, 40101, "Unauthorized")))
+    )
+    with pytest.raises(
+        ConnectionProblem, match=r"'schema_registry_default' at http://registry:8081 answered HTTP 401"
+    ):
+        failing(FakeMessage(b"\x00\x00\x00\x00\x09abc"))
+
+
+def test_a_tombstone_stays_a_tombstone() -> None:
+    decode = AvroValues(SchemaCache(SETTINGS, FakeClient({})))
+    with pytest.raises(BadRecordError) as caught:
+        decode(FakeMessage(None))
+    assert caught.value.code == "tombstone"
+
+
+@pytest.mark.parametrize(
+    ("conn", "url", "auth"),
+    [
+        ({"conn_type": "http", "host": "reg", "port": 8081}, "http://reg:8081", None),
+        (
+            {
+                "conn_type": "https",
+                "host": "reg",
+                "port": 443,
+                "schema": "apis/ccompat/v7",
+                "login": "u",
+                "password": "p",
+            },
+            "https://reg:443/apis/ccompat/v7",
+            "u:p",
+        ),
+        ({"conn_type": "generic", "host": "http://reg/path/"}, "http://reg/path", None),
+        (
+            {"conn_type": "http", "extra": {"url": "https://sr.example/", "timeout": 5}},
+            "https://sr.example",
+            None,
+        ),
+    ],
+)
+def test_the_connection_gives_the_url_and_credentials(monkeypatch, conn, url, auth) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_SR_TEST", json.dumps(conn))
+    settings = RegistrySettings.from_connection("sr_test")
+    assert settings.url == url and settings.client_config["url"] == url
+    assert settings.client_config.get("basic.auth.user.info") == auth
+    if "extra" in conn:
+        assert settings.client_config["timeout"] == 5
+
+
+def test_a_missing_connection_is_named() -> None:
+    with pytest.raises(ConnectionProblem, match="'no_such_registry' could not be read"):
+        RegistrySettings.from_connection("no_such_registry")
+
+
+def test_options_refuse_protobuf_and_cdc_with_a_registry_format() -> None:
+    assert any("'protobuf' is not supported" in p for p in option_problems({"value_format": "protobuf"}))
+    assert any(
+        "write_mode 'cdc'" in p for p in option_problems({"value_format": "avro", "write_mode": "cdc"})
+    )
+    assert option_problems({"value_format": "avro"}) == []
