@@ -523,16 +523,15 @@ VALUE_FORMATS: dict[str, str] = {
     "json": "JSON objects (UTF-8 text)",
     "avro": "Avro in Confluent's wire format (schema from the Schema Registry)",
     "json_schema": "JSON Schema in Confluent's wire format (validated against the registry's schema)",
+    "protobuf": "Protobuf in Confluent's wire format (the schema's serialized file descriptor)",
 }
-# Asked for, not read: option_problems says why (schema_formats.unsupported_format).
-UNSUPPORTED_VALUE_FORMATS = ("protobuf",)
 LOAD_OPTIONS.append(
     LoadOption(
         "value_format",
         "json",
         {"type": "string"},
         "Value format",
-        "How record values are encoded. Avro and JSON Schema values carry a schema id (Confluent's "
+        "How record values are encoded. Avro, JSON Schema and Protobuf values carry a schema id (Confluent's "
         "wire format); the schema is fetched from the Schema Registry of the connection below, and "
         "the decoded value is loaded like a JSON object (Avro decimals as Decimal128, timestamps as "
         "dates). A value not in the format, of a schema the registry does not know, or that does "
@@ -549,7 +548,7 @@ LOAD_OPTIONS.append(
         "schema_registry_default",
         {"type": "string", "minLength": 1},
         "Schema Registry connection",
-        "The Airflow connection of the Schema Registry (value formats avro and json_schema): the "
+        "The Airflow connection of the Schema Registry (value formats avro, json_schema, protobuf): the "
         "extra's 'url', or http(s)://host:port/schema; login and password for basic authentication. "
         "A registry that cannot be reached fails the task (retried), never a record.",
         readers=(CONSUME,),
@@ -640,13 +639,7 @@ def option_problems(values: Mapping[str, Any]) -> list[str]:
         if name in values and values[name] not in choices:
             problems.append(f"unknown {name} {values[name]!r}; choose one of {', '.join(choices)}")
     value_format = values.get("value_format") or option("value_format").default
-    if value_format in UNSUPPORTED_VALUE_FORMATS:
-        problems.append(
-            f"value_format {value_format!r} is not supported: decoding it needs each schema's .proto "
-            "compiled at run time, which this project does not do (docs/schema-registry.md); choose "
-            + ", ".join(VALUE_FORMATS)
-        )
-    elif value_format not in VALUE_FORMATS:
+    if value_format not in VALUE_FORMATS:
         problems.append(f"unknown value_format {value_format!r}; choose one of {', '.join(VALUE_FORMATS)}")
     elif value_format != "json" and write_mode == "cdc":
         problems.append(

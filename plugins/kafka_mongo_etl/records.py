@@ -85,9 +85,9 @@ BAD_RECORD_CODES = {
     "rename_conflict": "processors: a rename would overwrite a field the record already has",
     "function_failed": "processors: the user function raised an exception for the record",
     "function_result": "processors: the user function returned no document, or one MongoDB cannot store",
-    "bad_wire_format": "value_format avro/json_schema: not the wire format (magic byte 0, schema id)",
-    "unknown_schema": "value_format avro/json_schema: the registry does not know the value's schema id",
-    "schema_mismatch": "value_format avro/json_schema: the payload does not decode with or match its schema",
+    "bad_wire_format": "value_format of a registry: not the wire format (magic byte 0, schema id)",
+    "unknown_schema": "value_format of a registry: the registry does not know the value's schema id",
+    "schema_mismatch": "value_format of a registry: the payload does not decode with its schema",
 }
 
 

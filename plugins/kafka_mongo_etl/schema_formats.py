@@ -2,7 +2,7 @@
 
 A value in the wire format is the magic byte ``0x00``, the writer's schema id (4 bytes, big
 endian), then the payload encoded with that schema (Protobuf puts the message indexes, zig-zag
-varints, before its payload; it is not supported here, see docs/schema-registry.md). The schema
+varints, before its payload). The schema
 is fetched from the registry by id once per drain and cached. The decoded value then takes the
 record path of a JSON object (``records``: MongoDB's rules, the ``_id`` strategies, processors,
 ``_kafka`` and the fence): ``decoded_document`` is ``records.json_document`` with the JSON
@@ -154,22 +154,23 @@ class SchemaCache:
             ) from err
         self._found: dict[int, Any] = {}
 
-    def get(self, schema_id: int) -> Any:
-        """The registry's schema ``schema_id`` (a confluent-kafka ``Schema``), ``None`` when the
-        registry does not know it; ``ConnectionProblem`` when it cannot be asked."""
-        if schema_id in self._found:
-            return self._found[schema_id]
+    def get(self, schema_id: int, fmt: str | None = None) -> Any:
+        """The registry's schema ``schema_id`` (a confluent-kafka ``Schema``; ``fmt`` asks for a
+        form, e.g. Protobuf's ``serialized``), ``None`` when the registry does not know it;
+        ``ConnectionProblem`` when it cannot be asked."""
+        if (schema_id, fmt) in self._found:
+            return self._found[schema_id, fmt]
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
         try:
-            schema = self.client.get_schema(schema_id)
+            schema = self.client.get_schema(schema_id, fmt=fmt) if fmt else self.client.get_schema(schema_id)
         except SchemaRegistryError as err:
             if err.http_status_code != 404:
                 raise self._unusable(f"answered HTTP {err.http_status_code}: {err.error_message}") from err
             schema = None
         except Exception as err:
             raise self._unusable(f"could not be reached: {type(err).__name__}: {err}") from err
-        self._found[schema_id] = schema
+        self._found[schema_id, fmt] = schema
         return schema
 
     def _unusable(self, what: str) -> ConnectionProblem:
@@ -184,6 +185,7 @@ class _Formatted:
     """A decoder for one value_format: the payload of a schema id as a dict (``BadRecordError``)."""
 
     schema_type: str
+    fetch_format: str | None = None
 
     def __init__(self, schemas: SchemaCache) -> None:
         self.schemas = schemas
@@ -203,7 +205,7 @@ class _Formatted:
         return reader(payload, message)
 
     def _reader(self, schema_id: int, message: Message) -> Callable[[bytes, Message], dict[str, Any]]:
-        schema = self.schemas.get(schema_id)
+        schema = self.schemas.get(schema_id, self.fetch_format)
         if schema is None:
             return _refuse(
                 "unknown_schema",
@@ -216,12 +218,15 @@ class _Formatted:
                 "schema_mismatch",
                 f"schema id {schema_id} is a {found} schema, but value_format reads {self.schema_type}",
             )
-        if schema.references:
+        # Protobuf's well-known types come with the protobuf package, whatever the registry holds.
+        references = [
+            ref.name for ref in schema.references or () if not ref.name.startswith("google/protobuf/")
+        ]
+        if references:
             return _refuse(
                 "schema_mismatch",
-                f"schema id {schema_id} references other schemas "
-                f"({', '.join(ref.name for ref in schema.references)}), which value_format does not "
-                "resolve (docs/schema-registry.md)",
+                f"schema id {schema_id} references other schemas ({', '.join(references)}), which "
+                "value_format does not resolve (docs/schema-registry.md)",
             )
         try:
             return self._compile(schema_id, schema.schema_str)
@@ -320,7 +325,154 @@ class _Payload:
         return getattr(self._message, name)
 
 
-FORMATS: dict[str, type[_Formatted]] = {"avro": AvroValues, "json_schema": JsonSchemaValues}
+def parse_message_indexes(payload: bytes) -> tuple[list[int], bytes]:
+    """Protobuf's message indexes at the start of ``payload`` (zig-zag varints: their count, then
+    each index; a lone 0 stands for ``[0]``, the file's first message) and the message's bytes."""
+    position = 0
+
+    def varint() -> int:
+        nonlocal position
+        shift = result = 0
+        while True:
+            if position >= len(payload):
+                raise WireFormatError("the Protobuf message indexes end before their last varint")
+            byte = payload[position]
+            position += 1
+            result |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return (result >> 1) ^ -(result & 1)
+            shift += 7
+            if shift > 63:
+                raise WireFormatError("a Protobuf message index varint is longer than 10 bytes")
+
+    count = varint()
+    if count < 0 or count > 100:
+        raise WireFormatError(f"the Protobuf message index count is {count}, not 0 to 100")
+    indexes = [varint() for _ in range(count)] or [0]
+    return indexes, payload[position:]
+
+
+class ProtobufValues(_Formatted):
+    """Protobuf payloads, parsed with the schema's file descriptor (asked for in the registry's
+    ``serialized`` form: a base64 ``FileDescriptorProto``, which Confluent's registry gives on
+    request and Apicurio stores when the producer registered it so), mapped to BSON types."""
+
+    schema_type = "PROTOBUF"
+    fetch_format = "serialized"
+
+    def _compile(self, schema_id: int, text: str) -> Callable[[bytes, Message], dict[str, Any]]:
+        import base64
+        import binascii
+
+        from google.protobuf import descriptor_pb2, message_factory
+        from google.protobuf.message import DecodeError
+
+        try:
+            file_proto = descriptor_pb2.FileDescriptorProto.FromString(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError, DecodeError):
+            raise ValueError(
+                "the registry gave the .proto text, not the serialized file descriptor (format=serialized), "
+                "and .proto text is not compiled here (docs/schema-registry.md)"
+            ) from None
+        pool = _pool_for(file_proto)
+        file = pool.FindFileByName(file_proto.name)
+        classes: dict[tuple[int, ...], Any] = {}
+
+        def read(payload: bytes, message: Message) -> dict[str, Any]:
+            try:
+                indexes, body = parse_message_indexes(payload)
+            except WireFormatError as err:
+                raise BadRecordError("bad_wire_format", f"record {where(message)}: {err}") from None
+            key = tuple(indexes)
+            if key not in classes:
+                classes[key] = _message_at(file, indexes, schema_id, message_factory)
+            if isinstance(classes[key], str):
+                raise BadRecordError("schema_mismatch", f"record {where(message)}: {classes[key]}")
+            try:
+                parsed = classes[key].FromString(body)
+            except DecodeError as err:
+                raise BadRecordError(
+                    "schema_mismatch",
+                    f"record {where(message)}: the payload does not parse as "
+                    f"{classes[key].DESCRIPTOR.full_name} of Protobuf schema id {schema_id}: {err}",
+                ) from None
+            return _protobuf_dict(parsed)
+
+        return read
+
+
+def _pool_for(file_proto: Any) -> Any:
+    """A descriptor pool holding ``file_proto`` and the well-known types it imports."""
+    import importlib
+
+    from google.protobuf import descriptor_pool
+
+    pool = descriptor_pool.DescriptorPool()
+    for dependency in file_proto.dependency:
+        if not dependency.startswith("google/protobuf/"):
+            raise ValueError(f"it imports {dependency}, and only google/protobuf/ imports are resolved here")
+        importlib.import_module("google.protobuf." + dependency.rsplit("/", 1)[1].replace(".proto", "_pb2"))
+        pool.AddSerializedFile(descriptor_pool.Default().FindFileByName(dependency).serialized_pb)
+    pool.Add(file_proto)
+    return pool
+
+
+def _message_at(file: Any, indexes: list[int], schema_id: int, message_factory: Any) -> Any:
+    """The message class the indexes name in ``file`` (a string saying why, when none)."""
+    found, types = None, file.message_types_by_name
+    for index in indexes:
+        candidates = list(types.values())
+        if not 0 <= index < len(candidates):
+            return f"the message indexes {indexes} name no message of Protobuf schema id {schema_id}"
+        found = candidates[index]
+        types = found.nested_types_by_name
+    return message_factory.GetMessageClass(found)
+
+
+_WRAPPERS = {
+    f"google.protobuf.{name}Value"
+    for name in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
+}
+
+
+def _protobuf_dict(message: Any) -> dict[str, Any]:
+    """A message's fields as a dict: every field without presence (proto3 scalars, repeated and
+    map fields, default values included), and those with presence only when set."""
+    out: dict[str, Any] = {}
+    for member in message.DESCRIPTOR.fields:
+        value = getattr(message, member.name)
+        kind = member.message_type
+        if kind is not None and kind.GetOptions().map_entry:
+            value_field = kind.fields_by_name["value"]
+            out[member.name] = {str(k): _protobuf_value(value_field, v) for k, v in value.items()}
+        elif member.is_repeated:
+            out[member.name] = [_protobuf_value(member, item) for item in value]
+        elif member.has_presence and not message.HasField(member.name):
+            continue
+        else:
+            out[member.name] = _protobuf_value(member, value)
+    return out
+
+
+def _protobuf_value(field: Any, value: Any) -> Any:
+    if field.enum_type is not None:
+        named = field.enum_type.values_by_number.get(value)
+        return named.name if named is not None else value
+    kind = field.message_type
+    if kind is None:
+        return value
+    if kind.full_name == "google.protobuf.Timestamp":
+        return value.ToDatetime(tzinfo=dt.UTC)
+    if kind.full_name in _WRAPPERS:
+        return value.value
+    return _protobuf_dict(value)
+
+
+FORMATS: dict[str, type[_Formatted]] = {
+    "avro": AvroValues,
+    "json_schema": JsonSchemaValues,
+    "protobuf": ProtobufValues,
+}
 
 
 def value_decoder(value_format: str, conn_id: str = DEFAULT_CONN_ID) -> ValueDecoder | None:
@@ -336,12 +488,6 @@ def value_decoder(value_format: str, conn_id: str = DEFAULT_CONN_ID) -> ValueDec
 
 def unsupported_format(value_format: str) -> str:
     """Why ``value_format`` cannot be read."""
-    if value_format == "protobuf":
-        return (
-            "value_format 'protobuf' is not supported: decoding needs each schema's .proto compiled at "
-            "run time, which the project does not do (docs/schema-registry.md); choose json, avro or "
-            "json_schema"
-        )
     return f"unknown value_format {value_format!r}; choose json, {', '.join(FORMATS)}"
 
 

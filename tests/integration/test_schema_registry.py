@@ -1,4 +1,4 @@
-"""value_format avro and json_schema end to end: records written by confluent-kafka's own
+"""value_format avro, json_schema and protobuf end to end: records written by confluent-kafka's own
 serializers against a real Schema Registry (Apicurio, devstack.registry), drained by
 ``run_consume`` into the MongoDB-wire server. Keys with several versions (the latest wins), a
 schema evolving within the topic, Avro logical types landing as BSON types, dead letters for
@@ -230,8 +230,119 @@ def test_registry_down_fails_the_task_naming_it_and_commits_nothing(
     assert committed_offsets(job.topic, job.consumer_group)[0] < 0
 
 
-def test_protobuf_is_refused_before_anything_is_read(job) -> None:
-    from kafka_mongo_etl.errors import ParamsRefusedError
+def order_message_class() -> Any:
+    """A Protobuf message class built at run time (no protoc): Order with a nested Line, an enum,
+    a repeated and a map field, a Timestamp and proto3 ``optional`` presence."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 
-    with pytest.raises(ParamsRefusedError, match="value_format 'protobuf' is not supported"):
-        run_consume(replace(job, value_format="protobuf"))
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="etl_order.proto",
+        package="etl.test",
+        syntax="proto3",
+        dependency=["google/protobuf/timestamp.proto"],
+    )
+    proto.enum_type.add(name="Status", value=[{"name": "NEW", "number": 0}, {"name": "PAID", "number": 1}])
+    message = proto.message_type.add(name="Order")
+    line = message.nested_type.add(name="Line")
+    line.field.add(name="sku", number=1, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
+    line.field.add(name="qty", number=2, type=field.TYPE_INT32, label=field.LABEL_OPTIONAL)
+    entry = message.nested_type.add(name="AttrsEntry", options={"map_entry": True})
+    entry.field.add(name="key", number=1, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=field.TYPE_INT64, label=field.LABEL_OPTIONAL)
+    add = message.field.add
+    add(name="id", number=1, type=field.TYPE_INT64, label=field.LABEL_OPTIONAL)
+    add(
+        name="status",
+        number=2,
+        type=field.TYPE_ENUM,
+        type_name=".etl.test.Status",
+        label=field.LABEL_OPTIONAL,
+    )
+    add(
+        name="lines",
+        number=3,
+        type=field.TYPE_MESSAGE,
+        type_name=".etl.test.Order.Line",
+        label=field.LABEL_REPEATED,
+    )
+    add(
+        name="attrs",
+        number=4,
+        type=field.TYPE_MESSAGE,
+        type_name=".etl.test.Order.AttrsEntry",
+        label=field.LABEL_REPEATED,
+    )
+    add(
+        name="placed_at",
+        number=5,
+        type=field.TYPE_MESSAGE,
+        type_name=".google.protobuf.Timestamp",
+        label=field.LABEL_OPTIONAL,
+    )
+    add(
+        name="note",
+        number=6,
+        type=field.TYPE_STRING,
+        label=field.LABEL_OPTIONAL,
+        proto3_optional=True,
+        oneof_index=0,
+    )
+    message.oneof_decl.add(name="_note")
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(timestamp_pb2.DESCRIPTOR.serialized_pb)
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("etl.test.Order"))
+
+
+def test_protobuf_records_load_latest_version_wins_and_corrupt_payloads_are_dead_letters(
+    job, kafka_broker, mongo_client, registry_client, committed_offsets
+) -> None:
+    from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
+
+    bootstrap = kafka_broker.bootstrap_servers
+    create_topic(bootstrap, job.topic)
+    context = SerializationContext(job.topic, MessageField.VALUE)
+    order_class = order_message_class()
+    serialize = ProtobufSerializer(order_class, registry_client, {"use.deprecated.format": False})
+
+    def proto_order(n: int, status: int, **more: Any) -> bytes:
+        placed = order_class().placed_at.__class__()
+        placed.FromDatetime(PLACED)
+        lines = [order_class.Line(sku=f"sku-{n}", qty=n)]
+        return serialize(
+            order_class(id=n, status=status, lines=lines, attrs={"n": n}, placed_at=placed, **more), context
+        )
+
+    records = [(f"p-{n}".encode(), proto_order(n, 0)) for n in range(4)]
+    records += [(b"p-1", proto_order(1, 1, note="paid"))]
+    corrupt = records[0][1][:6] + b"\xff\xff\xff"
+    records += [(b"p-corrupt", corrupt), (b"p-indexes", records[0][1][:5] + b"\x02\x0a")]
+    send(bootstrap, job.topic, records)
+
+    result = run_consume(replace(job, value_format="protobuf"))
+
+    db = mongo_client[job.mongo_db]
+    assert (result["records"], result["loaded"], result["dead_letters"]) == (7, 4, 2)
+    documents = {d["_id"]: {k: v for k, v in d.items() if k != "_kafka"} for d in db.testnum.find()}
+    placed = PLACED.replace(tzinfo=None)
+    expected = {
+        f"p-{n}": {
+            "_id": f"p-{n}",
+            "id": n,
+            "status": "NEW",
+            "lines": [{"sku": f"sku-{n}", "qty": n}],
+            "attrs": {"n": n},
+            "placed_at": placed,
+        }
+        for n in range(4)
+    }
+    expected["p-1"].update(status="PAID", note="paid")
+    assert documents == expected
+    letters = {d["key"]: d for d in db.testnum_dlq.find()}
+    assert (
+        letters[b"p-corrupt"]["code"] == "schema_mismatch"
+        and "etl.test.Order" in letters[b"p-corrupt"]["reason"]
+    )
+    assert letters[b"p-indexes"]["code"] == "schema_mismatch" and "[5]" in letters[b"p-indexes"]["reason"]
+    assert committed_offsets(job.topic, job.consumer_group)[0] == 7
