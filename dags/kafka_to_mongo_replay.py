@@ -78,6 +78,8 @@ def replay_params() -> dict[str, Param]:
                 "cdc_times",
                 "cdc_keep_source",
                 "route_by",
+                "value_format",
+                "schema_registry_conn_id",
             )
         },
         "batch_size": Param(

@@ -346,3 +346,36 @@ def test_protobuf_records_load_latest_version_wins_and_corrupt_payloads_are_dead
     )
     assert letters[b"p-indexes"]["code"] == "schema_mismatch" and "[5]" in letters[b"p-indexes"]["reason"]
     assert committed_offsets(job.topic, job.consumer_group)[0] == 7
+
+
+def test_avro_loaded_as_json_by_mistake_replays_once_value_format_is_fixed(
+    job, kafka_broker, mongo_client, registry_client
+) -> None:
+    from kafka_mongo_etl.replay import run_replay
+
+    bootstrap = kafka_broker.bootstrap_servers
+    create_topic(bootstrap, job.topic)
+    context = SerializationContext(job.topic, MessageField.VALUE)
+    serialize = AvroSerializer(registry_client, json.dumps(ORDER_V1))
+    send(
+        bootstrap, job.topic, [(f"order-{n}".encode(), serialize(order(n, "new"), context)) for n in range(3)]
+    )
+
+    loaded_as_json = run_consume(replace(job, value_format="json"))
+    db = mongo_client[job.mongo_db]
+    assert (loaded_as_json["loaded"], loaded_as_json["dead_letters"]) == (0, 3)
+
+    summary = run_replay(
+        {
+            "mongo_db": job.mongo_db,
+            "mongo_collection": "testnum",
+            "run_id": job.run_id,
+            "value_format": "avro",
+        }
+    )
+
+    assert (summary["selected"], summary["loaded"], summary["still_failing"]) == (3, 3, {})
+    assert db.testnum_dlq.count_documents({}) == 0
+    documents = {d["_id"]: d for d in db.testnum.find()}
+    assert set(documents) == {"order-0", "order-1", "order-2"}
+    assert documents["order-2"]["amount"] == Decimal128("2.02") and documents["order-2"]["status"] == "new"
