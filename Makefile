@@ -9,7 +9,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv up down status logs run test lint fmt clean lock check-tools browser chaos bench fuzz faults toxiproxy cdc compose-test
+.PHONY: help venv up down status logs run test lint fmt clean lock check-tools browser chaos bench fuzz faults toxiproxy cdc registry compose-test
 
 help:  ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ faults: check-tools $(STAMP) toxiproxy  ## Network faults through Toxiproxy, ret
 
 cdc: check-tools $(STAMP)  ## A table mirrored through Debezium: PostgreSQL -> Connect -> Kafka -> drain -> MongoDB, printed side by side
 	PYTHONPATH=plugins $(PY) -m devstack.cdc_demo
+
+registry: check-tools $(STAMP)  ## Build (cached) and start the Schema Registry (Apicurio, Confluent API) on REGISTRY_PORT=8081
+	$(PY) -m devstack.registry start
 
 toxiproxy: $(STAMP)  ## Build the Toxiproxy server from source (go install) into .cache/, for the fault tests
 	$(PY) -m devstack.toxiproxy install

@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -139,3 +140,34 @@ class SchemaRegistry(Service):
                 return response.status == 200
         except (OSError, urllib.error.URLError):
             return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m devstack.registry build|start|stop|status``: the registry beside ``make up``'s
+    stack, state and log under ``$STATE_DIR/registry`` (default .state/registry), port
+    ``REGISTRY_PORT`` (default 8081)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] not in ("build", "start", "stop", "status"):
+        print("usage: python -m devstack.registry build|start|stop|status", file=sys.stderr)
+        return 2
+    state = Path(os.environ.get("STATE_DIR", REPO / ".state")).resolve() / "registry"
+    registry = SchemaRegistry(state, port=int(os.environ.get("REGISTRY_PORT", "8081")))
+    try:
+        if args[0] == "build":
+            print(build_registry())
+        elif args[0] == "start":
+            started = registry.start()
+            print(f"Schema Registry {'started' if started else 'already running'} at {registry.ccompat_url}")
+            print(f"log: {registry.process.log_file}")
+        elif args[0] == "stop":
+            print("stopped" if registry.stop() else "not running")
+        else:
+            print(f"running at {registry.ccompat_url}" if registry.running() else "not running")
+    except StackError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
