@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -206,19 +207,25 @@ def test_json_schema_values_are_validated_and_loaded(
     assert committed_offsets(job.topic, job.consumer_group)[0] == 7
 
 
-def test_registry_down_fails_the_task_naming_it_and_commits_nothing(
-    job, kafka_broker, registry_client, monkeypatch, committed_offsets
+def test_registry_down_fails_the_task_naming_it_commits_nothing_and_the_retry_loads_once(
+    job, kafka_broker, mongo_client, registry_client, monkeypatch, committed_offsets
 ) -> None:
     from devstack.process import free_port
 
     bootstrap = kafka_broker.bootstrap_servers
     create_topic(bootstrap, job.topic)
     context = SerializationContext(job.topic, MessageField.VALUE)
+    serialize = AvroSerializer(registry_client, json.dumps(ORDER_V1))
+    send(
+        bootstrap, job.topic, [(f"order-{n}".encode(), serialize(order(n, "new"), context)) for n in range(3)]
+    )
+    assert run_consume(job)["loaded"] == 3
     send(
         bootstrap,
         job.topic,
-        [(b"k", AvroSerializer(registry_client, json.dumps(ORDER_V1))(order(1, "new"), context))],
+        [(f"order-{n}".encode(), serialize(order(n, "paid"), context)) for n in range(2, 6)],
     )
+    working = json.loads(os.environ["AIRFLOW_CONN_SCHEMA_REGISTRY_DEFAULT"])
     port = free_port()  # nothing listens there
     url = f"http://127.0.0.1:{port}/apis/ccompat/v7"
     monkeypatch.setenv(
@@ -226,8 +233,23 @@ def test_registry_down_fails_the_task_naming_it_and_commits_nothing(
     )
 
     with pytest.raises(ConnectionProblem, match=rf"'schema_registry_default' at {url} could not be reached"):
-        run_consume(job)
-    assert committed_offsets(job.topic, job.consumer_group)[0] < 0
+        run_consume(replace(job, batch="test/run-2", run_id="run-2"))
+
+    db = mongo_client[job.mongo_db]
+    assert committed_offsets(job.topic, job.consumer_group)[0] == 3
+    assert db.testnum_dlq.count_documents({}) == 0
+    assert {d["_id"]: d["status"] for d in db.testnum.find()} == {f"order-{n}": "new" for n in range(3)}
+
+    # The registry is back: the retry loads the 4 records once, the latest version of order-2 wins.
+    monkeypatch.setenv("AIRFLOW_CONN_SCHEMA_REGISTRY_DEFAULT", json.dumps(working))
+    retry = run_consume(replace(job, batch="test/run-2", run_id="run-2"))
+    assert (retry["records"], retry["dead_letters"]) == (4, 0)
+    assert {d["_id"]: d["status"] for d in db.testnum.find()} == {
+        "order-0": "new",
+        "order-1": "new",
+        **{f"order-{n}": "paid" for n in range(2, 6)},
+    }
+    assert committed_offsets(job.topic, job.consumer_group)[0] == 7
 
 
 def order_message_class() -> Any:
