@@ -79,6 +79,7 @@ def replay_params() -> dict[str, Param]:
                 "cdc_keep_source",
                 "route_by",
                 "value_format",
+                "key_format",
                 "schema_registry_conn_id",
             )
         },

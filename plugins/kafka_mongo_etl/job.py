@@ -73,6 +73,8 @@ class ConsumeJob:
     # How record values are encoded (schema_formats): "json", or a Schema Registry format whose
     # registry is the Airflow connection schema_registry_conn_id.
     value_format: str = "json"
+    # How record keys are encoded (schema_formats), for the key _id, key routing and key processors.
+    key_format: str = "json"
     schema_registry_conn_id: str = "schema_registry_default"
 
     @property

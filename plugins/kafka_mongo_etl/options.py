@@ -525,6 +525,11 @@ VALUE_FORMATS: dict[str, str] = {
     "json_schema": "JSON Schema in Confluent's wire format (validated against the registry's schema)",
     "protobuf": "Protobuf in Confluent's wire format (the schema's serialized file descriptor)",
 }
+# The same formats for keys; json is the key's bytes as they are (UTF-8 text).
+KEY_FORMATS: dict[str, str] = {
+    **VALUE_FORMATS,
+    "json": "UTF-8 text (a JSON object where a key field is read)",
+}
 LOAD_OPTIONS.append(
     LoadOption(
         "value_format",
@@ -544,13 +549,31 @@ LOAD_OPTIONS.append(
 )
 LOAD_OPTIONS.append(
     LoadOption(
+        "key_format",
+        "json",
+        {"type": "string"},
+        "Key format",
+        "How record keys are encoded, for the key _id strategy, route_by 'key...' and processors on "
+        "the key. json (the default): the key's bytes as UTF-8 text (a JSON object for key fields). "
+        "Avro, JSON Schema and Protobuf keys (Confluent's serializers for keys, subject "
+        "<topic>-key) are decoded through the same Schema Registry: the _id is the decoded key, a "
+        "primitive as it is, a record or message an embedded document. A key that does not decode "
+        "is a dead letter. docs/schema-registry.md.",
+        readers=(CONSUME,),
+        section=FORMAT_SECTION,
+        choices=KEY_FORMATS,
+        job_field="key_format",
+    )
+)
+LOAD_OPTIONS.append(
+    LoadOption(
         "schema_registry_conn_id",
         "schema_registry_default",
         {"type": "string", "minLength": 1},
         "Schema Registry connection",
-        "The Airflow connection of the Schema Registry (value formats avro, json_schema, protobuf): the "
-        "extra's 'url', or http(s)://host:port/schema; login and password for basic authentication. "
-        "A registry that cannot be reached fails the task (retried), never a record.",
+        "The Airflow connection of the Schema Registry (value and key formats avro, json_schema, "
+        "protobuf): the extra's 'url', or http(s)://host:port/schema; login and password for basic "
+        "authentication. A registry that cannot be reached fails the task (retried), never a record.",
         readers=(CONSUME,),
         section=FORMAT_SECTION,
         job_field="schema_registry_conn_id",
@@ -623,6 +646,14 @@ def key_ids_problem(write_mode: str, strategy: str) -> str | None:
     )
 
 
+def cdc_format_problem(name: str, chosen: str) -> str:
+    """Why ``value_format`` or ``key_format`` (``name``) ``chosen`` cannot go with write_mode cdc."""
+    return (
+        f"write_mode 'cdc' reads Debezium's JSON change events (and takes the _id from their JSON "
+        f"key); {name} {chosen} is not supported with it: use {name} json (Connect's JsonConverter)"
+    )
+
+
 def option_problems(values: Mapping[str, Any]) -> list[str]:
     """What is wrong with ``values`` taken together (each one already passed its own schema).
 
@@ -638,14 +669,12 @@ def option_problems(values: Mapping[str, Any]) -> list[str]:
     ):
         if name in values and values[name] not in choices:
             problems.append(f"unknown {name} {values[name]!r}; choose one of {', '.join(choices)}")
-    value_format = values.get("value_format") or option("value_format").default
-    if value_format not in VALUE_FORMATS:
-        problems.append(f"unknown value_format {value_format!r}; choose one of {', '.join(VALUE_FORMATS)}")
-    elif value_format != "json" and write_mode == "cdc":
-        problems.append(
-            f"write_mode 'cdc' reads Debezium's JSON change events; value_format {value_format!r} is "
-            "not supported with it: use value_format json (Connect's JsonConverter)"
-        )
+    for name, formats in (("value_format", VALUE_FORMATS), ("key_format", KEY_FORMATS)):
+        chosen = values.get(name) or option(name).default
+        if chosen not in formats:
+            problems.append(f"unknown {name} {chosen!r}; choose one of {', '.join(formats)}")
+        elif chosen != "json" and write_mode == "cdc":
+            problems.append(cdc_format_problem(name, repr(chosen)))
     try:
         id_strategy(strategy).build(values.get("id_field"), values.get("id_fields"))
     except ValueError as err:

@@ -38,7 +38,7 @@ from kafka_mongo_etl.mongo_sink import MAX_CODE_CHARS, MAX_REASON_CHARS, MongoSi
 from kafka_mongo_etl.options import DEAD_LETTER_SUFFIX, check_options
 from kafka_mongo_etl.records import BadRecordError, Document
 from kafka_mongo_etl.routing import Route, RoutingSink, routed
-from kafka_mongo_etl.schema_formats import DEFAULT_CONN_ID, ValueDecoder, value_decoder
+from kafka_mongo_etl.schema_formats import DEFAULT_CONN_ID, KeyDecoder, ValueDecoder, registry_decoders
 from kafka_mongo_etl.write_models import record_path
 
 __all__ = ["DeadLetterSelection", "ReplaySummary", "replay_dead_letters", "run_replay"]
@@ -179,12 +179,13 @@ def replay_dead_letters(
     cdc: CdcSettings | None = None,
     route_by: str | None = None,
     value_decoder: ValueDecoder | None = None,
+    key_decoder: KeyDecoder | None = None,
 ) -> ReplaySummary:
     """Replay the dead letters of ``database[collection + "_dlq"]`` that ``selection`` picks, in
     ``_id`` order, ``batch_size`` at a time, into ``database[collection]`` with the given write
     mode and id strategy (those the collection is loaded with: an other strategy makes other
-    ``_id``s), post-processors, change-event settings and value decoder
-    (``schema_formats.value_decoder``; ``None``: JSON). ``route_by`` (the drain's, when it
+    ``_id``s), post-processors, change-event settings and value and key decoders
+    (``schema_formats.registry_decoders``; ``None``: JSON). ``route_by`` (the drain's, when it
     routes: its dead letters are all kept in ``collection``'s) sends each record to the collection
     its field names, as the drain does.
 
@@ -196,11 +197,11 @@ def replay_dead_letters(
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     query = selection.query()
     to_document, hints = record_path(
-        write_mode, id_strategy, id_field, id_fields, processors, cdc, value_decoder
+        write_mode, id_strategy, id_field, id_fields, processors, cdc, value_decoder, key_decoder
     )
     sink: MongoSink | RoutingSink = MongoSink(database[collection], write_mode, hints)
     if route_by:
-        to_document = routed(to_document, route_by, database.name)
+        to_document = routed(to_document, route_by, database.name, key_decoder)
         sink = RoutingSink(database, collection, write_mode, hints)
     letters = database[f"{collection}{DEAD_LETTER_SUFFIX}"]
     summary = ReplaySummary()
@@ -332,11 +333,13 @@ def run_replay(params: dict[str, Any]) -> dict[str, Any]:
         if route_by:
             Route.parse(route_by)
         cdc = CdcSettings(params.get("cdc_keep_source", True), params.get("cdc_times") or "exact")
-        record_path(write_mode, id_strategy, id_field, id_fields, params.get("processors"), cdc)
         # A registry format reads the Schema Registry connection (ConnectionProblem: retried).
-        decoder = value_decoder(
-            params.get("value_format") or "json", params.get("schema_registry_conn_id") or DEFAULT_CONN_ID
+        values, keys = registry_decoders(
+            params.get("value_format") or "json",
+            params.get("key_format") or "json",
+            params.get("schema_registry_conn_id") or DEFAULT_CONN_ID,
         )
+        record_path(write_mode, id_strategy, id_field, id_fields, params.get("processors"), cdc, values, keys)
     except ValueError as err:
         raise ParamsRefusedError(f"{err}. {done}; run again with other params.") from err
     conn_id = params.get("mongo_conn_id") or "mongo_default"
@@ -355,7 +358,8 @@ def run_replay(params: dict[str, Any]) -> dict[str, Any]:
                 processors=params.get("processors"),
                 cdc=cdc,
                 route_by=route_by,
-                value_decoder=decoder,
+                value_decoder=values,
+                key_decoder=keys,
             )
     result = {"target": f"{params['mongo_db']}.{params['mongo_collection']}", **summary.as_dict()}
     log.info("Replay done: %s", result)

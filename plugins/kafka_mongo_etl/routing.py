@@ -2,7 +2,8 @@
 (``route_by``), and write a batch's documents collection by collection.
 
 ``route_by`` is ``"key"`` (the whole key, as UTF-8 text), ``"key.<path>"`` (a field of the key
-read as a JSON object) or ``"value.<path>"`` (a field of the document the record became; a path
+read as a JSON object; with ``key_format`` a registry format, the whole key or a field of the
+key as its schema decodes it) or ``"value.<path>"`` (a field of the document the record became; a path
 may go into embedded documents: ``value.meta.kind``). The field's value names a collection of
 the drain's database:
 
@@ -35,6 +36,7 @@ from kafka_mongo_etl.mongo_sink import MongoSink
 from kafka_mongo_etl.options import MAX_NAMESPACE_BYTES, MONGO_COLLECTION_PATTERN
 from kafka_mongo_etl.processors import WriteHints
 from kafka_mongo_etl.records import BadRecordError, Document, RecordBuilder, where
+from kafka_mongo_etl.schema_formats import KeyDecoder
 from kafka_mongo_etl.write_models import WriteResult
 
 
@@ -59,16 +61,19 @@ class Route:
     def __str__(self) -> str:
         return ".".join((self.source, *self.path))
 
-    def name_in(self, message: Message, document: Document) -> Any:
-        """The routing field's value for this record, ``None`` when it has none."""
-        if self.source == "key":
+    def name_in(self, message: Message, document: Document, read_key: KeyDecoder | None = None) -> Any:
+        """The routing field's value for this record, ``None`` when it has none. ``read_key``
+        decodes a key in a registry format (``BadRecordError`` for one that does not decode)."""
+        if self.source == "key" and read_key is not None:
+            found: Any = read_key(message)
+        elif self.source == "key":
             raw = message.key()
             if raw is None:
                 return None
             if not self.path:
                 return raw.decode("utf-8", "replace")
             try:
-                found: Any = json.loads(raw)
+                found = json.loads(raw)
             except ValueError:
                 return None
         else:
@@ -94,15 +99,19 @@ def collection_problem(database: str, name: Any) -> str | None:
     return None
 
 
-def routed(builder: RecordBuilder, route_by: str, database: str) -> RecordBuilder:
+def routed(
+    builder: RecordBuilder, route_by: str, database: str, read_key: KeyDecoder | None = None
+) -> RecordBuilder:
     """``builder``, with each document's ``collection`` set from the record's ``route_by`` field
     (left ``None``, the drain's collection, when the record has none); a name MongoDB refuses
-    raises ``BadRecordError`` (``bad_route``): the record becomes a dead letter."""
+    raises ``BadRecordError`` (``bad_route``): the record becomes a dead letter. ``read_key``
+    (``key_format``'s decoder) reads the key of a ``key`` route; a key that does not decode
+    raises its ``BadRecordError``."""
     route = Route.parse(route_by)
 
     def to_document(message: Message) -> Document:
         document = builder(message)
-        name = route.name_in(message, document)
+        name = route.name_in(message, document, read_key)
         if name is None:
             return document
         problem = collection_problem(database, name)

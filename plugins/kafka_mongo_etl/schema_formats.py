@@ -72,22 +72,25 @@ CLIENT_SETTINGS = (
 )
 
 ValueDecoder = Callable[[Message], dict[str, Any]]
+# A record's key, decoded (any type the schema gives: a record/message is a dict); None: no key.
+KeyDecoder = Callable[[Message], Any]
 
 
 class WireFormatError(ValueError):
     """The bytes are not in Confluent's wire format; the message says how."""
 
 
-def parse_wire(raw: bytes) -> tuple[int, bytes]:
-    """``(schema id, payload)`` of a value in Confluent's wire format, or ``WireFormatError``."""
+def parse_wire(raw: bytes, side: str = "value") -> tuple[int, bytes]:
+    """``(schema id, payload)`` of a value (or key: ``side``) in Confluent's wire format, or
+    ``WireFormatError``."""
     if len(raw) < HEADER_BYTES:
         raise WireFormatError(
-            f"the value is {len(raw)} bytes; the wire format needs at least {HEADER_BYTES} "
+            f"the {side} is {len(raw)} bytes; the wire format needs at least {HEADER_BYTES} "
             "(the magic byte 0 and a 4-byte schema id)"
         )
     if raw[0] != MAGIC_BYTE:
         raise WireFormatError(
-            f"the value starts with byte 0x{raw[0]:02x}, not the wire format's magic byte 0x00 "
+            f"the {side} starts with byte 0x{raw[0]:02x}, not the wire format's magic byte 0x00 "
             "(was it written without a Schema Registry serializer?)"
         )
     return int.from_bytes(raw[1:HEADER_BYTES], "big"), bytes(raw[HEADER_BYTES:])
@@ -182,21 +185,31 @@ class SchemaCache:
 
 
 class _Formatted:
-    """A decoder for one value_format: the payload of a schema id as a dict (``BadRecordError``)."""
+    """A decoder for one format: the payload of a schema id as a dict (``BadRecordError``).
+
+    ``side`` ``"key"`` decodes record keys (``key_format``) instead of values: the same wire
+    format, schema cache and codes, reasons that name the key, any type the schema gives (a
+    primitive as it is, a record or message as a dict), and ``None`` for a record without a key.
+    """
 
     schema_type: str
     fetch_format: str | None = None
 
-    def __init__(self, schemas: SchemaCache) -> None:
+    def __init__(self, schemas: SchemaCache, side: str = "value") -> None:
         self.schemas = schemas
+        self.keys = side == "key"
+        self.side = side
+        self.option = f"{side}_format"
         self._readers: dict[int, Any] = {}
 
-    def __call__(self, message: Message) -> dict[str, Any]:
-        raw = message.value()
+    def __call__(self, message: Message) -> Any:
+        raw = message.key() if self.keys else message.value()
         if raw is None:
+            if self.keys:
+                return None
             raise BadRecordError("tombstone", f"record {where(message)} has no value (a tombstone)")
         try:
-            schema_id, payload = parse_wire(raw)
+            schema_id, payload = parse_wire(raw, self.side)
         except WireFormatError as err:
             raise BadRecordError("bad_wire_format", f"record {where(message)}: {err}") from None
         reader = self._readers.get(schema_id)
@@ -209,14 +222,16 @@ class _Formatted:
         if schema is None:
             return _refuse(
                 "unknown_schema",
-                f"schema id {schema_id} is not in the Schema Registry at {self.schemas.settings.url} "
-                "(a registry other than the producer's, or a schema deleted since)",
+                f"the {self.side}'s schema id {schema_id} is not in the Schema Registry at "
+                f"{self.schemas.settings.url} (a registry other than the producer's, or a schema "
+                "deleted since)",
             )
         found = (schema.schema_type or "AVRO").upper()
         if found != self.schema_type:
             return _refuse(
                 "schema_mismatch",
-                f"schema id {schema_id} is a {found} schema, but value_format reads {self.schema_type}",
+                f"the {self.side}'s schema id {schema_id} is a {found} schema, but {self.option} reads "
+                f"{self.schema_type}",
             )
         # Protobuf's well-known types come with the protobuf package, whatever the registry holds.
         references = [
@@ -225,13 +240,13 @@ class _Formatted:
         if references:
             return _refuse(
                 "schema_mismatch",
-                f"schema id {schema_id} references other schemas ({', '.join(references)}), which "
-                "value_format does not resolve (docs/schema-registry.md)",
+                f"the {self.side}'s schema id {schema_id} references other schemas "
+                f"({', '.join(references)}), which {self.option} does not resolve (docs/schema-registry.md)",
             )
         try:
             return self._compile(schema_id, schema.schema_str)
         except Exception as err:  # noqa: BLE001 - any parser error: the schema itself is unusable
-            reason = f"schema id {schema_id} cannot be read: {type(err).__name__}: {err}"
+            reason = f"the {self.side}'s schema id {schema_id} cannot be read: {type(err).__name__}: {err}"
             return _refuse("schema_mismatch", reason)
 
     def _compile(self, schema_id: int, text: str) -> Callable[[bytes, Message], dict[str, Any]]:
@@ -262,17 +277,18 @@ class AvroValues(_Formatted):
             except Exception as err:  # noqa: BLE001 - fastavro raises EOFError, ValueError, IndexError ...
                 raise BadRecordError(
                     "schema_mismatch",
-                    f"record {where(message)}: the payload does not decode with Avro schema id {schema_id}: "
+                    f"record {where(message)}: the {self.side}'s payload does not decode with Avro schema id "
+                    f"{schema_id}: "
                     f"{type(err).__name__}: {err}",
                 ) from None
             left = len(payload) - stream.tell()
             if left:
                 raise BadRecordError(
                     "schema_mismatch",
-                    f"record {where(message)}: {left} bytes are left over after decoding with Avro schema "
-                    f"id {schema_id}; the payload was not written with that schema",
+                    f"record {where(message)}: {left} bytes of the {self.side} are left over after decoding "
+                    f"with Avro schema id {schema_id}; the payload was not written with that schema",
                 )
-            if not isinstance(value, dict):
+            if not isinstance(value, dict) and not self.keys:
                 raise BadRecordError(
                     "not_object",
                     f"record {where(message)}: Avro schema id {schema_id} is not a record schema "
@@ -298,18 +314,37 @@ class JsonSchemaValues(_Formatted):
         validator = validator_class(schema)
 
         def read(payload: bytes, message: Message) -> dict[str, Any]:
-            value = decode_json(_Payload(message, payload))  # the JSON path's own rules and codes
+            if self.keys:
+                value = _json_key(payload, message)
+            else:
+                value = decode_json(_Payload(message, payload))  # the JSON path's own rules and codes
             error = best_match(validator.iter_errors(value))
             if error is not None:
-                at = "/".join(str(part) for part in error.absolute_path) or "(the value)"
+                at = "/".join(str(part) for part in error.absolute_path) or f"(the {self.side})"
                 raise BadRecordError(
                     "schema_mismatch",
-                    f"record {where(message)}: the value does not match JSON schema id {schema_id} at "
+                    f"record {where(message)}: the {self.side} does not match JSON schema id {schema_id} at "
                     f"{at}: {error.message[:200]}",
                 )
             return value
 
         return read
+
+
+def _json_key(payload: bytes, message: Message) -> Any:
+    """A JSON Schema key's payload: any JSON value (an object by the JSON path's own rules);
+    ``schema_mismatch`` naming the key when it is not JSON a BSON ``_id`` can hold."""
+    try:
+        return decode_json(_Payload(message, payload))
+    except BadRecordError as err:
+        if err.code != "not_object":
+            raise BadRecordError(err.code, f"{err} (the record's key)") from None
+    value = json.loads(payload)  # valid JSON: decode_json only refused its type
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise BadRecordError(
+            "number_out_of_range", f"record {where(message)}: the key {value} is beyond BSON's int64"
+        )
+    return value
 
 
 class _Payload:
@@ -382,18 +417,20 @@ class ProtobufValues(_Formatted):
             try:
                 indexes, body = parse_message_indexes(payload)
             except WireFormatError as err:
-                raise BadRecordError("bad_wire_format", f"record {where(message)}: {err}") from None
+                reason = f"record {where(message)}'s {self.side}: {err}"
+                raise BadRecordError("bad_wire_format", reason) from None
             key = tuple(indexes)
             if key not in classes:
                 classes[key] = _message_at(file, indexes, schema_id, message_factory)
             if isinstance(classes[key], str):
-                raise BadRecordError("schema_mismatch", f"record {where(message)}: {classes[key]}")
+                reason = f"record {where(message)}'s {self.side}: {classes[key]}"
+                raise BadRecordError("schema_mismatch", reason)
             try:
                 parsed = classes[key].FromString(body)
             except DecodeError as err:
                 raise BadRecordError(
                     "schema_mismatch",
-                    f"record {where(message)}: the payload does not parse as "
+                    f"record {where(message)}: the {self.side}'s payload does not parse as "
                     f"{classes[key].DESCRIPTOR.full_name} of Protobuf schema id {schema_id}: {err}",
                 ) from None
             return _protobuf_dict(parsed)
@@ -479,16 +516,67 @@ def value_decoder(value_format: str, conn_id: str = DEFAULT_CONN_ID) -> ValueDec
     """The decoder of ``value_format`` (``None`` for ``json``, the record path's own), with the
     registry of Airflow connection ``conn_id``. ``ValueError`` for a format it does not read;
     ``ConnectionProblem`` for a connection that is missing or that the client refuses."""
-    if value_format == "json":
-        return None
-    if value_format not in FORMATS:
-        raise ValueError(unsupported_format(value_format))
-    return FORMATS[value_format](SchemaCache(RegistrySettings.from_connection(conn_id)))
+    return registry_decoders(value_format, "json", conn_id)[0]
 
 
-def unsupported_format(value_format: str) -> str:
-    """Why ``value_format`` cannot be read."""
-    return f"unknown value_format {value_format!r}; choose json, {', '.join(FORMATS)}"
+def registry_decoders(
+    value_format: str, key_format: str = "json", conn_id: str = DEFAULT_CONN_ID
+) -> tuple[ValueDecoder | None, KeyDecoder | None]:
+    """The decoders of ``value_format`` and ``key_format`` (``None`` for ``json``: values take the
+    record path's own decoder, keys are read as today), sharing one schema cache of the registry
+    of Airflow connection ``conn_id``. ``ValueError`` for a format it does not read;
+    ``ConnectionProblem`` for a connection that is missing or that the client refuses."""
+    for option, name in (("value_format", value_format), ("key_format", key_format)):
+        if name != "json" and name not in FORMATS:
+            raise ValueError(unsupported_format(name, option))
+    if value_format == key_format == "json":
+        return None, None
+    schemas = SchemaCache(RegistrySettings.from_connection(conn_id))
+    values = FORMATS[value_format](schemas) if value_format != "json" else None
+    keys = FORMATS[key_format](schemas, "key") if key_format != "json" else None
+    return values, keys
+
+
+def unsupported_format(name: str, option: str = "value_format") -> str:
+    """Why ``name`` cannot be read as ``option``."""
+    return f"unknown {option} {name!r}; choose json, {', '.join(FORMATS)}"
+
+
+def decoded_key_ids(decode_key: KeyDecoder, chain: Chain) -> IdFunction:
+    """The ``key`` id strategy for keys in a registry format (``key_format``): the ``_id`` is the
+    decoded key — a primitive as it is, a record or message an embedded document, shaped by the
+    ``chain``'s key steps when it has any — held to MongoDB's ``_id`` rules (``records.check_id``:
+    ``invalid_id`` for an array, ``$``-prefixed or dotted names). A key that does not decode raises
+    its ``BadRecordError`` (``bad_wire_format``, ``unknown_schema``, ``schema_mismatch``); a record
+    without a key, or whose key is null, ``ValueError`` (the record path's ``no_id``)."""
+    steps = chain.key
+
+    def by_decoded_key(message: Message, _value: dict[str, Any]) -> Any:
+        if message.key() is None:
+            raise ValueError("record has no key; use id_strategy 'coordinates', 'field' or 'fields'")
+        key = decode_key(message)
+        if key is None:
+            raise ValueError("the record's key decodes to null, which cannot be an _id")
+        if steps:
+            if not isinstance(key, dict):
+                kind = type(key).__name__
+                raise ValueError(f"the key decodes to a {kind}, not a record; key processors need one")
+            try:
+                for step in steps:
+                    key = step.apply(key, message, _no_check)
+            except ProcessorRefusal as err:
+                raise ValueError(f"the key processors cannot shape the key: {err}") from None
+            if not key:
+                raise ValueError("the key processors left no field of the key to make the _id from")
+        check_id(key, message)
+        return key
+
+    return by_decoded_key
+
+
+def _no_check(_fields: dict[str, Any]) -> None:
+    """Key steps run no user code that would need the document rules (``check_id`` follows)."""
+    return None
 
 
 def _to_bson(value: Any, message: Message) -> Any:

@@ -36,7 +36,7 @@ from kafka_mongo_etl.processors import WriteHints
 from kafka_mongo_etl.produce import ensure_topic, produce_batch
 from kafka_mongo_etl.records import RecordBuilder
 from kafka_mongo_etl.routing import RoutingSink, routed
-from kafka_mongo_etl.schema_formats import value_decoder
+from kafka_mongo_etl.schema_formats import registry_decoders
 from kafka_mongo_etl.sigterm import stop_on_sigterm
 from kafka_mongo_etl.write_models import record_path
 
@@ -117,6 +117,7 @@ def _record_builder(job: ConsumeJob) -> tuple[RecordBuilder, WriteHints]:
     """The job's record → document function (processors and routing included) and what the
     processors ask of the writes; options that cannot work raise ``ParamsRefusedError``."""
     try:
+        values, keys = registry_decoders(job.value_format, job.key_format, job.schema_registry_conn_id)
         to_document, hints = record_path(
             job.write_mode,
             job.id_strategy,
@@ -124,10 +125,11 @@ def _record_builder(job: ConsumeJob) -> tuple[RecordBuilder, WriteHints]:
             job.id_fields,
             job.processors,
             CdcSettings(keep_source=job.cdc_keep_source, times=job.cdc_times),
-            value_decoder(job.value_format, job.schema_registry_conn_id),
+            values,
+            keys,
         )
         if job.route_by:
-            to_document = routed(to_document, job.route_by, job.mongo_db)
+            to_document = routed(to_document, job.route_by, job.mongo_db, keys)
     except ValueError as err:
         # Options that cannot work: a retry would fail the same way.
         raise ParamsRefusedError(f"{err}. Nothing was loaded; run again with other options.") from err

@@ -68,7 +68,7 @@ from kafka_mongo_etl.cdc import CdcSettings, change_events
 from kafka_mongo_etl.errors import WriteFailedError
 from kafka_mongo_etl.ids import IdFunction, id_function
 from kafka_mongo_etl.options import WRITE_MODES as WRITE_MODE_NAMES
-from kafka_mongo_etl.options import key_ids_problem
+from kafka_mongo_etl.options import cdc_format_problem, key_ids_problem
 from kafka_mongo_etl.processors import Chain, WriteHints, build_chain
 from kafka_mongo_etl.records import (
     MAX_DOCUMENT_BYTES,
@@ -82,7 +82,7 @@ from kafka_mongo_etl.records import (
     json_document,
     where,
 )
-from kafka_mongo_etl.schema_formats import ValueDecoder, decoded_document
+from kafka_mongo_etl.schema_formats import KeyDecoder, ValueDecoder, decoded_document, decoded_key_ids
 
 log = logging.getLogger(__name__)
 
@@ -661,13 +661,20 @@ def record_path(
     processors: Any = None,
     cdc: CdcSettings | None = None,
     value_decoder: ValueDecoder | None = None,
+    key_decoder: KeyDecoder | None = None,
 ) -> tuple[RecordBuilder, WriteHints]:
     """How a load's records become documents — its id strategy, write mode, post-processors
     (``kafka_mongo_etl.processors``) and change-event settings — and what the write model must
-    know of the processors. ``value_decoder`` reads values in a Schema Registry format
-    (``schema_formats.value_decoder``); ``None``: JSON. Raises ``ValueError`` for options that cannot work."""
+    know of the processors. ``value_decoder`` and ``key_decoder`` read values and keys in a Schema
+    Registry format (``schema_formats.registry_decoders``); ``None``: JSON values, keys as they
+    are (with ``key_decoder``, id_strategy ``key`` makes the ``_id`` of the decoded key). Raises
+    ``ValueError`` for options that cannot work."""
     chain = build_chain(processors)
     id_for = chain.key_ids(id_function(id_strategy, id_field, tuple(id_fields) if id_fields else None))
+    if key_decoder is not None and write_mode == CdcModel.name:
+        raise ValueError(cdc_format_problem("key_format", "other than json"))
+    if key_decoder is not None and id_strategy == "key":
+        id_for = decoded_key_ids(key_decoder, chain)
     if value_decoder is None:
         values = json_document(id_for, chain)
     else:
