@@ -569,9 +569,27 @@ def decoded_key_ids(decode_key: KeyDecoder, chain: Chain) -> IdFunction:
             if not key:
                 raise ValueError("the key processors left no field of the key to make the _id from")
         check_id(key, message)
+        _check_int64(key, message)
         return key
 
     return by_decoded_key
+
+
+def _check_int64(key: Any, message: Message) -> None:
+    """``number_out_of_range`` for an integer BSON cannot hold anywhere in ``key`` (a Protobuf
+    ``uint64``): a tombstone's ``_id`` is only encoded in the delete, where it would fail the batch."""
+    stack = [key]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif type(item) is int and not -(2**63) <= item < 2**63:
+            raise BadRecordError(
+                "number_out_of_range",
+                f"record {where(message)}: the key holds the integer {item}, beyond BSON's int64",
+            )
 
 
 def _no_check(_fields: dict[str, Any]) -> None:

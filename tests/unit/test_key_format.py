@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from kafka_mongo_etl.errors import ConnectionProblem
 from kafka_mongo_etl.options import KEY_FORMATS, VALUE_FORMATS, form_params, option_problems
+from kafka_mongo_etl.processors import Chain
 from kafka_mongo_etl.records import BadRecordError, id_identity
 from kafka_mongo_etl.routing import routed
 from kafka_mongo_etl.schema_formats import (
@@ -27,6 +28,7 @@ from kafka_mongo_etl.schema_formats import (
     JsonSchemaValues,
     RegistrySettings,
     SchemaCache,
+    decoded_key_ids,
     registry_decoders,
 )
 from kafka_mongo_etl.write_models import record_path
@@ -265,3 +267,13 @@ def test_key_routes_read_the_decoded_key() -> None:
     with pytest.raises(BadRecordError) as caught:
         whole(FakeMessage(b"orders"))
     assert caught.value.code == "bad_wire_format"
+
+
+@given(st.one_of(st.integers(max_value=-(2**63) - 1), st.integers(min_value=2**63)))
+def test_an_integer_beyond_int64_in_a_key_is_out_of_range(big: int) -> None:
+    # Protobuf's uint64 decodes so; a tombstone's _id would only fail in the delete itself.
+    id_for = decoded_key_ids(lambda _message: {"id": {"parts": [1, big]}}, Chain())
+    with pytest.raises(BadRecordError) as caught:
+        id_for(FakeMessage(b"\x00"), {})
+    assert caught.value.code == "number_out_of_range" and str(big) in str(caught.value)
+    assert decoded_key_ids(lambda _message: 2**63 - 1, Chain())(FakeMessage(b"\x00"), {}) == 2**63 - 1
