@@ -1,7 +1,7 @@
 """key_format end to end: record keys written by confluent-kafka's AvroSerializer for keys (subject
 ``<topic>-key``) against the real Schema Registry (Apicurio, devstack.registry), drained by
 ``run_consume`` into the MongoDB-wire server. Record keys become embedded ``_id``s and primitive
-keys (string, long) ``_id``s of their own type; several versions per key (the latest wins), a
+keys (string, long) ``_id``s of their own type; JSON Schema keys (``JSONSerializer``) validated; several versions per key (the latest wins), a
 tombstone deleting its key's document, ``key.<field>`` routing on the decoded key, keys that do
 not decode as dead letters naming the key, a registry that cannot be reached failing the task,
 and a replay with key_format fixed."""
@@ -254,3 +254,43 @@ def test_avro_keys_read_as_json_by_mistake_replay_once_key_format_is_fixed(
     assert documents == [
         {"_id": {"region": "eu", "customer": n}, "name": f"c {n}", "tier": n} for n in range(3)
     ]
+
+
+TENANT_KEY = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "TenantKey",
+    "type": "object",
+    "properties": {"tenant": {"type": "string"}, "n": {"type": "integer", "minimum": 0}},
+    "required": ["tenant", "n"],
+}
+
+
+def test_json_schema_keys_are_validated_and_become_embedded_ids(
+    job, kafka_broker, mongo_client, registry_client, committed_offsets
+) -> None:
+    from confluent_kafka.schema_registry.json_schema import JSONSerializer
+
+    bootstrap = kafka_broker.bootstrap_servers
+    create_topic(bootstrap, job.topic)
+    serialize = JSONSerializer(json.dumps(TENANT_KEY), registry_client)
+    context = SerializationContext(job.topic, MessageField.KEY)
+    keys = [serialize({"tenant": "acme", "n": n}, context) for n in range(3)]
+    records = [(key, json.dumps({"rev": 1, "n": n}).encode()) for n, key in enumerate(keys)]
+    records.append((keys[1], json.dumps({"rev": 2, "n": 1}).encode()))
+    # In the wire format and JSON, but against its schema (the serializer would refuse to write it).
+    invalid = keys[0][:5] + json.dumps({"tenant": "acme", "n": -1}).encode()
+    records.append((invalid, b'{"rev": 1}'))
+    send(bootstrap, job.topic, records)
+
+    result = run_consume(replace(job, key_format="json_schema"))
+
+    db = mongo_client[job.mongo_db]
+    assert (result["records"], result["dead_letters"]) == (5, 1)
+    documents = sorted((without_kafka(d) for d in db.testnum.find()), key=lambda d: d["n"])
+    assert documents == [
+        {"_id": {"tenant": "acme", "n": n}, "rev": 2 if n == 1 else 1, "n": n} for n in range(3)
+    ]
+    (letter,) = db.testnum_dlq.find()
+    assert letter["key"] == invalid and letter["code"] == "schema_mismatch"
+    assert "the key does not match JSON schema id" in letter["reason"] and "n" in letter["reason"]
+    assert committed_offsets(job.topic, job.consumer_group)[0] == 5
