@@ -1,10 +1,10 @@
 """key_format end to end: record keys written by confluent-kafka's AvroSerializer for keys (subject
 ``<topic>-key``) against the real Schema Registry (Apicurio, devstack.registry), drained by
 ``run_consume`` into the MongoDB-wire server. Record keys become embedded ``_id``s and primitive
-keys (string, long) ``_id``s of their own type; JSON Schema keys (``JSONSerializer``) validated; several versions per key (the latest wins), a
-tombstone deleting its key's document, ``key.<field>`` routing on the decoded key, keys that do
-not decode as dead letters naming the key, a registry that cannot be reached failing the task,
-and a replay with key_format fixed."""
+keys (string, long) ``_id``s of their own type; JSON Schema keys (``JSONSerializer``) are
+validated; several versions per key (the latest wins), a tombstone deleting its key's document,
+``key.<field>`` routing on the decoded key, keys that do not decode as dead letters naming the
+key, a registry that cannot be reached failing the task, and a replay with key_format fixed."""
 
 from __future__ import annotations
 
