@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import functools
 import gc
+import itertools
 import logging
 import operator
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import asdict, dataclass, field
@@ -28,7 +30,14 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from kafka_mongo_etl import offsets as kafka_offsets
 from kafka_mongo_etl.errors import OffsetAboveWatermarkError, RetentionGapError, TopicNotFoundError
 from kafka_mongo_etl.offsets import committed_offsets, committed_or_none, partitions_of
-from kafka_mongo_etl.records import BadRecordError, DeadLetter, Document, RecordBuilder, json_document
+from kafka_mongo_etl.records import (
+    BadRecordError,
+    DeadLetter,
+    Document,
+    RecordBuilder,
+    build_documents,
+    json_document,
+)
 from kafka_mongo_etl.write_models import WriteResult
 
 # Where the record path's and the offset readers' names used to live; kept for callers of the
@@ -262,6 +271,8 @@ def _check_starts(
 
 
 _ERROR = operator.methodcaller("error")
+_PARTITION = operator.methodcaller("partition")
+_OFFSET = operator.methodcaller("offset")
 
 
 class Drain:
@@ -428,30 +439,35 @@ class Drain:
 
     def _build(self, messages: list[Message]) -> Batch:
         batch = Batch()
-        # Once per batch rather than per record: the loop below runs for every record, and each
-        # attribute lookup in it costs as much as a check of the record path.
-        documents, next_offsets, to_document = batch.documents, batch.next_offsets, self.to_document
+        if any(map(_ERROR, messages)):  # end-of-partition events are gone (read_batch): a failure
+            for message in messages:
+                if message.error() is not None:
+                    raise KafkaException(message.error())
         progress = self.summary.partitions
-        ends = {partition: progress[partition].end for partition in progress}
-        counts: dict[int, int] = dict.fromkeys(progress, 0)
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                raise KafkaException(error)
-            partition, offset = message.partition(), message.offset()
-            if offset >= ends[partition]:
-                continue  # after the snapshot: left for the next run, never committed here
-            next_offsets[partition] = offset + 1
-            counts[partition] += 1
-            try:
-                documents.append(to_document(message))
-            except BadRecordError as err:
-                if self.dead_letters is None:
-                    raise
-                batch.dead.append(DeadLetter(message, err.code, str(err), "decode"))
-        for partition, count in counts.items():
+        partitions = list(map(_PARTITION, messages))
+        offsets = list(map(_OFFSET, messages))
+        # A partition's records come in offset order, so the last of each is its highest: when
+        # none is past the snapshot, the batch is kept whole, and counted in C.
+        last = dict(zip(partitions, offsets, strict=True))
+        if all(offset < progress[partition].end for partition, offset in last.items()):
+            kept = messages
+        else:  # records after the snapshot are left for the next run, never committed here
+            inside = [
+                offset < progress[partition].end
+                for partition, offset in zip(partitions, offsets, strict=True)
+            ]
+            kept = list(itertools.compress(messages, inside))
+            partitions = list(itertools.compress(partitions, inside))
+            last = dict(zip(partitions, itertools.compress(offsets, inside), strict=True))
+        batch.next_offsets = {partition: offset + 1 for partition, offset in last.items()}
+        batch.documents, refused = build_documents(self.to_document, kept)
+        if refused:
+            if self.dead_letters is None:
+                raise refused[0][1]
+            batch.dead = [DeadLetter(message, err.code, str(err), "decode") for message, err in refused]
+        for partition, count in Counter(partitions).items():
             progress[partition].records += count
-        batch.records = sum(counts.values())
+        batch.records = len(kept)
         self.summary.records += batch.records
         return batch
 

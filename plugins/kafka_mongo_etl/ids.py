@@ -158,6 +158,11 @@ def _by_key(message: Any, _value: dict[str, Any]) -> Any:
     return key.decode("utf-8")
 
 
+def is_key_ids(id_for: IdFunction) -> bool:
+    """Whether ``id_for`` is ``id_strategy='key'``'s function: the record key as UTF-8 text."""
+    return id_for is _by_key
+
+
 def _by_coordinates(message: Any, _value: dict[str, Any]) -> Any:
     return f"{message.topic()}:{message.partition()}:{message.offset()}"
 

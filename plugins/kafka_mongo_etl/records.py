@@ -22,21 +22,24 @@ inside the driver's bulk write is not a per-document error:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from collections.abc import Callable, Hashable
+import operator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import bson
 import msgspec
-from bson import DEFAULT_CODEC_OPTIONS, _dict_to_bson
+from bson import DEFAULT_CODEC_OPTIONS, _dict_to_bson, _raw_to_dict
+from bson.codec_options import CodecOptions
 from bson.errors import InvalidDocument
 from bson.raw_bson import DEFAULT_RAW_BSON_OPTIONS, RawBSONDocument
 from confluent_kafka import Message
 
 from kafka_mongo_etl.errors import EtlError
-from kafka_mongo_etl.ids import IdFunction
+from kafka_mongo_etl.ids import IdFunction, is_key_ids
 from kafka_mongo_etl.processors import Chain, ProcessorRefusal
 
 # MongoDB refuses documents over 16 MiB (BSON, _id and _kafka included): BSONObjMaxUserSize.
@@ -382,7 +385,9 @@ class EncodedDocument(RawBSONDocument):
 
     __slots__ = ()
 
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, codec_options: Any = None) -> None:
+        # ``codec_options``: what pymongo's decoder passes when it makes one (``_encode_many``);
+        # the bytes are always read with the default raw options.
         # The base class's private slots, as its __init__ sets them (tests/unit/test_records.py
         # compares the two, so a pymongo that renamed them fails there, not in a load).
         self._RawBSONDocument__raw = raw
@@ -437,14 +442,60 @@ def json_document(id_for: IdFunction, chain: Chain | None = None) -> RecordBuild
     ``{"<topic>:<partition>": offset}`` (``kafka_position``; a value's own ``_kafka`` is
     overwritten; see docs/fencing.md). A ``chain`` of processors
     (``kafka_mongo_etl.processors``) shapes the value between the ``_id`` and the checks.
+    Without one, the builder also builds whole batches (``build_documents``).
     """
     if chain:
         return _processed_document(id_for, chain)
+    return JsonDocuments(id_for)
 
-    def to_document(message: Message) -> Document:
+
+Refusals = list[tuple[Message, BadRecordError]]
+
+
+def build_documents(to_document: RecordBuilder, messages: list[Message]) -> tuple[list[Document], Refusals]:
+    """Every record of ``messages`` through ``to_document``: the documents, and the records refused
+    with their ``BadRecordError`` (each list in read order). A builder with a ``many`` method
+    (``JsonDocuments``) builds the batch at once, with the same outcome record by record."""
+    many = getattr(to_document, "many", None)
+    if many is not None:
+        return many(messages)
+    return _one_by_one(to_document, messages)
+
+
+def _one_by_one(to_document: RecordBuilder, messages: list[Message]) -> tuple[list[Document], Refusals]:
+    documents: list[Document] = []
+    refused: Refusals = []
+    append = documents.append
+    for message in messages:
+        try:
+            append(to_document(message))
+        except BadRecordError as err:
+            refused.append((message, err))
+    return documents, refused
+
+
+class JsonDocuments:
+    """``json_document``'s builder without processors: one record (call it) or a batch (``many``).
+
+    ``many`` makes the same documents and refusals as a call per record, with the work of a batch
+    done in C wherever it can be: the int64 screen over the batch's joined values, one decoder
+    call per record through ``map``, the names and container screens over every name and value of
+    the batch at once, and one BSON encoding of the whole batch split back into each record's
+    bytes (the encoder's per-call set-up cost more than encoding a small record). Any record that
+    a screen does not pass sends its chunk of the batch through the call per record, which raises
+    the reasons, so a refusal always reads as it does record by record.
+    """
+
+    __slots__ = ("_by_key", "id_for")
+
+    def __init__(self, id_for: IdFunction) -> None:
+        self.id_for = id_for
+        self._by_key = is_key_ids(id_for)
+
+    def __call__(self, message: Message) -> Document:
         value = decode_json(message)
         try:
-            _id = id_for(message, value)
+            _id = self.id_for(message, value)
         except (ValueError, UnicodeDecodeError) as err:
             raise BadRecordError("no_id", f"record {where(message)}: {err}") from None
         if type(_id) is str:  # the common case, which check_id and id_identity pass as it is
@@ -462,7 +513,155 @@ def json_document(id_for: IdFunction, chain: Chain | None = None) -> RecordBuild
         value["_kafka"] = kafka_position(message)
         return Document(_id, identity, encode(value, message), message)
 
-    return to_document
+    def many(self, messages: list[Message]) -> tuple[list[Document], Refusals]:
+        """``messages`` built as ``build_documents`` says, chunk by chunk."""
+        documents: list[Document] = []
+        refused: Refusals = []
+        values = list(map(_VALUE, messages))
+        for start, end in _chunks(values):
+            chunk = messages[start:end] if end - start < len(messages) else messages
+            built = self._chunk(chunk, values[start:end])
+            if built is None:
+                more, refusals = _one_by_one(self, chunk)
+                documents += more
+                refused += refusals
+            else:
+                documents += built
+        return documents, refused
+
+    def _chunk(self, messages: list[Message], values: list[bytes | None]) -> list[Document] | None:
+        """The chunk's documents (``values``: theirs), or ``None`` when a record may be refused."""
+        if None in values:
+            return None  # a tombstone
+        # Joined with a non-digit: a run of 19 digits is in the batch exactly when it is in a record.
+        if _DIGIT_RUN in b"\n".join(values).translate(_DIGITS_AS_NINES):
+            return None
+        try:
+            decoded = list(map(_FAST_DECODER.decode, values))
+        except _FAST_REFUSALS:
+            return None
+        if not _DICT_ONLY.issuperset(map(type, decoded)):
+            return None
+        ids = self._ids(messages, decoded)
+        if ids is None:
+            return None
+        names = set(_EVERY(decoded))
+        if "_id" in names:
+            for value in decoded:
+                value.pop("_id", None)
+            names.discard("_id")
+        if not (_GOOD_NAMES.issuperset(names) and _names_pass(names)):
+            return None
+        if not _CONTAINER_TYPES.isdisjoint(map(type, _EVERY(map(dict.values, decoded)))):
+            try:
+                for value, message in zip(decoded, messages, strict=True):
+                    check_fields(value, message)
+            except BadRecordError:
+                return None
+        bodies = _encode_many(_documents(messages, ids, decoded))
+        if bodies is None:
+            return None
+        identities = ids if _STR_ONLY.issuperset(map(type, ids)) else list(map(id_identity, ids))
+        return list(map(Document, ids, identities, bodies, messages))
+
+    def _ids(self, messages: list[Message], values: list[dict[str, Any]]) -> list[Any] | None:
+        """Each record's ``_id``, or ``None`` when one has none or one MongoDB refuses."""
+        try:
+            if self._by_key:
+                keys = list(map(_KEY, messages))
+                return None if None in keys else list(map(bytes.decode, keys))
+            ids = list(map(self.id_for, messages, values))
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not _STR_ONLY.issuperset(map(type, ids)):
+            try:
+                for _id, message in zip(ids, messages, strict=True):
+                    check_id(_id, message)
+            except BadRecordError:
+                return None
+        return ids
+
+
+_VALUE = operator.methodcaller("value")
+_KEY = operator.methodcaller("key")
+_TOPIC = operator.methodcaller("topic")
+_PARTITION = operator.methodcaller("partition")
+_OFFSET = operator.methodcaller("offset")
+_EVERY = itertools.chain.from_iterable
+_DICT_ONLY = frozenset([dict])
+_STR_ONLY = frozenset([str])
+# A batch is encoded in chunks of about this many bytes of JSON: the encoding of a chunk is held
+# twice for a moment (the whole and its split), and each chunk still pays the set-up only once.
+_CHUNK_BYTES = 1024 * 1024
+# No document of a chunk whose whole encoding is at most this long can be too large (``encode``).
+_CHUNK_SAFE_BYTES = (MAX_STATEMENT_BYTES - STATEMENT_OVERHEAD_BYTES) // 2
+# Splits a chunk's encoding into one EncodedDocument per record (pymongo's C decoder calls it).
+_SPLIT_OPTIONS = CodecOptions(document_class=EncodedDocument)
+
+
+def _chunks(values: list[bytes | None]) -> Iterator[tuple[int, int]]:
+    """Where runs of about ``_CHUNK_BYTES`` of ``values`` start and end (a larger value alone)."""
+    if None not in values and sum(map(len, values)) <= _CHUNK_BYTES:
+        yield 0, len(values)
+        return
+    start, filled = 0, 0
+    for end, value in enumerate(values):
+        size = 0 if value is None else len(value)
+        if filled and filled + size > _CHUNK_BYTES:
+            yield start, end
+            start, filled = end, 0
+        filled += size
+    yield start, len(values)
+
+
+def _names_pass(names: set[str]) -> bool:
+    """Whether top-level names not yet seen pass ``check_fields``' rule (remembered if they do)."""
+    for name in names.difference(_GOOD_NAMES):
+        if name[:1] == "$" or "\x00" in name or len(name) >= MAX_NAME_PARTS:
+            try:
+                _check_name(name, _NO_MESSAGE, top_level=True)
+            except BadRecordError:
+                return False
+        if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
+            _GOOD_NAMES.add(name)
+    return True
+
+
+def _documents(messages: list[Message], ids: list[Any], values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``{"_id": _id, **value, "_kafka": kafka_position(message)}`` for each record: the ``_id``
+    first, as the top-level encoder would write it, since these are encoded nested."""
+    topics = set(map(_TOPIC, messages))
+    partitions = list(map(_PARTITION, messages))
+    offsets = map(_OFFSET, messages)
+    if len(topics) > 1:  # a drain reads one topic; this is for other callers
+        return [
+            {"_id": _id, **value, "_kafka": kafka_position(message)}
+            for _id, value, message in zip(ids, values, messages, strict=True)
+        ]
+    (topic,) = topics
+    fences = {partition: fence_key(topic, partition) for partition in set(partitions)}
+    return [
+        {
+            "_id": _id,
+            **value,
+            "_kafka": {"topic": topic, "partition": p, "offset": o, "applied": {fences[p]: o}},
+        }
+        for _id, value, p, o in zip(ids, values, partitions, offsets, strict=True)
+    ]
+
+
+def _encode_many(documents: list[dict[str, Any]]) -> list[EncodedDocument] | None:
+    """Each document's BSON, as ``encode`` makes it, from one encoding of them all; ``None`` when
+    one cannot be encoded or may be too large (``encode`` says which, and why)."""
+    try:
+        whole = _dict_to_bson({"": documents}, False, DEFAULT_CODEC_OPTIONS)
+    except (UnicodeEncodeError, OverflowError, InvalidDocument):
+        return None
+    if len(whole) > _CHUNK_SAFE_BYTES:
+        return None
+    # From a bytearray, pymongo's decoder copies each document out; from bytes it would hand
+    # documents of 4 KiB and more out as views that keep the whole chunk alive.
+    return _raw_to_dict(bytearray(whole), 4, len(whole) - 1, _SPLIT_OPTIONS, {})[""]
 
 
 def value_problem(value: dict[str, Any]) -> str | None:

@@ -30,7 +30,9 @@ from kafka_mongo_etl.records import (
     MAX_NAME_PARTS,
     MAX_NESTING,
     BadRecordError,
+    JsonDocuments,
     _decode_exactly,
+    build_documents,
     decode_json,
     id_identity,
     json_document,
@@ -453,3 +455,63 @@ def test_identity_is_mongodb_s_id_equality(a, flip, other) -> None:
         assert (id_identity(a) == id_identity(b)) is same, (a, b)
         if same:
             assert hash(id_identity(a)) == hash(id_identity(b))
+
+
+# Ordinary records, each of which the record path loads: a batch of them takes the batch path.
+ordinary_objects = st.lists(
+    st.tuples(
+        ordinary_names,
+        st.recursive(
+            ordinary_scalars,
+            lambda children: st.one_of(
+                st.lists(children, max_size=3), st.dictionaries(ordinary_names, children, max_size=3)
+            ),
+            max_leaves=6,
+        ),
+    ),
+    max_size=6,
+).map(lambda pairs: Obj(tuple(pairs)))
+ordinary_records = st.tuples(
+    st.text(ORDINARY, min_size=1, max_size=12).map(str.encode),
+    ordinary_objects.map(lambda value: to_json(value, ascii_only=False).encode()),
+    st.none(),
+)
+
+
+def built_as(documents: list[Any], refused: list[Any]) -> tuple[list[Any], list[Any]]:
+    """What a build made, comparably: each document's message, _id, identity and bytes; each
+    refusal's message, code and reason."""
+    return (
+        [(d.message, bson.encode({"_id": d.id}), d.identity, bytes(d.body.raw)) for d in documents],
+        [(message, err.code, str(err)) for message, err in refused],
+    )
+
+
+@BATCH_PROFILE
+@given(
+    batch=st.lists(ordinary_records, min_size=1, max_size=24),
+    odd_ones=st.lists(st.tuples(st.integers(0, 23), records), max_size=2),
+    id_setting=id_settings,
+)
+def test_a_batch_builds_exactly_what_its_records_build_one_by_one(batch, odd_ones, id_setting) -> None:
+    """``build_documents`` (the batch path, with its screens over the whole batch) makes the same
+    documents and the same refusals, to the byte and the letter, as the record path run on each
+    record; a batch of ordinary records, now and then with a generated one of any kind."""
+    strategy, ids = id_setting
+    for at, record in odd_ones:
+        batch.insert(min(at, len(batch)), record)
+    messages = [
+        Message(topic="t.v1-eu_2", partition=n % 3, offset=n // 3, key=key, value=value, headers=headers)
+        for n, (key, value, headers) in enumerate(batch)
+    ]
+    to_document = json_document(id_function(strategy, **ids))
+    assert isinstance(to_document, JsonDocuments)
+    fast = to_document._chunk(messages, [m.value() for m in messages]) is not None
+    event("batch path" if fast else "record by record")
+    one_by_one: tuple[list[Any], list[Any]] = ([], [])
+    for message in messages:
+        try:
+            one_by_one[0].append(to_document(message))
+        except BadRecordError as err:
+            one_by_one[1].append((message, err))
+    assert built_as(*build_documents(to_document, messages)) == built_as(*one_by_one)

@@ -445,3 +445,48 @@ def test_kafka_position_keys_the_fence_by_each_records_own_topic_and_partition(
             "applied": {f"{topic}:{partition}": offset},
         }
     assert len(records._FENCE_KEYS) == 3
+
+
+def test_a_batch_over_a_chunk_is_built_chunk_by_chunk_as_record_by_record() -> None:
+    """``build_documents`` encodes about 1 MiB of values at a time; a chunk with a bad record
+    goes record by record, and the others still build at once. Every document's bytes are its
+    own (never a view into a chunk's encoding, which would keep the whole chunk alive)."""
+    batch = [
+        Message(
+            topic="t",
+            partition=n % 3,
+            offset=n,
+            key=f"k{n % 40}".encode(),  # versions of one key: every one is kept, in order
+            value=json.dumps({"num": n, "blob": "x" * (5000 + n)}).encode(),
+        )
+        for n in range(600)
+    ]
+    batch[450] = message(b'{"$set": 1}', offset=450)
+    batch[451] = message(None, offset=451)
+    to_document = json_document(id_function("key"))
+    documents, refused = records.build_documents(to_document, batch)
+    assert [(m.offset(), err.code) for m, err in refused] == [(450, "invalid_field"), (451, "tombstone")]
+    one_by_one = [to_document(m) for m in batch if m.offset() not in (450, 451)]
+    assert [d.message for d in documents] == [d.message for d in one_by_one]
+    assert [(d.id, d.identity, d.body.raw) for d in documents] == [
+        (d.id, d.identity, d.body.raw) for d in one_by_one
+    ]
+    assert {type(d.body.raw) for d in documents} == {bytes}
+    assert len(list(records._chunks([m.value() for m in batch]))) > 2
+
+
+def test_a_batch_of_another_id_strategy_builds_as_record_by_record() -> None:
+    batch = [
+        Message(topic="t", partition=1, offset=n, key=None, value=json.dumps(value).encode())
+        for n, value in enumerate([{"id": 1}, {"id": 1.0}, {"id": {"a": 2}}, {"id": "x", "b": [1, {"c": 2}]}])
+    ]
+    to_document = json_document(id_function("field", "id"))
+    # The batch path takes it (numbers, an embedded document, an array in the value)...
+    assert to_document._chunk(batch, [m.value() for m in batch]) is not None
+    # ... and makes what the record path makes of each record.
+    documents, refused = records.build_documents(to_document, batch)
+    assert refused == []
+    assert [(d.id, d.identity, d.body.raw) for d in documents] == [
+        (d.id, d.identity, d.body.raw) for d in map(to_document, batch)
+    ]
+    assert documents[0].identity == documents[1].identity  # 1 and 1.0: one _id to MongoDB
