@@ -534,7 +534,8 @@ class JsonDocuments:
         if None in values:
             return None  # a tombstone
         # Joined with a non-digit: a run of 19 digits is in the batch exactly when it is in a record.
-        if _DIGIT_RUN in b"\n".join(values).translate(_DIGITS_AS_NINES):
+        joined = b"\n".join(values)
+        if _DIGIT_RUN in joined.translate(_DIGITS_AS_NINES):
             return None
         try:
             decoded = list(map(_FAST_DECODER.decode, values))
@@ -552,7 +553,10 @@ class JsonDocuments:
             names.discard("_id")
         if not (_GOOD_NAMES.issuperset(names) and _names_pass(names)):
             return None
-        if not _CONTAINER_TYPES.isdisjoint(map(type, _EVERY(map(dict.values, decoded)))):
+        # Each value is an object, so its text has a '{' of its own; a nested object or array needs
+        # one more '{' or '[' (a string may hold some too, which only sends the batch to the scan).
+        nested = joined.count(b"{") + joined.count(b"[") > len(values)
+        if nested and not _CONTAINER_TYPES.isdisjoint(map(type, _EVERY(map(dict.values, decoded)))):
             try:
                 for value, message in zip(decoded, messages, strict=True):
                     check_fields(value, message)
