@@ -517,6 +517,8 @@ class JsonDocuments:
         """``messages`` built as ``build_documents`` says, chunk by chunk."""
         documents: list[Document] = []
         refused: Refusals = []
+        if not messages:  # a consume() that brought nothing (or only events)
+            return documents, refused
         values = list(map(_VALUE, messages))
         for start, end in _chunks(values):
             chunk = messages[start:end] if end - start < len(messages) else messages
@@ -551,7 +553,7 @@ class JsonDocuments:
             for value in decoded:
                 value.pop("_id", None)
             names.discard("_id")
-        if not (_GOOD_NAMES.issuperset(names) and _names_pass(names)):
+        if not (_GOOD_NAMES.issuperset(names) or _names_pass(names)):
             return None
         # Each value is an object, so its text has a '{' of its own; a nested object or array needs
         # one more '{' or '[' (a string may hold some too, which only sends the batch to the scan).
@@ -637,7 +639,7 @@ def _documents(messages: list[Message], ids: list[Any], values: list[dict[str, A
     topics = set(map(_TOPIC, messages))
     partitions = list(map(_PARTITION, messages))
     offsets = map(_OFFSET, messages)
-    if len(topics) > 1:  # a drain reads one topic; this is for other callers
+    if len(topics) != 1:  # a drain reads one topic; this is for other callers (and no records)
         return [
             {"_id": _id, **value, "_kafka": kafka_position(message)}
             for _id, value, message in zip(ids, values, messages, strict=True)

@@ -490,3 +490,26 @@ def test_a_batch_of_another_id_strategy_builds_as_record_by_record() -> None:
         (d.id, d.identity, d.body.raw) for d in map(to_document, batch)
     ]
     assert documents[0].identity == documents[1].identity  # 1 and 1.0: one _id to MongoDB
+
+
+def test_names_a_batch_brings_first_are_screened_there_and_remembered() -> None:
+    to_document = json_document(id_function("key"))
+
+    def batch(name: str) -> list[Message]:
+        return [message(json.dumps({name: n}).encode(), key=b"k%d" % n, offset=n) for n in range(3)]
+
+    fresh = batch("never_seen_before_in_this_process")
+    assert "never_seen_before_in_this_process" not in records._GOOD_NAMES
+    assert to_document._chunk(fresh, [m.value() for m in fresh]) is not None
+    assert "never_seen_before_in_this_process" in records._GOOD_NAMES
+    dollar = batch("$never_seen")
+    assert to_document._chunk(dollar, [m.value() for m in dollar]) is None
+    documents, refused = records.build_documents(to_document, dollar)
+    assert documents == [] and [err.code for _, err in refused] == ["invalid_field"] * 3
+    assert "$never_seen" not in records._GOOD_NAMES
+
+
+def test_an_empty_batch_builds_nothing() -> None:
+    to_document = json_document(id_function("key"))
+    assert records.build_documents(to_document, []) == ([], [])
+    assert records._documents([], [], []) == []
