@@ -577,7 +577,7 @@ class JsonDocuments:
                 keys = list(map(_KEY, messages))
                 return None if None in keys else list(map(bytes.decode, keys))
             ids = list(map(self.id_for, messages, values))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, BadRecordError):  # a key decoder's, say
             return None
         if not _STR_ONLY.issuperset(map(type, ids)):
             try:

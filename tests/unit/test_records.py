@@ -513,3 +513,18 @@ def test_an_empty_batch_builds_nothing() -> None:
     to_document = json_document(id_function("key"))
     assert records.build_documents(to_document, []) == ([], [])
     assert records._documents([], [], []) == []
+
+
+def test_an_id_function_s_own_refusal_is_the_record_s_in_a_batch_too() -> None:
+    """An id function may refuse a record itself (a registry key decoder's ``BadRecordError``):
+    the batch is built record by record, and only that record is refused."""
+
+    def by_key_unless_bad(msg: Message, _value: dict) -> str:
+        if msg.key() == b"bad":
+            raise BadRecordError("unknown_schema", f"record {records.where(msg)}: no such schema")
+        return msg.key().decode()
+
+    batch = [message(b'{"num": %d}' % n, key=b"bad" if n == 1 else b"k%d" % n, offset=n) for n in range(3)]
+    documents, refused = records.build_documents(json_document(by_key_unless_bad), batch)
+    assert [d.id for d in documents] == ["k0", "k2"]
+    assert [(m.offset(), err.code) for m, err in refused] == [(1, "unknown_schema")]
