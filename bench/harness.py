@@ -161,7 +161,7 @@ def run_peers(bs: str, uri: str, topic: str, n: int, reps: int) -> tuple[dict[st
         except (OSError, subprocess.SubprocessError, RuntimeError) as err:
             log.error("Peers: %s is left out: %s", name, err)
             unavailable[name] = str(err)[-2000:]
-    runnable = [peer for peer in peers.PEERS_RUN if peer.name not in unavailable]
+    runnable = [peer for peer in peers.PEERS_RUN if peer.needs not in unavailable]
     log.info("Peers: %s, first to last document (%s records)", ", ".join(p.name for p in runnable), n)
     return alternate(
         runnable, reps, lambda peer: peers.measure(peer, LoadTarget(bs, uri, topic, n))
