@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import os
 import platform
+import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -160,25 +161,41 @@ def run_peers(bs: str, uri: str, topic: str, n: int, reps: int) -> tuple[dict[st
         except (OSError, subprocess.SubprocessError, RuntimeError) as err:
             log.error("Peers: %s is left out: %s", name, err)
             unavailable[name] = str(err)[-2000:]
-    runnable = [peer for peer in peers.PEERS_RUN if peer.name not in unavailable]
+    runnable = [peer for peer in peers.PEERS_RUN if peer.needs not in unavailable]
     log.info("Peers: %s, first to last document (%s records)", ", ".join(p.name for p in runnable), n)
     return alternate(
         runnable, reps, lambda peer: peers.measure(peer, LoadTarget(bs, uri, topic, n))
     ), unavailable
 
 
-def run_scale(bs: str, uri: str, n: int) -> dict[str, Any]:
-    """Our drain at each size of ``SCALE`` over 6 partitions, in a fresh interpreter each: rate and
-    peak RSS. With the null sink: the question is whether our own cost per record and our memory
-    stay flat as the topic grows; with writes, the local server (about 15,000 documents/s, slower
-    as its collection grows) would set the rate and make 50 x N take minutes. Memory with writes
-    is the memory section's."""
+def run_scale(bs: str, uri: str, n: int, reps: int) -> dict[str, Any]:
+    """Our drain at each size of ``SCALE`` over 6 partitions, ``reps`` times each in a fresh
+    interpreter (each with a new consumer group, on one topic per size): the medians of its rate
+    and peak RSS, every run in ``runs``.
+
+    With the null sink: the question is whether our own cost per record and our memory stay flat
+    as the topic grows; with writes, the local server (about 15,000 documents/s, slower as its
+    collection grows) would set the rate and make 50 x N take minutes. Memory with writes is the
+    memory section's. Every size is timed alike, by the drain's own clock (``DrainSummary.seconds``,
+    from the snapshot's watermark queries to the last commit): the consumer is assigned inside
+    that clock, so librdkafka has fetched nothing of any size before it starts. At N the drain is
+    four batches in about 0.2 s, so one run moves with whatever else the machine does; hence the
+    medians of ``reps`` runs, taken at every size the same way."""
     scale = {}
     for factor in SCALE:
-        log.info("Scale: %s records over %s partitions, null sink", factor * n, SCALE_PARTITIONS)
+        log.info("Scale: %s records, %s partitions, null sink, %s runs", factor * n, SCALE_PARTITIONS, reps)
         topic = fill_topic(bs, f"bench_scale{factor}", factor * n, partitions=SCALE_PARTITIONS)
-        scale[f"{factor}n"] = memory.peak_rss(topic, uri, null_sink=True)
+        runs = [memory.peak_rss(topic, uri, null_sink=True) for _ in range(reps)]
         delete_topic(bs, topic)
+        median = {
+            key: statistics.median(run[key] for run in runs)
+            for key in ("drain_seconds", "records_per_second", "rss_before_consume_kb", "peak_rss_kb")
+        }
+        moved = {(run["records"], run["in_mongo"]) for run in runs}
+        if moved != {(factor * n, 0)}:
+            log.error("Scale: %s x N runs moved %s (records, in MongoDB), not %s", factor, moved, factor * n)
+        records, in_mongo = max(moved)
+        scale[f"{factor}n"] = {"records": records, "in_mongo": in_mongo, **median, "runs": runs}
     return scale
 
 
@@ -220,7 +237,7 @@ def run(services: BenchServices, options: Options) -> dict[str, Any]:
             "10n": memory.peak_rss(fill_topic(bs, "bench_rss10", 10 * n), uri),
         }
     if "scale" in sections:
-        results["scale"] = run_scale(bs, uri, n)
+        results["scale"] = run_scale(bs, uri, n, options.reps)
     if "airflow" in sections:
         from bench import airflow_runs
 

@@ -44,6 +44,7 @@ RATIOS = {
     "null_sink_vs_raw_decode": ("load.null_sink", "load.raw_decode"),
     "drain_vs_connector": ("peers.ours", "peers.connector"),
     "drain_vs_bento": ("peers.ours", "peers.bento"),
+    "drain_vs_connector_unjournaled": ("peers.ours", "peers.connector_unjournaled"),
     "concurrent_upsert_vs_raw_upsert": ("load.raw_upsert_concurrent", "load.raw_upsert"),
     "concurrent_insert_vs_raw_insert": ("load.raw_insert_concurrent", "load.raw_insert"),
     "produce_vs_raw": ("produce.ours", "produce.raw"),
@@ -158,7 +159,7 @@ def _sections(results: dict[str, Any]) -> dict[str, str]:
             + [_fmt(entry["records_per_second"], 0), f"{entry['peak_rss_kb'] / 1024:.0f}"]
             for size, entry in results["scale"].items()
         ]
-        header = ["size", "records", "drain s (client start-up aside)", "records/s", "peak RSS MiB"]
+        header = ["size", "records", "median drain s (client start-up aside)", "records/s", "peak RSS MiB"]
         fields["scale"] = _table(header, rows)
     if results.get("load"):
         fields["load"] = _rates_table({"": results["load"]})

@@ -57,6 +57,9 @@ def test_every_contender_moves_exactly_n_records_and_the_report_shows_the_target
         (f * N, 0) for f in harness.SCALE
     ]
     assert all(entry["peak_rss_kb"] > entry["rss_before_consume_kb"] > 0 for entry in scale.values())
+    for factor in harness.SCALE:
+        runs = scale[f"{factor}n"]["runs"]
+        assert [(run["records"], run["in_mongo"]) for run in runs] == [(factor * N, 0)] * options.reps
 
     ratios = results["ratios"]
     assert set(report.TARGETS) <= set(ratios)

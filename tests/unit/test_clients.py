@@ -143,3 +143,25 @@ def test_the_label_names_the_connection_and_its_servers_never_the_rest_of_its_ex
 def test_a_connection_without_servers_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_KAFKA_BARE", json.dumps({"conn_type": "kafka", "extra": {}}))
     assert kafka_label("kafka_bare") == "Kafka connection 'kafka_bare' (no bootstrap.servers)"
+
+
+def test_librdkafka_accepts_every_consumer_and_producer_setting() -> None:
+    """A misspelt or removed property fails at construction (no broker is contacted there)."""
+    from confluent_kafka import Consumer, Producer
+
+    settings = {**clients.CONSUMER_TUNING, **CONSUMER_REQUIRED, "group.id": "g.1"}
+    consumer = Consumer({"bootstrap.servers": "127.0.0.1:1", **settings})
+    consumer.close()
+    Producer({"bootstrap.servers": "127.0.0.1:1", **clients.PRODUCER_TUNING, **PRODUCER_REQUIRED})
+
+
+def test_the_consumer_fetches_again_promptly_unless_the_connection_says_otherwise(monkeypatch) -> None:
+    """librdkafka's default fetch.queue.backoff.ms (1000) starved the drain of a large topic."""
+    built: dict[str, Any] = {}
+    monkeypatch.setattr(clients.KafkaConsumerHook, "_get_client", lambda self, config: built.update(config))
+    EtlConsumerHook("orders", "g.1")._get_client({"bootstrap.servers": "b:9092"})
+    assert built["fetch.queue.backoff.ms"] < 1000
+    assert built["max.partition.fetch.bytes"] <= 1_048_576
+    slower = {"bootstrap.servers": "b:9092", "fetch.queue.backoff.ms": 500}
+    EtlConsumerHook("orders", "g.1")._get_client(slower)
+    assert built["fetch.queue.backoff.ms"] == 500, "tuning is the connection's to change"
