@@ -445,7 +445,7 @@ def json_document(id_for: IdFunction, chain: Chain | None = None) -> RecordBuild
     Without one, the builder also builds whole batches (``build_documents``).
     """
     if chain:
-        return _processed_document(id_for, chain)
+        return processed_document(id_for, chain)
     return JsonDocuments(id_for)
 
 
@@ -702,23 +702,27 @@ class _Unnamed:
 _NO_MESSAGE: Any = _Unnamed()
 
 
-def _processed_document(id_for: IdFunction, chain: Chain) -> RecordBuilder:
-    """``json_document`` with the processors: the ``_id`` from the record as it came, then the
+def processed_document(
+    id_for: IdFunction, chain: Chain, decode: Callable[[Message], dict[str, Any]] = decode_json
+) -> RecordBuilder:
+    """``json_document`` with the processors (or, with ``decode``, for values it makes from the
+    record, e.g. a Schema Registry format's): the ``_id`` from the record as it came, then the
     chain, then MongoDB's rules on what the chain made. A refusal is the record's dead letter."""
 
     def to_document(message: Message) -> Document:
-        value = decode_json(message)
+        value = decode(message)
         try:
             _id = id_for(message, value)
         except (ValueError, UnicodeDecodeError) as err:
             raise BadRecordError("no_id", f"record {where(message)}: {err}") from None
         check_id(_id, message)
         value.pop("_id", None)
-        try:
-            value = chain.apply(value, message, value_problem)
-        except ProcessorRefusal as err:
-            raise BadRecordError(err.code, f"record {where(message)}: {err}") from None
-        value.pop("_id", None)  # a rename may make one: the id strategy's _id wins, as without processors
+        if chain:
+            try:
+                value = chain.apply(value, message, value_problem)
+            except ProcessorRefusal as err:
+                raise BadRecordError(err.code, f"record {where(message)}: {err}") from None
+            value.pop("_id", None)  # a rename may make one: the id strategy's _id wins
         check_fields(value, message)
         document = {"_id": _id, **value, "_kafka": chain.kafka_field(message, kafka_position(message))}
         return Document(id=_id, identity=id_identity(_id), body=encode(document, message), message=message)

@@ -5,8 +5,8 @@ endian), then the payload encoded with that schema (Protobuf puts the message in
 varints, before its payload). The schema
 is fetched from the registry by id once per drain and cached. The decoded value then takes the
 record path of a JSON object (``records``: MongoDB's rules, the ``_id`` strategies, processors,
-``_kafka`` and the fence): ``decoded_document`` is ``records.json_document`` with the JSON
-decoder swapped for a ``ValueDecoder``.
+``_kafka`` and the fence): ``records.processed_document`` with the JSON decoder swapped for
+a ``ValueDecoder``.
 
 Per record, one exit as everywhere on the record path: a document, or a ``BadRecordError`` with
 ``bad_wire_format`` (not the wire format), ``unknown_schema`` (an id the registry does not know)
@@ -41,15 +41,8 @@ from kafka_mongo_etl.ids import IdFunction
 from kafka_mongo_etl.processors import Chain, ProcessorRefusal
 from kafka_mongo_etl.records import (
     BadRecordError,
-    Document,
-    RecordBuilder,
-    check_fields,
     check_id,
     decode_json,
-    encode,
-    id_identity,
-    kafka_position,
-    value_problem,
     where,
 )
 
@@ -626,28 +619,3 @@ def _to_bson(value: Any, message: Message) -> Any:
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
     return value
-
-
-def decoded_document(id_for: IdFunction, chain: Chain, decode: ValueDecoder) -> RecordBuilder:
-    """``records.json_document`` for values ``decode`` makes: the ``_id`` from the record as it
-    came, the processors, MongoDB's rules, ``_kafka`` with the fence; ``BadRecordError`` else."""
-
-    def to_document(message: Message) -> Document:
-        value = decode(message)
-        try:
-            _id = id_for(message, value)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise BadRecordError("no_id", f"record {where(message)}: {err}") from None
-        check_id(_id, message)
-        value.pop("_id", None)
-        if chain:
-            try:
-                value = chain.apply(value, message, value_problem)
-            except ProcessorRefusal as err:
-                raise BadRecordError(err.code, f"record {where(message)}: {err}") from None
-            value.pop("_id", None)
-        check_fields(value, message)
-        document = {"_id": _id, **value, "_kafka": chain.kafka_field(message, kafka_position(message))}
-        return Document(id=_id, identity=id_identity(_id), body=encode(document, message), message=message)
-
-    return to_document

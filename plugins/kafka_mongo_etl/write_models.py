@@ -80,9 +80,10 @@ from kafka_mongo_etl.records import (
     fence_key,
     id_identity,
     json_document,
+    processed_document,
     where,
 )
-from kafka_mongo_etl.schema_formats import KeyDecoder, ValueDecoder, decoded_document, decoded_key_ids
+from kafka_mongo_etl.schema_formats import KeyDecoder, ValueDecoder, decoded_key_ids
 
 log = logging.getLogger(__name__)
 
@@ -678,7 +679,7 @@ def record_path(
     if value_decoder is None:
         values = json_document(id_for, chain)
     else:
-        values = decoded_document(id_for, chain, value_decoder)
+        values = processed_document(id_for, chain, value_decoder)
     builder = record_builder(write_mode, values, id_for, id_strategy, cdc, chain)
     return builder, chain.hints
 

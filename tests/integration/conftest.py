@@ -85,3 +85,21 @@ def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield registry
     finally:
         registry.stop()
+
+
+@pytest.fixture
+def registry_client(schema_registry, monkeypatch) -> Any:
+    """A client of the session's registry; the connection ``schema_registry_default`` points at it
+    (host, port and the API's path in ``schema``, as Airflow parses http://host:port/apis/ccompat/v7)."""
+    import json
+
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    connection = {
+        "conn_type": "http",
+        "host": schema_registry.host,
+        "port": schema_registry.port,
+        "schema": "apis/ccompat/v7",
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_SCHEMA_REGISTRY_DEFAULT", json.dumps(connection))
+    return SchemaRegistryClient({"url": schema_registry.ccompat_url})

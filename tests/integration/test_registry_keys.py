@@ -41,23 +41,6 @@ LIVE = {"_deleted_at": {"$exists": False}}
 
 
 @pytest.fixture
-def registry_client(schema_registry, monkeypatch) -> SchemaRegistryClient:
-    """schema_registry_default points at the session's registry (the ccompat API's path in ``schema``)."""
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_SCHEMA_REGISTRY_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "http",
-                "host": schema_registry.host,
-                "port": schema_registry.port,
-                "schema": "apis/ccompat/v7",
-            }
-        ),
-    )
-    return SchemaRegistryClient({"url": schema_registry.ccompat_url})
-
-
-@pytest.fixture
 def job(connections, make_job, registry_client) -> ConsumeJob:
     return make_job(
         key_format="avro",

@@ -18,7 +18,6 @@ import pytest
 from bson import Decimal128
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.schema_registry.json_schema import JSONSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -53,24 +52,6 @@ CUSTOMER_SCHEMA = {
     "properties": {"name": {"type": "string"}, "tier": {"type": "integer", "minimum": 0}},
     "required": ["name", "tier"],
 }
-
-
-@pytest.fixture
-def registry_client(schema_registry, monkeypatch) -> SchemaRegistryClient:
-    """schema_registry_default points at the session's registry (host, port and the API's path
-    in ``schema``, as Airflow parses http://host:port/apis/ccompat/v7)."""
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_SCHEMA_REGISTRY_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "http",
-                "host": schema_registry.host,
-                "port": schema_registry.port,
-                "schema": "apis/ccompat/v7",
-            }
-        ),
-    )
-    return SchemaRegistryClient({"url": schema_registry.ccompat_url})
 
 
 @pytest.fixture
