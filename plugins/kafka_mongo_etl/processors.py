@@ -611,12 +611,23 @@ class Chain:
             return position
         return {**self.kafka.shown(message), "applied": position["applied"]}
 
+    def shape_key(self, key: dict[str, Any], message: Any) -> dict[str, Any]:
+        """``key`` (a record's key as an object) after every key step: ``ValueError`` (the record
+        path's ``no_id``) when a step refuses it or the steps leave no field."""
+        try:
+            for step in self.key:
+                key = step.apply(key, message, _no_check)
+        except ProcessorRefusal as err:
+            raise ValueError(f"the key processors cannot shape the key: {err}") from None
+        if not key:
+            raise ValueError("the key processors left no field of the key to make the _id from")
+        return key
+
     def key_ids(self, id_for: Callable[[Any, dict[str, Any]], Any]) -> Callable[[Any, dict[str, Any]], Any]:
         """``id_for``, or with key steps the ``_id`` the key steps make of the record's key (a
         JSON object): ``ValueError`` (the record path's ``no_id``) for a key they cannot use."""
         if not self.key:
             return id_for
-        steps = self.key
 
         def by_processed_key(message: Any, _value: dict[str, Any]) -> Any:
             raw = message.key()
@@ -629,13 +640,7 @@ class Chain:
             if not isinstance(key, dict):
                 kind = type(key).__name__
                 raise ValueError(f"the key is JSON but not an object ({kind}); key processors need one")
-            try:
-                for step in steps:
-                    key = step.apply(key, message, _no_check)
-            except ProcessorRefusal as err:
-                raise ValueError(f"the key processors cannot shape the key: {err}") from None
-            if not key:
-                raise ValueError("the key processors left no field of the key to make the _id from")
+            key = self.shape_key(key, message)
             _check_key_id(key)
             return key
 

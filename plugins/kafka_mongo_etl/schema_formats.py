@@ -38,7 +38,7 @@ from confluent_kafka import Message
 
 from kafka_mongo_etl.errors import ConnectionProblem
 from kafka_mongo_etl.ids import IdFunction
-from kafka_mongo_etl.processors import Chain, ProcessorRefusal
+from kafka_mongo_etl.processors import Chain
 from kafka_mongo_etl.records import (
     BadRecordError,
     check_id,
@@ -554,13 +554,7 @@ def decoded_key_ids(decode_key: KeyDecoder, chain: Chain) -> IdFunction:
             if not isinstance(key, dict):
                 kind = type(key).__name__
                 raise ValueError(f"the key decodes to a {kind}, not a record; key processors need one")
-            try:
-                for step in steps:
-                    key = step.apply(key, message, _no_check)
-            except ProcessorRefusal as err:
-                raise ValueError(f"the key processors cannot shape the key: {err}") from None
-            if not key:
-                raise ValueError("the key processors left no field of the key to make the _id from")
+            key = chain.shape_key(key, message)
         check_id(key, message)
         _check_int64(key, message)
         return key
@@ -583,11 +577,6 @@ def _check_int64(key: Any, message: Message) -> None:
                 "number_out_of_range",
                 f"record {where(message)}: the key holds the integer {item}, beyond BSON's int64",
             )
-
-
-def _no_check(_fields: dict[str, Any]) -> None:
-    """Key steps run no user code that would need the document rules (``check_id`` follows)."""
-    return None
 
 
 def _to_bson(value: Any, message: Message) -> Any:
