@@ -13,6 +13,7 @@ from typing import Any
 import fastavro
 import pytest
 from bson import BSON
+from confluent_kafka import Message
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from hypothesis import given
@@ -37,30 +38,9 @@ SETTINGS = RegistrySettings("schema_registry_default", "http://registry:8081")
 VALUE = b'{"name": "n", "n": 1}'
 
 
-class FakeMessage:
-    def __init__(self, key: bytes | None, value: bytes | None = VALUE) -> None:
-        self._key, self._value = key, value
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def topic(self) -> str:
-        return "t"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return 7
-
-    def timestamp(self) -> tuple[int, int]:
-        return (0, 0)
-
-    def headers(self) -> None:
-        return None
+def message(key: bytes | None, value: bytes | None = VALUE) -> Message:
+    """A record as the consumer gives it, at t:0:7."""
+    return Message(topic="t", partition=0, offset=7, key=key, value=value)
 
 
 class FakeClient:
@@ -156,7 +136,7 @@ AVRO_PRIMITIVES = st.one_of(
 def test_a_primitive_key_is_the_id_as_it_is(typed: tuple[str, Any]) -> None:
     kind, key = typed
     decoder = key_decoder(FakeClient({9: Schema(json.dumps(kind), "AVRO")}))
-    document = build(decoder=decoder)(FakeMessage(avro_key(kind, key, 9)))
+    document = build(decoder=decoder)(message(avro_key(kind, key, 9)))
     assert document.id == key and type(document.id) is type(key)
     assert BSON(document.body.raw).decode()["_id"] == key
     assert document.body["name"] == "n"
@@ -167,10 +147,10 @@ def test_a_record_key_is_an_embedded_id_and_equal_keys_are_one_identity(
     region: str, n: int, other_region: str, other_n: int
 ) -> None:
     make = build()
-    first = make(FakeMessage(avro_key(CUSTOMER_KEY, {"region": region, "id": n}, 1)))
+    first = make(message(avro_key(CUSTOMER_KEY, {"region": region, "id": n}, 1)))
     assert first.id == {"region": region, "id": n} and list(first.id) == ["region", "id"]
     assert BSON(first.body.raw).decode()["_id"] == {"region": region, "id": n}
-    second = make(FakeMessage(avro_key(CUSTOMER_KEY, {"region": other_region, "id": other_n}, 1)))
+    second = make(message(avro_key(CUSTOMER_KEY, {"region": other_region, "id": other_n}, 1)))
     same = (region, n) == (other_region, other_n)
     assert (first.identity == second.identity) == same
     assert first.identity == id_identity({"region": region, "id": n})
@@ -179,13 +159,13 @@ def test_a_record_key_is_an_embedded_id_and_equal_keys_are_one_identity(
 def test_ids_mongodb_refuses_are_dead_letters() -> None:
     make = build()
     with pytest.raises(BadRecordError) as caught:
-        make(FakeMessage(avro_key(LISTED, ["a", "b"], 4)))
+        make(message(avro_key(LISTED, ["a", "b"], 4)))
     assert caught.value.code == "invalid_id" and "array" in str(caught.value)
     for name in ("$ref", "a.b"):
         with pytest.raises(BadRecordError) as caught:
-            make(FakeMessage(avro_key(MAPPED, {"parts": {name: "x"}}, 5)))
+            make(message(avro_key(MAPPED, {"parts": {name: "x"}}, 5)))
         assert caught.value.code == "invalid_id" and name in str(caught.value)
-    assert make(FakeMessage(avro_key(MAPPED, {"parts": {"x": "y"}}, 5))).id == {"parts": {"x": "y"}}
+    assert make(message(avro_key(MAPPED, {"parts": {"x": "y"}}, 5))).id == {"parts": {"x": "y"}}
 
 
 def test_keys_that_do_not_decode_are_dead_letters_naming_the_key() -> None:
@@ -201,7 +181,7 @@ def test_keys_that_do_not_decode_are_dead_letters_naming_the_key() -> None:
     }
     for key, (code, reason) in cases.items():
         with pytest.raises(BadRecordError) as caught:
-            make(FakeMessage(key))
+            make(message(key))
         assert caught.value.code == code, (key, caught.value)
         assert reason in str(caught.value) and "t[0]@7" in str(caught.value), str(caught.value)
 
@@ -210,62 +190,60 @@ def test_no_key_or_a_null_key_is_no_id() -> None:
     make = build()
     for key, reason in ((None, "record has no key"), (avro_key("null", None, 7), "decodes to null")):
         with pytest.raises(BadRecordError) as caught:
-            make(FakeMessage(key))
+            make(message(key))
         assert caught.value.code == "no_id" and reason in str(caught.value)
 
 
 def test_a_tombstone_deletes_the_decoded_key_and_an_undecodable_one_is_a_dead_letter() -> None:
     make = build("delete_on_tombstone")
-    tombstone = make(FakeMessage(avro_key(CUSTOMER_KEY, {"region": "eu", "id": 3}, 1), None))
+    tombstone = make(message(avro_key(CUSTOMER_KEY, {"region": "eu", "id": 3}, 1), None))
     assert tombstone.body is None and tombstone.id == {"region": "eu", "id": 3}
-    assert (
-        tombstone.identity == make(FakeMessage(avro_key(CUSTOMER_KEY, {"region": "eu", "id": 3}, 1))).identity
-    )
+    assert tombstone.identity == make(message(avro_key(CUSTOMER_KEY, {"region": "eu", "id": 3}, 1))).identity
     with pytest.raises(BadRecordError) as caught:
-        make(FakeMessage(b"eu-3", None))
+        make(message(b"eu-3", None))
     assert caught.value.code == "bad_wire_format" and "the key" in str(caught.value)
 
 
 def test_a_registry_that_cannot_be_asked_fails_the_task() -> None:
     down = key_decoder(FakeClient({}, ConnectionError("refused")))
     with pytest.raises(ConnectionProblem, match="could not be reached"):
-        build(decoder=down)(FakeMessage(avro_key("string", "k", 2)))
+        build(decoder=down)(message(avro_key("string", "k", 2)))
 
 
 def test_json_schema_keys_may_be_primitives_and_are_validated() -> None:
     make = build(decoder=key_decoder(fmt=JsonSchemaValues))
-    assert make(FakeMessage(b"\x00\x00\x00\x00\x06" + b'"k-1"')).id == "k-1"
+    assert make(message(b"\x00\x00\x00\x00\x06" + b'"k-1"')).id == "k-1"
     with pytest.raises(BadRecordError) as caught:
-        make(FakeMessage(b"\x00\x00\x00\x00\x06" + b'""'))
+        make(message(b"\x00\x00\x00\x00\x06" + b'""'))
     assert caught.value.code == "schema_mismatch" and "the key does not match" in str(caught.value)
     with pytest.raises(BadRecordError) as caught:
-        make(FakeMessage(b"\x00\x00\x00\x00\x06" + b"{nope"))
+        make(message(b"\x00\x00\x00\x00\x06" + b"{nope"))
     assert caught.value.code == "not_json" and "key" in str(caught.value)
 
 
 def test_key_processors_shape_the_decoded_key() -> None:
     make = build(processors=[{"type": "rename", "on": "key", "fields": {"id": "customer"}}])
-    document = make(FakeMessage(avro_key(CUSTOMER_KEY, {"region": "eu", "id": 4}, 1)))
+    document = make(message(avro_key(CUSTOMER_KEY, {"region": "eu", "id": 4}, 1)))
     assert document.id == {"region": "eu", "customer": 4}
     primitive = build(processors=[{"type": "block", "on": "key", "fields": ["x"]}])
     with pytest.raises(BadRecordError) as caught:
-        primitive(FakeMessage(avro_key("string", "k", 2)))
+        primitive(message(avro_key("string", "k", 2)))
     assert caught.value.code == "no_id" and "not a record" in str(caught.value)
 
 
 def test_key_routes_read_the_decoded_key() -> None:
     decoder = key_decoder()
     by_field = routed(build(decoder=decoder), "key.region", "db", decoder)
-    assert by_field(FakeMessage(avro_key(CUSTOMER_KEY, {"region": "eu", "id": 1}, 1))).collection == "eu"
+    assert by_field(message(avro_key(CUSTOMER_KEY, {"region": "eu", "id": 1}, 1))).collection == "eu"
     # The id strategy need not read the key for a key route to decode it.
     builder, _ = record_path("replace", "coordinates", key_decoder=decoder)
     whole = routed(builder, "key", "db", decoder)
-    assert whole(FakeMessage(avro_key("string", "orders", 2))).collection == "orders"
+    assert whole(message(avro_key("string", "orders", 2))).collection == "orders"
     with pytest.raises(BadRecordError) as caught:
-        whole(FakeMessage(avro_key("long", 5, 3)))
+        whole(message(avro_key("long", 5, 3)))
     assert caught.value.code == "bad_route" and "int 5" in str(caught.value)
     with pytest.raises(BadRecordError) as caught:
-        whole(FakeMessage(b"orders"))
+        whole(message(b"orders"))
     assert caught.value.code == "bad_wire_format"
 
 
@@ -274,6 +252,6 @@ def test_an_integer_beyond_int64_in_a_key_is_out_of_range(big: int) -> None:
     # Protobuf's uint64 decodes so; a tombstone's _id would only fail in the delete itself.
     id_for = decoded_key_ids(lambda _message: {"id": {"parts": [1, big]}}, Chain())
     with pytest.raises(BadRecordError) as caught:
-        id_for(FakeMessage(b"\x00"), {})
+        id_for(message(b"\x00"), {})
     assert caught.value.code == "number_out_of_range" and str(big) in str(caught.value)
-    assert decoded_key_ids(lambda _message: 2**63 - 1, Chain())(FakeMessage(b"\x00"), {}) == 2**63 - 1
+    assert decoded_key_ids(lambda _message: 2**63 - 1, Chain())(message(b"\x00"), {}) == 2**63 - 1

@@ -14,6 +14,7 @@ from typing import Any
 import fastavro
 import pytest
 from bson import Binary, Decimal128
+from confluent_kafka import Message
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from hypothesis import given
@@ -33,24 +34,9 @@ from kafka_mongo_etl.schema_formats import (
 )
 
 
-class FakeMessage:
-    def __init__(self, value: bytes | None, key: bytes | None = b"k") -> None:
-        self._value, self._key = value, key
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def topic(self) -> str:
-        return "t"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return 7
+def message(value: bytes | None, key: bytes | None = b"k") -> Message:
+    """A record as the consumer gives it, at t:0:7."""
+    return Message(topic="t", partition=0, offset=7, key=key, value=value)
 
 
 class FakeClient:
@@ -164,7 +150,7 @@ def test_avro_logical_types_become_the_bson_types_a_user_expects() -> None:
         "counts": {"n": 2**40},
         "maybe": {"x": 1},
     }
-    decoded = decode(FakeMessage(avro_bytes(EVERY_TYPE, value)))
+    decoded = decode(message(avro_bytes(EVERY_TYPE, value)))
     assert decoded == {
         "price": Decimal128("123456789.125"),
         "at_ms": AT.replace(microsecond=678000),
@@ -191,7 +177,7 @@ def test_a_decimal_beyond_decimal128_is_a_dead_letter() -> None:
     }
     decode = AvroValues(SchemaCache(SETTINGS, FakeClient({3: Schema(json.dumps(wide), "AVRO")})))
     with pytest.raises(BadRecordError) as caught:
-        decode(FakeMessage(avro_bytes(wide, {"d": decimal.Decimal("1234567890" * 4)})))
+        decode(message(avro_bytes(wide, {"d": decimal.Decimal("1234567890" * 4)})))
     assert caught.value.code == "number_out_of_range" and "Decimal128" in str(caught.value)
 
 
@@ -200,7 +186,7 @@ def test_unknown_ids_are_asked_once_and_a_refusing_registry_fails_the_task() -> 
     decode = AvroValues(SchemaCache(SETTINGS, client))
     for _ in range(3):
         with pytest.raises(BadRecordError) as caught:
-            decode(FakeMessage(b"\x00\x00\x00\x00\x09abc"))
+            decode(message(b"\x00\x00\x00\x00\x09abc"))
         assert caught.value.code == "unknown_schema" and "schema id 9" in str(caught.value)
     assert client.calls == 1
 
@@ -210,13 +196,13 @@ def test_unknown_ids_are_asked_once_and_a_refusing_registry_fails_the_task() -> 
     with pytest.raises(
         ConnectionProblem, match=r"'schema_registry_default' at http://registry:8081 answered HTTP 401"
     ):
-        failing(FakeMessage(b"\x00\x00\x00\x00\x09abc"))
+        failing(message(b"\x00\x00\x00\x00\x09abc"))
 
 
 def test_a_tombstone_stays_a_tombstone() -> None:
     decode = AvroValues(SchemaCache(SETTINGS, FakeClient({})))
     with pytest.raises(BadRecordError) as caught:
-        decode(FakeMessage(None))
+        decode(message(None))
     assert caught.value.code == "tombstone"
 
 
