@@ -103,3 +103,24 @@ def registry_client(schema_registry, monkeypatch) -> Any:
     }
     monkeypatch.setenv("AIRFLOW_CONN_SCHEMA_REGISTRY_DEFAULT", json.dumps(connection))
     return SchemaRegistryClient({"url": schema_registry.ccompat_url})
+
+
+@pytest.fixture
+def send_bytes(kafka_broker) -> Callable[[str, list[tuple[bytes | None, bytes | None]]], None]:
+    """``(topic, [(key, value), ...])``: sends the bytes as they are, in order, on the session
+    broker (an idempotent producer), creating ``topic`` with one partition first if it is new."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    bootstrap = kafka_broker.bootstrap_servers
+
+    def send(topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        if topic not in admin.list_topics(timeout=30).topics:
+            admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(30)
+        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+        for key, value in records:
+            producer.produce(topic, key=key, value=value)
+        assert producer.flush(30) == 0
+
+    return send

@@ -14,8 +14,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -49,18 +47,6 @@ def job(connections, make_job, registry_client) -> ConsumeJob:
     )
 
 
-def create_topic(bootstrap: str, topic: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(30)
-
-
-def send(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-    for key, value in records:
-        producer.produce(topic, key=key, value=value)
-    assert producer.flush(30) == 0
-
-
 class Serializers:
     """confluent-kafka's Avro serializers of one topic: ``key`` (subject ``<topic>-key``) and
     ``value`` (``<topic>-value``)."""
@@ -83,10 +69,8 @@ def without_kafka(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_avro_record_keys_route_latest_wins_tombstone_deletes_and_bad_keys_are_dead_letters(
-    job, kafka_broker, mongo_client, registry_client, committed_offsets
+    job, send_bytes, mongo_client, registry_client, committed_offsets
 ) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
-    create_topic(bootstrap, job.topic)
     avro = Serializers(registry_client, job.topic, CUSTOMER_KEY, CUSTOMER)
     regions = ("eu", "us")
 
@@ -107,7 +91,7 @@ def test_avro_record_keys_route_latest_wins_tombstone_deletes_and_bad_keys_are_d
         good_key[:-1]: ("schema_mismatch", f"the key's payload does not decode with Avro schema id {key_id}"),
     }
     records += [(raw, avro.value({"name": "bad", "tier": 0})) for raw in bad]
-    send(bootstrap, job.topic, records)
+    send_bytes(job.topic, records)
     assert key_id != int.from_bytes(records[0][1][1:5], "big")  # keys have a schema of their own
 
     routed_job = replace(job, value_format="avro", write_mode="delete_on_tombstone", route_by="key.region")
@@ -138,14 +122,12 @@ def test_avro_record_keys_route_latest_wins_tombstone_deletes_and_bad_keys_are_d
 
 
 def test_primitive_string_and_long_keys_are_ids_of_their_own_type(
-    job, kafka_broker, mongo_client, registry_client, committed_offsets
+    job, send_bytes, mongo_client, registry_client, committed_offsets
 ) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
     db = mongo_client[job.mongo_db]
     cases = {"string": [f"s-{n}" for n in range(4)], "long": [0, -1, 2**40, 2**63 - 1]}
     for kind, keys in cases.items():
         topic = f"{job.topic}-{kind}"
-        create_topic(bootstrap, topic)
         serialize = AvroSerializer(registry_client, json.dumps(kind))
         context = SerializationContext(topic, MessageField.KEY)
         # JSON values: key_format does not depend on value_format.
@@ -155,7 +137,7 @@ def test_primitive_string_and_long_keys_are_ids_of_their_own_type(
         records += [
             (serialize(k, context), json.dumps({"n": n, "rev": 2}).encode()) for n, k in enumerate(keys[:2])
         ]
-        send(bootstrap, topic, records)
+        send_bytes(topic, records)
 
         kind_job = replace(job, topic=topic, mongo_collection=kind)
         result = run_consume(kind_job)
@@ -170,15 +152,13 @@ def test_primitive_string_and_long_keys_are_ids_of_their_own_type(
 
 
 def test_registry_down_for_keys_fails_the_task_and_commits_nothing(
-    job, kafka_broker, mongo_client, registry_client, monkeypatch, committed_offsets
+    job, send_bytes, mongo_client, registry_client, monkeypatch, committed_offsets
 ) -> None:
     from devstack.process import free_port
 
-    bootstrap = kafka_broker.bootstrap_servers
-    create_topic(bootstrap, job.topic)
     serialize = AvroSerializer(registry_client, json.dumps("string"))
     context = SerializationContext(job.topic, MessageField.KEY)
-    send(bootstrap, job.topic, [(serialize(f"k-{n}", context), b'{"n": 1}') for n in range(3)])
+    send_bytes(job.topic, [(serialize(f"k-{n}", context), b'{"n": 1}') for n in range(3)])
     working = json.loads(os.environ["AIRFLOW_CONN_SCHEMA_REGISTRY_DEFAULT"])
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv(
@@ -200,15 +180,12 @@ def test_registry_down_for_keys_fails_the_task_and_commits_nothing(
 
 
 def test_avro_keys_read_as_json_by_mistake_replay_once_key_format_is_fixed(
-    job, kafka_broker, mongo_client, registry_client
+    job, send_bytes, mongo_client, registry_client
 ) -> None:
     from kafka_mongo_etl.replay import run_replay
 
-    bootstrap = kafka_broker.bootstrap_servers
-    create_topic(bootstrap, job.topic)
     avro = Serializers(registry_client, job.topic, CUSTOMER_KEY, CUSTOMER)
-    send(
-        bootstrap,
+    send_bytes(
         job.topic,
         [(avro.key({"region": "eu", "id": n}), avro.value({"name": f"c {n}", "tier": n})) for n in range(3)],
     )
@@ -249,12 +226,10 @@ TENANT_KEY = {
 
 
 def test_json_schema_keys_are_validated_and_become_embedded_ids(
-    job, kafka_broker, mongo_client, registry_client, committed_offsets
+    job, send_bytes, mongo_client, registry_client, committed_offsets
 ) -> None:
     from confluent_kafka.schema_registry.json_schema import JSONSerializer
 
-    bootstrap = kafka_broker.bootstrap_servers
-    create_topic(bootstrap, job.topic)
     serialize = JSONSerializer(json.dumps(TENANT_KEY), registry_client)
     context = SerializationContext(job.topic, MessageField.KEY)
     keys = [serialize({"tenant": "acme", "n": n}, context) for n in range(3)]
@@ -263,7 +238,7 @@ def test_json_schema_keys_are_validated_and_become_embedded_ids(
     # In the wire format and JSON, but against its schema (the serializer would refuse to write it).
     invalid = keys[0][:5] + json.dumps({"tenant": "acme", "n": -1}).encode()
     records.append((invalid, b'{"rev": 1}'))
-    send(bootstrap, job.topic, records)
+    send_bytes(job.topic, records)
 
     result = run_consume(replace(job, key_format="json_schema"))
 

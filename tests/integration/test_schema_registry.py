@@ -16,8 +16,6 @@ from typing import Any
 
 import pytest
 from bson import Decimal128
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.schema_registry.json_schema import JSONSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -63,18 +61,6 @@ def job(connections, make_job, registry_client) -> ConsumeJob:
     )
 
 
-def create_topic(bootstrap: str, topic: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(30)
-
-
-def send(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-    for key, value in records:
-        producer.produce(topic, key=key, value=value)
-    assert producer.flush(30) == 0
-
-
 def order(n: int, status: str, **more: Any) -> dict[str, Any]:
     return {
         "id": n,
@@ -88,17 +74,15 @@ def order(n: int, status: str, **more: Any) -> dict[str, Any]:
 
 
 def test_avro_records_load_with_bson_types_latest_version_wins_and_schema_evolves(
-    job, kafka_broker, mongo_client, registry_client, committed_offsets
+    job, send_bytes, mongo_client, registry_client, committed_offsets
 ) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
-    create_topic(bootstrap, job.topic)
     context = SerializationContext(job.topic, MessageField.VALUE)
     v1 = AvroSerializer(registry_client, json.dumps(ORDER_V1))
     v2 = AvroSerializer(registry_client, json.dumps(ORDER_V2))
     records = [(f"order-{n}".encode(), v1(order(n, "new"), context)) for n in range(10)]
     # Keys 0-4 again, written with v2 (new field): the latest version of each must win.
     records += [(f"order-{n}".encode(), v2(order(n, "paid", note=f"paid {n}"), context)) for n in range(5)]
-    send(bootstrap, job.topic, records)
+    send_bytes(job.topic, records)
     assert records[0][1][0] == 0 and records[10][1][1:5] != records[0][1][1:5]  # two schema ids
 
     result = run_consume(job)
@@ -122,10 +106,8 @@ def test_avro_records_load_with_bson_types_latest_version_wins_and_schema_evolve
 
 
 def test_bad_wire_format_unknown_schema_and_corrupt_payload_are_dead_letters(
-    job, kafka_broker, mongo_client, registry_client, committed_offsets
+    job, send_bytes, mongo_client, registry_client, committed_offsets
 ) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
-    create_topic(bootstrap, job.topic)
     context = SerializationContext(job.topic, MessageField.VALUE)
     good = AvroSerializer(registry_client, json.dumps(ORDER_V1))(order(1, "new"), context)
     schema_id = int.from_bytes(good[1:5], "big")
@@ -137,7 +119,7 @@ def test_bad_wire_format_unknown_schema_and_corrupt_payload_are_dead_letters(
         b"truncated": (good[:-4], "schema_mismatch", f"schema id {schema_id}"),
         b"extra": (good + b"\x01\x02", "schema_mismatch", "left over"),
     }
-    send(bootstrap, job.topic, [(b"good-1", good), *((key, value) for key, (value, *_) in bad.items())])
+    send_bytes(job.topic, [(b"good-1", good), *((key, value) for key, (value, *_) in bad.items())])
 
     result = run_consume(job)
 
@@ -155,10 +137,8 @@ def test_bad_wire_format_unknown_schema_and_corrupt_payload_are_dead_letters(
 
 
 def test_json_schema_values_are_validated_and_loaded(
-    job, kafka_broker, mongo_client, registry_client, committed_offsets
+    job, send_bytes, mongo_client, registry_client, committed_offsets
 ) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
-    create_topic(bootstrap, job.topic)
     context = SerializationContext(job.topic, MessageField.VALUE)
     serialize = JSONSerializer(json.dumps(CUSTOMER_SCHEMA), registry_client)
     good = [(f"c-{n}".encode(), serialize({"name": f"name {n}", "tier": n}, context)) for n in range(4)]
@@ -169,7 +149,7 @@ def test_json_schema_values_are_validated_and_loaded(
     other = SerializationContext(job.topic + ".other", MessageField.VALUE)  # a subject of its own
     avro_id = AvroSerializer(registry_client, json.dumps(ORDER_V1))(order(1, "new"), other)[:5]
     wrong_type = (b"c-avro", avro_id + b'{"name": "y", "tier": 1}')
-    send(bootstrap, job.topic, [*good, invalid, wrong_type])
+    send_bytes(job.topic, [*good, invalid, wrong_type])
 
     result = run_consume(replace(job, value_format="json_schema"))
 
@@ -189,20 +169,15 @@ def test_json_schema_values_are_validated_and_loaded(
 
 
 def test_registry_down_fails_the_task_naming_it_commits_nothing_and_the_retry_loads_once(
-    job, kafka_broker, mongo_client, registry_client, monkeypatch, committed_offsets
+    job, send_bytes, mongo_client, registry_client, monkeypatch, committed_offsets
 ) -> None:
     from devstack.process import free_port
 
-    bootstrap = kafka_broker.bootstrap_servers
-    create_topic(bootstrap, job.topic)
     context = SerializationContext(job.topic, MessageField.VALUE)
     serialize = AvroSerializer(registry_client, json.dumps(ORDER_V1))
-    send(
-        bootstrap, job.topic, [(f"order-{n}".encode(), serialize(order(n, "new"), context)) for n in range(3)]
-    )
+    send_bytes(job.topic, [(f"order-{n}".encode(), serialize(order(n, "new"), context)) for n in range(3)])
     assert run_consume(job)["loaded"] == 3
-    send(
-        bootstrap,
+    send_bytes(
         job.topic,
         [(f"order-{n}".encode(), serialize(order(n, "paid"), context)) for n in range(2, 6)],
     )
@@ -299,12 +274,10 @@ def order_message_class() -> Any:
 
 
 def test_protobuf_records_load_latest_version_wins_and_corrupt_payloads_are_dead_letters(
-    job, kafka_broker, mongo_client, registry_client, committed_offsets
+    job, send_bytes, mongo_client, registry_client, committed_offsets
 ) -> None:
     from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
 
-    bootstrap = kafka_broker.bootstrap_servers
-    create_topic(bootstrap, job.topic)
     context = SerializationContext(job.topic, MessageField.VALUE)
     order_class = order_message_class()
     serialize = ProtobufSerializer(order_class, registry_client, {"use.deprecated.format": False})
@@ -321,7 +294,7 @@ def test_protobuf_records_load_latest_version_wins_and_corrupt_payloads_are_dead
     records += [(b"p-1", proto_order(1, 1, note="paid"))]
     corrupt = records[0][1][:6] + b"\xff\xff\xff"
     records += [(b"p-corrupt", corrupt), (b"p-indexes", records[0][1][:5] + b"\x02\x0a")]
-    send(bootstrap, job.topic, records)
+    send_bytes(job.topic, records)
 
     result = run_consume(replace(job, value_format="protobuf"))
 
@@ -352,17 +325,13 @@ def test_protobuf_records_load_latest_version_wins_and_corrupt_payloads_are_dead
 
 
 def test_avro_loaded_as_json_by_mistake_replays_once_value_format_is_fixed(
-    job, kafka_broker, mongo_client, registry_client
+    job, send_bytes, mongo_client, registry_client
 ) -> None:
     from kafka_mongo_etl.replay import run_replay
 
-    bootstrap = kafka_broker.bootstrap_servers
-    create_topic(bootstrap, job.topic)
     context = SerializationContext(job.topic, MessageField.VALUE)
     serialize = AvroSerializer(registry_client, json.dumps(ORDER_V1))
-    send(
-        bootstrap, job.topic, [(f"order-{n}".encode(), serialize(order(n, "new"), context)) for n in range(3)]
-    )
+    send_bytes(job.topic, [(f"order-{n}".encode(), serialize(order(n, "new"), context)) for n in range(3)])
 
     loaded_as_json = run_consume(replace(job, value_format="json"))
     db = mongo_client[job.mongo_db]
