@@ -545,3 +545,20 @@ def test_redis_answers_only_with_its_password_and_stops(tmp_path: Path) -> None:
     finally:
         assert server.stop() is True
     assert port_is_free(server.host, server.port)
+
+
+def test_mongo_server_keeps_the_oplog_entries_it_is_given(tmp_path: Path) -> None:
+    """The benchmark's server keeps its run's oplog; a small cap shows the setting reaches the
+    server (it prunes to the cap every 1,000 writes) where the default would keep every entry."""
+    capped = MongoWireServer(tmp_path / "mongo", port=_free_ports(1)[0], oplog_entries=500)
+    try:
+        assert capped.start() is True
+        with MongoClient(capped.uri, serverSelectionTimeoutMS=5000) as client:
+            for start in range(0, 3000, 500):
+                client["devstack_test"]["docs"].insert_many([{"_id": i} for i in range(start, start + 500)])
+            kept = client["local"]["oplog.rs"].count_documents({"ns": "devstack_test.docs"})
+            assert client["devstack_test"]["docs"].count_documents({}) == 3000
+        assert 500 <= kept < 1500, f"{kept} oplog entries kept with a cap of 500"
+        assert "max_entries = 500" in (tmp_path / "mongo" / "secantusd.toml").read_text()
+    finally:
+        capped.stop()
