@@ -5,8 +5,8 @@ produced after it stay for the next run. A partition is done when the consumer's
 reaches its snapshot (not when "the last offset seen" is high - 1: transaction markers and
 compaction leave gaps). Offsets are committed synchronously, batch by batch, and only after the
 sink acknowledged every record of the batch, so a crash at any point re-reads, and never skips.
-While one batch is written, the next is read and built (at most one write in flight); its
-offsets are committed after the earlier batch's, in order.
+While one batch is written, the next is read and built, and the batch before it is committed
+(at most one write in flight); commits stay in order, each after its own batch's write.
 """
 
 from __future__ import annotations
@@ -28,7 +28,12 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from kafka_mongo_etl import offsets as kafka_offsets
-from kafka_mongo_etl.errors import OffsetAboveWatermarkError, RetentionGapError, TopicNotFoundError
+from kafka_mongo_etl.errors import (
+    LeaseLostError,
+    OffsetAboveWatermarkError,
+    RetentionGapError,
+    TopicNotFoundError,
+)
 from kafka_mongo_etl.offsets import committed_offsets, committed_or_none, partitions_of
 from kafka_mongo_etl.records import (
     BadRecordError,
@@ -283,8 +288,8 @@ class Drain:
     ``mark_read`` (which partitions are read to the snapshot), ``write``, ``dead_letter``,
     ``commit`` (only what was written), ``stalled`` (stop?). With ``DrainSettings.overlap``,
     ``write`` and ``dead_letter`` of one batch run in a writer thread while the main thread
-    reads and builds the next; the main thread waits for that write before it commits, and
-    before it starts the next write.
+    reads and builds the next; the main thread waits for that write, starts the next one, then
+    commits the first (each commit after its own write, in order).
     """
 
     def __init__(
@@ -336,15 +341,19 @@ class Drain:
         try:
             while self.pending:
                 batch = self.read() if self.unread else None
+                acknowledged = None
                 if in_flight is not None:
-                    written, in_flight = in_flight, None
-                    self.settle(*written)
+                    (acknowledged, written), in_flight = in_flight, None
+                    written.result()  # the write's error is raised here
+                if batch is not None and writer is not None and not batch.empty:
+                    # The next write starts before the acknowledged one's commit: the commit's
+                    # round trips (lease, Kafka, ledger) overlap it, and commits stay in order.
+                    in_flight, batch = (batch, writer.submit(functools.partial(self.store, batch))), None
+                if acknowledged is not None:
+                    self.commit(acknowledged)
                 if batch is not None:
-                    if writer is None or batch.empty:
-                        self.store(batch)
-                        self.commit(batch)
-                    else:
-                        in_flight = (batch, writer.submit(functools.partial(self.store, batch)))
+                    self.store(batch)
+                    self.commit(batch)
                 if self.stalled():
                     break
                 if time.monotonic() >= next_report:
@@ -355,7 +364,8 @@ class Drain:
                 self.settle(*written)
             self.commit_every_partition()
         except BaseException as err:
-            self.stop_writing(in_flight, writer, stopped=not isinstance(err, Exception))
+            stopped, lost = not isinstance(err, Exception), isinstance(err, LeaseLostError)
+            self.stop_writing(in_flight, writer, stopped=stopped, lost=lost)
             raise
         finally:
             if writer is not None:
@@ -522,15 +532,16 @@ class Drain:
         return self._writer is not None and not self._writer.idle(0)
 
     def stop_writing(
-        self, in_flight: tuple[Batch, Future[None]] | None, writer: _Writer | None, stopped: bool
+        self, in_flight: tuple[Batch, Future[None]] | None, writer: _Writer | None, stopped: bool, lost: bool
     ) -> None:
         """What an error on its way out of ``run`` does about the write in flight and the lease.
 
         An ``Exception`` of the main thread (a bad record without a dead-letter sink, say) lets
         the write in flight finish and commits it if acknowledged, as if the batches had been
-        written in turn. A stop (``BaseException``: SIGTERM's ``StopRequested``, Airflow's
-        timeout) commits nothing, keeps a write that has not started from starting, and waits for
-        a running one only briefly (Airflow's SIGKILL follows a SIGTERM within 5 s).
+        written in turn; after a lost lease (``lost``) it is waited for and not committed. A
+        stop (``BaseException``: SIGTERM's ``StopRequested``, Airflow's timeout) commits nothing,
+        keeps a write that has not started from starting, and waits for a running one only
+        briefly (Airflow's SIGKILL follows a SIGTERM within 5 s).
 
         The lease is abandoned *first* and taken back (``settled``) only once no write of this
         drain can be running: a stop that arrives during any of this (a second SIGTERM, the
@@ -544,7 +555,7 @@ class Drain:
                 writer.cancel_waiting()
                 writer.idle(STOP_WAIT)
         elif in_flight is not None:
-            self.settle_quietly(*in_flight)
+            self.settle_quietly(*in_flight, commit=not lost)
         if self.lease is not None and not self.writing():
             self.lease.settled()
 
@@ -553,11 +564,21 @@ class Drain:
         written.result()
         self.commit(batch)
 
-    def settle_quietly(self, batch: Batch, written: Future[None]) -> None:
+    def settle_quietly(self, batch: Batch, written: Future[None], commit: bool) -> None:
+        """Wait for the write in flight when the drain failed; commit it if it was acknowledged
+        and ``commit`` (not after a lost lease: the lease's owner commits now)."""
         try:
-            self.settle(batch, written)
+            written.result()
         except Exception as err:  # noqa: BLE001 - the error already leaving the drain is the one to report
             log.warning("The write in flight when the drain failed did not complete: %s", err)
+            return
+        if not commit:
+            log.warning("The write in flight when the lease was lost landed; its offsets are not committed")
+            return
+        try:
+            self.commit(batch)
+        except Exception as err:  # noqa: BLE001
+            log.warning("The write in flight when the drain failed landed; its commit failed: %s", err)
 
     def write(self, batch: Batch) -> None:
         if not batch.documents:

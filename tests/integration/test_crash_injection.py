@@ -86,8 +86,10 @@ def test_killed_after_fetch_before_the_write(stack, topic, mongo_db, tmp_path: P
 
     note = assert_killed_then_recovered(result)
     assert (note["at"], note["call"]) == ("MongoSink.write", 3)
-    # The first two writes were committed; the fetched third batch never reached MongoDB.
-    assert result.after_kill["documents"] == result.after_kill["keys_committed"] > 0
+    # The first two writes landed and the first was committed; the second's commit runs while
+    # the third write starts, so it may or may not have happened. The fetched third batch never
+    # reached MongoDB; the retry reads it (and the second, if uncommitted) again.
+    assert result.after_kill["documents"] >= result.after_kill["keys_committed"] > 0
     assert set(final_versions(stack, result).values()) == {result.versions}
 
 

@@ -119,14 +119,15 @@ def test_a_lease_taken_over_stops_the_drain_before_its_next_commit(
     with pytest.raises(LeaseLostError, match=r"the-retry/try-2/abc holds it") as err:
         run_consume(replace(job, drain=replace(job.drain, batch_size=100)))
     assert "'mongo_default'" in str(err.value)
-    # The first batch was committed; the second was written but not committed. A batch can hold
-    # fewer than batch_size records (end-of-partition events count against consume()'s limit, and
-    # a busy broker returns what it has), so the counts are the batches' own.
-    first, second = TakenOverDuringTheSecondWrite.sizes
-    assert 0 < first <= 100 and 0 < second <= 100
+    # The first batch was committed; the second was written but not committed, and so was the
+    # third if its write started (it starts before the second's commit finds the lease lost). A
+    # batch can hold fewer than batch_size records (end-of-partition events count against
+    # consume()'s limit, and a busy broker returns what it has), so the counts are the batches' own.
+    first, second, *started = TakenOverDuringTheSecondWrite.sizes
+    assert 0 < first <= 100 and 0 < second <= 100 and len(started) <= 1
     committed = committed_offsets(job.topic, job.consumer_group, partitions=3)
     assert sum(max(o, 0) for o in committed.values()) == first
-    assert mongo_client[job.mongo_db].testnum.count_documents({}) == first + second
+    assert mongo_client[job.mongo_db].testnum.count_documents({}) == sum(TakenOverDuringTheSecondWrite.sizes)
     # Not released: the lease is the new owner's.
     assert leases.find_one()["owner"] == "the-retry/try-2/abc"
 
