@@ -28,6 +28,7 @@ from bench.topics import unique
 from kafka_mongo_etl.clients import EtlConsumerHook
 from kafka_mongo_etl.drain import drain_to_watermark, json_document
 from kafka_mongo_etl.ids import id_function
+from kafka_mongo_etl.mongo_client import MONGO_WRITE_CONCERN
 from kafka_mongo_etl.mongo_sink import WriteResult
 from kafka_mongo_etl.tasks import ConsumeJob, run_consume
 
@@ -177,8 +178,10 @@ def inserts(collection: Collection) -> Write:
 
 def raw(target: LoadTarget, write_model: Callable[[Collection], Write], concurrent: bool = False) -> dict:
     """The raw loop with ``write_model``; ``concurrent``: each batch is split by partition and
-    the parts are written at the same time, one thread each (the commit waits for all)."""
-    client: MongoClient = MongoClient(target.mongo_uri)
+    the parts are written at the same time, one thread each (the commit waits for all). It writes
+    with ours' write concern (``w: majority``, journal), as the peers do: a loop that commits
+    offsets after a write needs that write to last."""
+    client: MongoClient = MongoClient(target.mongo_uri, **MONGO_WRITE_CONCERN)
     write = write_model(client[DB][target.collection])
     pool = ThreadPoolExecutor(max_workers=16) if concurrent else None
 
