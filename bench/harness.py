@@ -55,6 +55,7 @@ def load_contenders(tutorial_cap: float, only: frozenset[str] | None = None) -> 
     ``only``: just the contenders of these names (``--contenders``), to compare a few quickly."""
     upsert, insert = partial(load.raw, write_model=load.upserts), partial(load.raw, write_model=load.inserts)
     per_partition = "one write per partition at once"
+    default_wc = "the driver's default write concern"
     contenders = [
         LoadContender("ours", "ours: run_consume, default write mode", load.ours),
         LoadContender(
@@ -67,6 +68,8 @@ def load_contenders(tutorial_cap: float, only: frozenset[str] | None = None) -> 
         ),
         LoadContender("raw_upsert", "raw loop, ReplaceOne upserts", upsert),
         LoadContender("raw_insert", "raw loop, insert_many skipping duplicates", insert),
+        LoadContender("raw_upsert_unjournaled", f"raw upserts, {default_wc}", partial(upsert, journal=False)),
+        LoadContender("raw_insert_unjournaled", f"raw inserts, {default_wc}", partial(insert, journal=False)),
         LoadContender(
             "raw_upsert_concurrent", f"raw upserts, {per_partition}", partial(upsert, concurrent=True)
         ),

@@ -176,12 +176,18 @@ def inserts(collection: Collection) -> Write:
     return write
 
 
-def raw(target: LoadTarget, write_model: Callable[[Collection], Write], concurrent: bool = False) -> dict:
+def raw(
+    target: LoadTarget,
+    write_model: Callable[[Collection], Write],
+    concurrent: bool = False,
+    journal: bool = True,
+) -> dict:
     """The raw loop with ``write_model``; ``concurrent``: each batch is split by partition and
     the parts are written at the same time, one thread each (the commit waits for all). It writes
     with ours' write concern (``w: majority``, journal), as the peers do: a loop that commits
-    offsets after a write needs that write to last."""
-    client: MongoClient = MongoClient(target.mongo_uri, **MONGO_WRITE_CONCERN)
+    offsets after a write needs that write to last. ``journal=False``: the driver's default
+    write concern instead, for reference."""
+    client: MongoClient = MongoClient(target.mongo_uri, **(MONGO_WRITE_CONCERN if journal else {}))
     write = write_model(client[DB][target.collection])
     pool = ThreadPoolExecutor(max_workers=16) if concurrent else None
 

@@ -45,6 +45,8 @@ RATIOS = {
     "drain_vs_connector": ("peers.ours", "peers.connector"),
     "drain_vs_bento": ("peers.ours", "peers.bento"),
     "drain_vs_connector_unjournaled": ("peers.ours", "peers.connector_unjournaled"),
+    "drain_vs_raw_upsert_unjournaled": ("load.ours", "load.raw_upsert_unjournaled"),
+    "drain_vs_raw_insert_unjournaled": ("load.ours", "load.raw_insert_unjournaled"),
     "concurrent_upsert_vs_raw_upsert": ("load.raw_upsert_concurrent", "load.raw_upsert"),
     "concurrent_insert_vs_raw_insert": ("load.raw_insert_concurrent", "load.raw_insert"),
     "produce_vs_raw": ("produce.ours", "produce.raw"),
