@@ -90,7 +90,9 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 @pytest.fixture(scope="session")
 def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoWireServer]:
-    server = MongoWireServer(tmp_path_factory.mktemp("mongo"), port=free_port())
+    # The session's whole oplog is kept: past the server's default cap (100,000 entries) it
+    # prunes every 1,000 writes, and every write after that takes about 1.5 times as long.
+    server = MongoWireServer(tmp_path_factory.mktemp("mongo"), port=free_port(), oplog_entries=10_000_000)
     server.start()
     try:
         yield server
