@@ -36,7 +36,7 @@ class MongoWireServer(Service):
     # Require SCRAM authentication (users are created beforehand, on a start without it).
     auth: bool = False
     # Oplog entries kept (the server's default, 100,000, when None). Past its cap the server
-    # prunes the oldest entries every few writes, and every write after that is slower (the
+    # prunes the oldest entries every 1,000 writes, and every write after that is slower (the
     # benchmark's inserts: ~1.05 s per 20,000 before, 1.5-1.8 s after): the benchmark keeps
     # its whole run's oplog, so no contender pays for having run after another.
     oplog_entries: int | None = None
