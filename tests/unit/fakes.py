@@ -35,6 +35,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, KafkaError, TopicPartition
+from confluent_kafka.schema_registry import Schema
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from kafka_mongo_etl.errors import LeaseLostError
 from kafka_mongo_etl.ids import id_function
@@ -444,3 +446,19 @@ class FakeCollection:
             ((operator, fields),) = request._doc.items()
             assert _id_name == "_id" and operator == "$set" and request._upsert
             self.documents.setdefault(_id, {"_id": _id}).update(fields)
+
+
+class FakeRegistryClient:
+    """A Schema Registry client: answers get_schema from a dict; counts the calls; ``error``
+    raised instead when set."""
+
+    def __init__(self, schemas: dict[int, Schema], error: Exception | None = None) -> None:
+        self.schemas, self.error, self.calls = schemas, error, 0
+
+    def get_schema(self, schema_id: int) -> Schema:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        if schema_id not in self.schemas:
+            raise SchemaRegistryError(404, 40403, "Schema not found")
+        return self.schemas[schema_id]

@@ -15,7 +15,7 @@ import pytest
 from bson import BSON
 from confluent_kafka import Message
 from confluent_kafka.schema_registry import Schema
-from confluent_kafka.schema_registry.error import SchemaRegistryError
+from fakes import FakeRegistryClient
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -41,21 +41,6 @@ VALUE = b'{"name": "n", "n": 1}'
 def message(key: bytes | None, value: bytes | None = VALUE) -> Message:
     """A record as the consumer gives it, at t:0:7."""
     return Message(topic="t", partition=0, offset=7, key=key, value=value)
-
-
-class FakeClient:
-    """Answers get_schema from a dict; counts the calls; ``error`` raised instead when set."""
-
-    def __init__(self, schemas: dict[int, Schema], error: Exception | None = None) -> None:
-        self.schemas, self.error, self.calls = schemas, error, 0
-
-    def get_schema(self, schema_id: int) -> Schema:
-        self.calls += 1
-        if self.error is not None:
-            raise self.error
-        if schema_id not in self.schemas:
-            raise SchemaRegistryError(404, 40403, "Schema not found")
-        return self.schemas[schema_id]
 
 
 CUSTOMER_KEY = {
@@ -86,8 +71,8 @@ def avro_key(schema: Any, value: Any, schema_id: int) -> bytes:
     return b"\x00" + schema_id.to_bytes(4, "big") + out.getvalue()
 
 
-def key_decoder(client: FakeClient | None = None, fmt: type = AvroValues) -> Any:
-    return fmt(SchemaCache(SETTINGS, client or FakeClient(SCHEMAS)), "key")
+def key_decoder(client: FakeRegistryClient | None = None, fmt: type = AvroValues) -> Any:
+    return fmt(SchemaCache(SETTINGS, client or FakeRegistryClient(SCHEMAS)), "key")
 
 
 def build(write_mode: str = "replace", processors: Any = None, decoder: Any = None) -> Any:
@@ -135,7 +120,7 @@ AVRO_PRIMITIVES = st.one_of(
 @given(AVRO_PRIMITIVES)
 def test_a_primitive_key_is_the_id_as_it_is(typed: tuple[str, Any]) -> None:
     kind, key = typed
-    decoder = key_decoder(FakeClient({9: Schema(json.dumps(kind), "AVRO")}))
+    decoder = key_decoder(FakeRegistryClient({9: Schema(json.dumps(kind), "AVRO")}))
     document = build(decoder=decoder)(message(avro_key(kind, key, 9)))
     assert document.id == key and type(document.id) is type(key)
     assert BSON(document.body.raw).decode()["_id"] == key
@@ -205,7 +190,7 @@ def test_a_tombstone_deletes_the_decoded_key_and_an_undecodable_one_is_a_dead_le
 
 
 def test_a_registry_that_cannot_be_asked_fails_the_task() -> None:
-    down = key_decoder(FakeClient({}, ConnectionError("refused")))
+    down = key_decoder(FakeRegistryClient({}, ConnectionError("refused")))
     with pytest.raises(ConnectionProblem, match="could not be reached"):
         build(decoder=down)(message(avro_key("string", "k", 2)))
 

@@ -17,6 +17,7 @@ from bson import Binary, Decimal128
 from confluent_kafka import Message
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
+from fakes import FakeRegistryClient
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -37,21 +38,6 @@ from kafka_mongo_etl.schema_formats import (
 def message(value: bytes | None, key: bytes | None = b"k") -> Message:
     """A record as the consumer gives it, at t:0:7."""
     return Message(topic="t", partition=0, offset=7, key=key, value=value)
-
-
-class FakeClient:
-    """Answers get_schema from a dict; counts the calls; ``error`` raised instead when set."""
-
-    def __init__(self, schemas: dict[int, Schema], error: Exception | None = None) -> None:
-        self.schemas, self.error, self.calls = schemas, error, 0
-
-    def get_schema(self, schema_id: int) -> Schema:
-        self.calls += 1
-        if self.error is not None:
-            raise self.error
-        if schema_id not in self.schemas:
-            raise SchemaRegistryError(404, 40403, "Schema not found")
-        return self.schemas[schema_id]
 
 
 SETTINGS = RegistrySettings("schema_registry_default", "http://registry:8081")
@@ -135,7 +121,8 @@ def avro_bytes(schema: dict[str, Any], value: dict[str, Any], schema_id: int = 3
 
 
 def test_avro_logical_types_become_the_bson_types_a_user_expects() -> None:
-    decode = AvroValues(SchemaCache(SETTINGS, FakeClient({3: Schema(json.dumps(EVERY_TYPE), "AVRO")})))
+    every_type = FakeRegistryClient({3: Schema(json.dumps(EVERY_TYPE), "AVRO")})
+    decode = AvroValues(SchemaCache(SETTINGS, every_type))
     value = {
         "price": decimal.Decimal("123456789.125"),
         "at_ms": AT,
@@ -175,14 +162,14 @@ def test_a_decimal_beyond_decimal128_is_a_dead_letter() -> None:
             {"name": "d", "type": {"type": "bytes", "logicalType": "decimal", "precision": 60, "scale": 0}}
         ],
     }
-    decode = AvroValues(SchemaCache(SETTINGS, FakeClient({3: Schema(json.dumps(wide), "AVRO")})))
+    decode = AvroValues(SchemaCache(SETTINGS, FakeRegistryClient({3: Schema(json.dumps(wide), "AVRO")})))
     with pytest.raises(BadRecordError) as caught:
         decode(message(avro_bytes(wide, {"d": decimal.Decimal("1234567890" * 4)})))
     assert caught.value.code == "number_out_of_range" and "Decimal128" in str(caught.value)
 
 
 def test_unknown_ids_are_asked_once_and_a_refusing_registry_fails_the_task() -> None:
-    client = FakeClient({})
+    client = FakeRegistryClient({})
     decode = AvroValues(SchemaCache(SETTINGS, client))
     for _ in range(3):
         with pytest.raises(BadRecordError) as caught:
@@ -191,7 +178,7 @@ def test_unknown_ids_are_asked_once_and_a_refusing_registry_fails_the_task() -> 
     assert client.calls == 1
 
     failing = AvroValues(
-        SchemaCache(SETTINGS, FakeClient({}, SchemaRegistryError(401, 40101, "Unauthorized")))
+        SchemaCache(SETTINGS, FakeRegistryClient({}, SchemaRegistryError(401, 40101, "Unauthorized")))
     )
     with pytest.raises(
         ConnectionProblem, match=r"'schema_registry_default' at http://registry:8081 answered HTTP 401"
@@ -200,7 +187,7 @@ def test_unknown_ids_are_asked_once_and_a_refusing_registry_fails_the_task() -> 
 
 
 def test_a_tombstone_stays_a_tombstone() -> None:
-    decode = AvroValues(SchemaCache(SETTINGS, FakeClient({})))
+    decode = AvroValues(SchemaCache(SETTINGS, FakeRegistryClient({})))
     with pytest.raises(BadRecordError) as caught:
         decode(message(None))
     assert caught.value.code == "tombstone"
